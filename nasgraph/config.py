@@ -1,0 +1,104 @@
+"""One typed config tree: defaults < TOML file < NASGRAPH_* environment < CLI flags.
+
+Environment keys use `__` between levels, e.g. NASGRAPH_EVALUATOR__THREADS=1.
+The file is $NASGRAPH_HOME/config.toml unless NASGRAPH_CONFIG names another.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("NASGRAPH_HOME", Path.home() / ".nasgraph")).expanduser()
+
+
+class EvaluatorConfig(BaseModel):
+    threads: int = Field(2, ge=1, description="torch.set_num_threads in the training child")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    batch_size: int = Field(128, ge=1)
+    augment: bool = True
+    time_budget_s: float = Field(180.0, gt=0, description="projected training seconds per epoch allowed")
+    max_params: int = Field(5_000_000, ge=1)
+    max_flops: int = Field(1_000_000_000, ge=1, description="forward FLOPs per sample")
+    memory_limit_mb: int = Field(6144, ge=256)
+    timeout_grace_s: float = Field(60.0, ge=1, description="wall-clock slack beyond the training budget")
+    max_output_mb: int = Field(16, ge=1, description="cap on what a candidate may print or write")
+
+
+class LLMConfig(BaseModel):
+    backend: Literal["llamacpp", "ollama"] = "llamacpp"
+    model: str = "qwen2.5-coder-1.5b"
+    temperature: float = 0.7
+    max_tokens: int = 1200
+    n_ctx: int = 4096
+    threads: int = 2
+    seed: int = 0
+    ollama_host: str = Field(default_factory=lambda: os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434"))
+    # release: free the GPU memory the LLM holds while a candidate trains (keep_alive=0 / unload)
+    gpu_share: Literal["release", "keep"] = "release"
+
+
+class LoopConfig(BaseModel):
+    dataset: str = "fashion-mnist"
+    epochs: int = Field(1, ge=1)
+    iterations: int = Field(30, ge=1)
+    history_k: int = Field(5, ge=1)
+    max_repairs: int = Field(1, ge=0)
+    novelty_threshold: float = Field(0.1, ge=0, le=1, description="min 1-Jaccard to count as novel")
+    target_accuracy: float | None = None
+    time_budget_s: float | None = Field(None, description="stop the run after this many seconds")
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NASGRAPH_", env_nested_delimiter="__", extra="forbid")
+
+    home: Path = Field(default_factory=default_home)
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    llm: LLMConfig = LLMConfig()
+    loop: LoopConfig = LoopConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("NASGRAPH_CONFIG", default_home() / "config.toml"))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    # Derived locations; one home folder holds everything a user's runs produce.
+    @property
+    def store_path(self) -> Path:
+        return self.home / "store.sqlite"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+
+def load_config(**overrides: Any) -> Config:
+    """Build the config; `overrides` are nested dicts from CLI flags (highest precedence)."""
+    return Config(**overrides)
