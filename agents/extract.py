@@ -1,0 +1,166 @@
+"""Pull a Python module out of a chat reply, tolerating what small models actually write.
+
+Handled: ```python / ```py / bare ``` fences, an unclosed fence (reply cut at max_tokens), several
+fences (the one defining `class Net` wins, else the longest), prose around the code, no fences at all,
+`<think>` sections, and imports dropped by the model while the names are still used.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from typing import Literal
+
+from pydantic import BaseModel
+
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.S | re.I)
+_FENCE = re.compile(r"^\s*(```|~~~)\s*([\w+\-.]*)\s*$")
+_DEFINES_NET = re.compile(r"^\s*class\s+Net\b", re.M)
+_CODE_START = re.compile(r"^(import\s+\w|from\s+[\w.]+\s+import\s|class\s+\w|def\s+\w|@\w)")
+# Unindented lines that are plainly Python; anything else unindented at the end is treated as prose.
+_CODE_LINE = re.compile(r"^(import |from |class |def |@|#|if |for |while |try:|except|return |\w[\w.\[\]]*\s*[=(])")
+_PY_LANGS = {"", "python", "py", "python3", "py3", "pytorch"}
+
+# name used in code -> the import line that binds it (the contract allows only these modules)
+_IMPORTS = {
+    "torch": "import torch",
+    "nn": "import torch.nn as nn",
+    "F": "import torch.nn.functional as F",
+    "math": "import math",
+}
+
+Source = Literal["fence", "unclosed_fence", "bare", "empty"]
+
+
+class Extracted(BaseModel):
+    code: str
+    source: Source
+    added_imports: list[str] = []
+
+
+def _fenced_blocks(text: str) -> list[tuple[str, str, bool]]:
+    """(language, body, closed) for every fenced block, in order."""
+    blocks: list[tuple[str, str, bool]] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = _FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        lang, body, i = m.group(2).lower(), [], i + 1
+        closed = False
+        while i < len(lines) and not _FENCE.match(lines[i]):
+            if lines[i].rstrip().endswith("```"):  # closing fence glued to the last code line
+                body.append(lines[i].rstrip()[:-3])
+                closed = True
+                break
+            body.append(lines[i])
+            i += 1
+        closed = closed or i < len(lines)
+        blocks.append((lang, "\n".join(body), closed))
+        i += 1  # skip the closing fence
+    return blocks
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
+def _pick(blocks: list[tuple[str, str, bool]]) -> tuple[str, bool]:
+    py = [b for b in blocks if b[0] in _PY_LANGS and b[1].strip()] or [b for b in blocks if b[1].strip()]
+    if not py:
+        return "", True
+    with_net = [b for b in py if _DEFINES_NET.search(b[1])]
+    if with_net:
+        # When a reply shows a module twice (before/after a fix), the later one is the answer,
+        # unless only an earlier one is valid Python (the later one may be cut off).
+        parsing = [b for b in with_net if _parses(b[1])]
+        lang, body, closed = (parsing or with_net)[-1]
+    else:
+        lang, body, closed = max(py, key=lambda b: len(b[1]))
+    return body, closed
+
+
+def _strip_prose(text: str) -> str:
+    """Code from the first import/class/def line, minus trailing unindented prose lines."""
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if _CODE_START.match(ln)), None)
+    if start is None:
+        return ""
+    lines = lines[start:]
+    while lines and not _parses("\n".join(lines)):
+        last = lines[-1]
+        if last.strip() and (last[0].isspace() or _CODE_LINE.match(last)):
+            break  # broken code, not prose: leave it for the evaluator to report
+        lines.pop()
+    return "\n".join(lines)
+
+
+def _bound_names(tree: ast.Module) -> set[str]:
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bound.update(a.asname or a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            bound.update(a.asname or a.name for a in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+    return bound
+
+
+def _used_unbound(code: str) -> list[str]:
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        # Unparseable: judge by text, so a repair prompt at least sees the imports it needs.
+        used = {n for n in _IMPORTS if re.search(rf"(?<![\w.]){n}\.", code)}
+        bound = {n for n in _IMPORTS if re.search(rf"^\s*(import|from)\b.*\b{n}\b", code, re.M)}
+        return [n for n in _IMPORTS if n in used - bound]
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return [n for n in _IMPORTS if n in used and n not in _bound_names(tree)]
+
+
+def ensure_imports(code: str) -> tuple[str, list[str]]:
+    """Add `import torch` / `import torch.nn as nn` / ... for names used but never imported."""
+    missing = [_IMPORTS[n] for n in _used_unbound(code)]
+    if not missing:
+        return code, []
+    lines = code.splitlines()
+    # Go after the leading imports (so `import torch` stays before `import torch.nn as nn` and
+    # `from __future__` stays first), or at the top when the module starts with something else.
+    at, i = 0, 0
+    while i < len(lines):
+        stripped = lines[i].strip()
+        if re.match(r"(import|from)\s", lines[i]):
+            at = i + 1
+        elif stripped and not stripped.startswith("#"):
+            break
+        i += 1
+    return "\n".join(lines[:at] + missing + lines[at:]), missing
+
+
+def extract(reply: str) -> Extracted:
+    text = _THINK.sub("", reply or "")
+    blocks = _fenced_blocks(text)
+    if blocks:
+        body, closed = _pick(blocks)
+        source: Source = "fence" if closed else "unclosed_fence"
+        # A fence holding prose plus code (rare) is cleaned the same way as an unfenced reply.
+        code = body if _parses(body) or not _strip_prose(body) else _strip_prose(body)
+    else:
+        code, source = _strip_prose(text), "bare"
+    code = code.strip("\n")
+    if not code.strip():
+        return Extracted(code="", source="empty")
+    code, added = ensure_imports(code)
+    return Extracted(code=code.rstrip() + "\n", source=source, added_imports=added)
+
+
+def extract_code(reply: str) -> str:
+    return extract(reply).code

@@ -1,0 +1,214 @@
+"""Prompt Improver agent: reads the last outcome and the history window, returns a diagnostic triple.
+
+Small local models are unreliable at strict JSON, so the prompt asks for three labelled lines and the
+parser accepts those loosely (markdown, synonyms, multi-line values) as well as JSON. When nothing
+usable comes back, a deterministic triple derived from the outcome keeps the loop moving: fix the
+error on failure, otherwise the next move from a rotating list of architectural changes.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+from langchain_core.language_models import BaseChatModel
+
+from agents.code_generator import task_values
+from agents.feedback import error_hint, history_block, human, is_near_copy, key_error_line, outcome_text
+from agents.llm_call import AgentError, call
+from agents.prompts import pair_sha, render
+from agents.schemas import BestDesign, HistoryEntry, Improvement, Task, Triple
+
+__all__ = ["AgentError", "BestDesign", "HistoryEntry", "Improvement", "Triple", "improve", "window",
+           "parse_triple", "fallback_triple", "MOVES"]
+
+# Architectural moves the fallback rotates through, so a loop whose improver never answers usefully
+# still explores different families instead of re-asking for the same network.
+MOVES = (
+    "add residual (skip) connections around pairs of 3x3 conv layers",
+    "replace the 3x3 convs with depthwise-separable convs (depthwise Conv2d with groups=channels, then a "
+    "1x1 Conv2d) and use the savings to widen the network",
+    "use inverted bottleneck blocks (1x1 expand x4, 3x3 depthwise, 1x1 project) as in MobileNetV2",
+    "add a squeeze-and-excitation block (global pool, two 1x1 convs, sigmoid gate) after each conv stage",
+    "use Inception-style blocks: parallel 1x1, 3x3 and 5x5 conv branches concatenated on channels",
+    "replace max-pooling with stride-2 convolutions and add one more conv stage with doubled channels",
+    "use a wide shallow network: two stages of 3x3 convs with 64 and 128 channels, BatchNorm and GELU",
+    "use dense connectivity: each conv in a stage takes the concatenation of all previous outputs",
+)
+EXPLORE = ("Make the architecture structurally different from all earlier designs "
+           "(another block type, depth or layout), not a variation of the same network.")
+
+_LABELS = {
+    "problem": ("problem", "diagnosis", "issue", "cause"),
+    "modification": ("suggested modification", "modification", "proposed change", "change", "fix",
+                     "proposal", "suggestion"),
+    "expected_effect": ("expected effect", "expected_effect", "expected", "effect", "expected outcome"),
+}
+_LABEL_ALT = "|".join(sorted((re.escape(s) for v in _LABELS.values() for s in v), key=len, reverse=True))
+# A label at the start of a line, allowing markdown decoration: "**PROBLEM:**", "- Problem -", "1. Fix:"
+_LABEL_LINE = re.compile(
+    rf"^[ \t>*_#\-\d.)]*({_LABEL_ALT})[ \t*_]*[:\-=][ \t*_]*(.*)$", re.I | re.M)
+
+
+def window(history: list[HistoryEntry], k: int) -> list[HistoryEntry]:
+    """The last k entries, oldest first: a constant prompt size however long the run."""
+    if k < 0:
+        raise ValueError(f"window size must be >= 0, got {k}")
+    return list(history[-k:]) if k else []
+
+
+def _field_of(label: str) -> str:
+    label = label.lower().replace("_", " ").strip()
+    for field, names in _LABELS.items():
+        if label in (n.replace("_", " ") for n in names):
+            return field
+    raise AssertionError(label)  # unreachable: the regex only matches known labels
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.replace("**", "").split()).strip(" \"'`")
+
+
+def _parse_labelled(reply: str) -> dict[str, str]:
+    matches = list(_LABEL_LINE.finditer(reply))
+    found: dict[str, str] = {}
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(reply)
+        # The value runs on over wrapped lines until the next label, a blank line or a code fence.
+        rest = re.split(r"\n\s*\n|```", reply[m.end():end], maxsplit=1)[0]
+        value = _clean(m.group(2) + " " + rest)
+        field = _field_of(m.group(1))
+        if value and field not in found:
+            found[field] = value
+    return found
+
+
+def _json_objects(reply: str) -> Iterator[dict]:
+    """Every JSON object embedded in the reply, outer ones first (nested ones are found too)."""
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r"\{", reply):
+        try:
+            data, _ = decoder.raw_decode(reply, m.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict):
+            yield data
+
+
+def _parse_json(reply: str) -> dict[str, str]:
+    for data in _json_objects(reply):
+        found: dict[str, str] = {}
+        for key, value in data.items():
+            label = str(key).lower().replace("_", " ").strip()
+            for field, names in _LABELS.items():
+                if label in (n.replace("_", " ") for n in names) and field not in found and str(value).strip():
+                    found[field] = _clean(str(value))
+        if found.get("modification"):
+            return found
+    return {}
+
+
+def parse_triple(reply: str) -> tuple[dict[str, str], str]:
+    """Fields found in the reply and how ('labelled' / 'json'); a modification is required."""
+    for mode, parser in (("labelled", _parse_labelled), ("json", _parse_json)):
+        found = parser(reply)
+        if found.get("modification"):
+            return found, mode
+    return {}, "fallback"
+
+
+def _next_move(history: list[HistoryEntry], last: HistoryEntry | None) -> str:
+    """The next move in the rotation, skipping moves the window already tried."""
+    tried = " ".join(e.triple.modification for e in history).lower()
+    start = (last.iteration + 1) if last else len(history)
+    for i in range(len(MOVES)):
+        move = MOVES[(start + i) % len(MOVES)]
+        if move.lower() not in tried:
+            return move
+    return MOVES[start % len(MOVES)]
+
+
+def fallback_triple(last: HistoryEntry | None, history: list[HistoryEntry], best: BestDesign | None,
+                    novelty_threshold: float = 0.1) -> Triple:
+    """A deterministic triple from the outcome alone, for when the LLM's reply is unusable."""
+    if last is None:
+        return Triple(problem="no design has been evaluated yet",
+                      modification="a small CNN: three conv stages (32, 64, 128 channels) with BatchNorm, "
+                                   "ReLU and stride-2 downsampling, then global average pooling and a Linear",
+                      expected_effect="a valid, fast baseline to improve on")
+    if is_near_copy(last, novelty_threshold):
+        what = "a duplicate" if last.status == "duplicate" else f"a near copy (novelty {last.novelty:.2f})"
+        return Triple(problem=f"the last design was {what} of an earlier one",
+                      modification=f"{_next_move(history, last)}. {EXPLORE}",
+                      expected_effect="a genuinely new design, so the search explores instead of repeating")
+    if last.status != "ok":
+        first = key_error_line(last.error) or last.status
+        hint = error_hint(last.status, last.error)
+        return Triple(problem=f"the last model failed with {last.status}: {first}",
+                      modification=f"fix the {last.status} error: {first}. {hint}".strip(),
+                      expected_effect="a model that builds, runs and trains within the budget")
+    acc = f"{last.accuracy:.3f}" if last.accuracy is not None else "unknown"
+    ref = f"; best so far {best.accuracy:.3f}" if best is not None else ""
+    return Triple(problem=f"accuracy {acc} with {human(last.params)} parameters{ref}",
+                  modification=_next_move(history, last),
+                  expected_effect="higher accuracy within the parameter and FLOP budget")
+
+
+def _directive(last: HistoryEntry | None, explore: bool) -> str:
+    if last is None:
+        return "This is the first model: propose a simple, sound starting design for this task."
+    if explore:
+        return ("The last model repeated an earlier design. Propose a structurally different architecture "
+                "(another block type, depth or layout), not a small tweak.")
+    if last.status != "ok":
+        hint = error_hint(last.status, last.error)
+        return ("The last model failed. Diagnose the error and propose the fix; the rest of the design may stay."
+                + (f" Hint: {hint}" if hint else ""))
+    return ("Propose one change likely to raise accuracy within the budget. "
+            "Do not repeat a change already listed in the history.")
+
+
+def _last_text(last: HistoryEntry | None, threshold: float) -> str:
+    if last is None:
+        return "(none: nothing has been evaluated yet)"
+    text = f"#{last.iteration} tried: {last.triple.modification} -> {outcome_text(last, threshold)}"
+    if last.status not in ("ok", "duplicate") and last.error.strip():
+        lines = [ln for ln in last.error.strip().splitlines() if ln.strip()][-3:]
+        text += "\nError (last lines):\n" + "\n".join(ln[:200] for ln in lines)
+    return text
+
+
+def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: list[HistoryEntry],
+            best: BestDesign | None, user_goal: str = "", novelty_threshold: float = 0.1,
+            ) -> tuple[Triple, Improvement]:
+    """Diagnose the last outcome and propose the next change; raises AgentError if the LLM call fails."""
+    explore = last is not None and is_near_copy(last, novelty_threshold)
+    values = {k: v for k, v in task_values(task).items() if k not in ("channels", "height", "width")}
+    goal = user_goal.strip() or task.goal.strip()
+    values["goal"] = f"User's goal: {goal}\n" if goal else ""
+    best_text = (f"accuracy {best.accuracy:.3f} with {human(best.params)} parameters ({best.arch_id})"
+                 if best else "(none yet)")
+    system = render("prompt_improver.system")
+    # The last entry is shown in full under "Last result"; don't spend tokens on it twice.
+    earlier = [e for e in history if last is None or e.iteration != last.iteration]
+    user = render("prompt_improver.user", **values, history=history_block(earlier, novelty_threshold),
+                  best=best_text, last=_last_text(last, novelty_threshold), directive=_directive(last, explore))
+    reply = call(llm, system, user, "prompt_improver")
+
+    found, mode = parse_triple(reply.text)
+    fallback = fallback_triple(last, history, best, novelty_threshold)
+    if mode == "fallback":
+        triple = fallback
+    else:
+        triple = Triple(problem=found.get("problem") or fallback.problem,
+                        modification=found["modification"],
+                        expected_effect=found.get("expected_effect", ""))
+        if explore and "different" not in triple.modification.lower():
+            # The small model tends to propose a tweak of what it just repeated; insist on a new design.
+            triple = triple.model_copy(update={"modification": f"{triple.modification}. {EXPLORE}"})
+    meta = Improvement(
+        prompt_name=user.name, prompt_sha=pair_sha(system, user), tokens_in=reply.tokens_in,
+        tokens_out=reply.tokens_out, tokens_estimated=reply.estimated, seconds=round(reply.seconds, 3),
+        reply=reply.text, parse_mode=mode, explore=explore,
+    )
+    return triple, meta

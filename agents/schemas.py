@@ -1,0 +1,86 @@
+"""Typed inputs and outputs of the Code Generator and the Prompt Improver.
+
+They live in one module so both agents (and the graph) share them without importing each other.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, computed_field, field_validator
+
+
+class Task(BaseModel):
+    dataset: str
+    in_shape: tuple[int, int, int, int] = Field(description="(B, C, H, W) of one training batch")
+    classes: int = Field(ge=2)
+    max_params: int = Field(ge=1)
+    max_flops: int = Field(ge=1, description="forward FLOPs per sample")
+    epochs: int = Field(1, ge=1)
+    goal: str = Field("", description="free text from the user")
+
+    @field_validator("in_shape")
+    @classmethod
+    def _positive(cls, v: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        if min(v) < 1:
+            raise ValueError(f"in_shape must be four positive ints (B, C, H, W), got {v}")
+        return v
+
+
+class Triple(BaseModel):
+    problem: str
+    modification: str
+    expected_effect: str
+
+    def as_instruction(self) -> str:
+        """The text the Code Generator receives as its design instruction."""
+        parts = [self.modification.strip()]
+        if self.problem.strip():
+            parts.append(f"(Problem: {self.problem.strip()})")
+        if self.expected_effect.strip():
+            parts.append(f"(Expected: {self.expected_effect.strip()})")
+        return " ".join(parts)
+
+
+class HistoryEntry(BaseModel):
+    iteration: int
+    triple: Triple
+    status: str
+    accuracy: float | None = None
+    params: int | None = None
+    error: str = ""
+    arch_id: str = ""
+    novelty: float | None = Field(None, description="MinHash 1-Jaccard distance to the closest earlier design")
+
+
+class BestDesign(BaseModel):
+    arch_id: str
+    code: str
+    accuracy: float
+    params: int | None = None
+
+
+class CallMeta(BaseModel):
+    """What one LLM call cost and which prompt produced it (goes into the trace)."""
+    prompt_name: str
+    prompt_sha: str
+    tokens_in: int
+    tokens_out: int
+    tokens_estimated: bool = Field(False, description="backend reported no usage; counts are chars/4")
+    seconds: float
+    reply: str
+
+
+class Generation(CallMeta):
+    code: str
+    extract_source: str = Field("", description="fence / unclosed_fence / bare / empty")
+    added_imports: list[str] = Field(default_factory=list)
+
+
+class Improvement(CallMeta):
+    parse_mode: Literal["labelled", "json", "fallback"]
+    explore: bool = Field(False, description="the triple was pushed towards a structurally different design")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def parsed(self) -> bool:
+        return self.parse_mode != "fallback"

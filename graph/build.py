@@ -1,0 +1,36 @@
+"""Wiring: nodes and pure routers into one LangGraph StateGraph, checkpointed to SQLite."""
+from __future__ import annotations
+
+from functools import partial
+
+from langgraph.graph import END, START, StateGraph
+
+from . import routing
+from .nodes import Nodes
+from .state import LoopState
+
+NODE_NAMES = ("improve", "retrieve", "generate", "check", "repair", "fingerprint", "evaluate", "record")
+
+
+def build_graph(nodes: Nodes, max_repairs: int, checkpointer=None):
+    g = StateGraph(LoopState)
+    for name in NODE_NAMES:
+        g.add_node(name, nodes.wrap(name, getattr(nodes, name)))
+    g.add_edge(START, "improve")
+    g.add_edge("improve", "retrieve")
+    g.add_edge("retrieve", "generate")
+    g.add_edge("generate", "check")
+    g.add_edge("repair", "check")
+    g.add_conditional_edges("check", partial(routing.after_check, max_repairs=max_repairs),
+                            ["fingerprint", "repair", "record"])
+    g.add_conditional_edges("fingerprint", routing.after_fingerprint, ["evaluate", "record"])
+    g.add_conditional_edges("evaluate", partial(routing.after_evaluate, max_repairs=max_repairs),
+                            ["repair", "record"])
+    g.add_conditional_edges("record", routing.after_record, {"improve": "improve", "__end__": END})
+    return g.compile(checkpointer=checkpointer)
+
+
+def recursion_limit(iterations: int, max_repairs: int) -> int:
+    # Worst case per iteration: improve, retrieve, generate, then (check, fingerprint, evaluate, repair)
+    # per attempt, then record.
+    return iterations * (4 + 4 * (max_repairs + 1)) + 50

@@ -1,0 +1,207 @@
+"""The graph's nodes. Each takes the state and returns an update; the LLM, evaluator, store and trace
+come from `Deps` (they are live objects, not state). `Nodes.wrap` adds the bookkeeping every node
+shares: its step number, its trace event, and the split of wall time into LLM, training and other.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from agents import code_generator, prompt_improver
+from agents.schemas import BestDesign, HistoryEntry, Task, Triple
+from nasgraph.config import Config
+from tools.evaluator import EvalRequest, Evaluator, Outcome, static_check
+from tools.fingerprint import canonical_id
+from tools.store import Store
+
+from .routing import stop_reason
+from .state import LoopState
+from .trace import TraceWriter
+
+
+@dataclass
+class Deps:
+    cfg: Config
+    llm: Any                      # agents.llm handle: .chat (BaseChatModel), .backend, .model, .release()
+    evaluator: Evaluator
+    store: Store
+    trace: TraceWriter
+    hardware: dict
+    prm: dict = field(default_factory=dict)
+    retrieve: Callable[[Task, Triple], tuple[list[str], dict]] | None = None
+    started: float = field(default_factory=time.time)
+    _last_end: float | None = None
+
+
+def _task(state: LoopState) -> Task:
+    return Task(**state["task"])
+
+
+def _history(state: LoopState) -> list[HistoryEntry]:
+    return [HistoryEntry(**h) for h in state.get("history", [])]
+
+
+def _best(state: LoopState) -> BestDesign | None:
+    return BestDesign(**state["best"]) if state.get("best") else None
+
+
+def _llm_event(meta: Any) -> dict:
+    return {"prompt": meta.prompt_name, "prompt_sha": meta.prompt_sha, "tokens_in": meta.tokens_in,
+            "tokens_out": meta.tokens_out, "latency": round(meta.seconds, 3), "reply": meta.reply}
+
+
+class Nodes:
+    def __init__(self, deps: Deps):
+        self.d = deps
+
+    # -- bookkeeping shared by every node -------------------------------------------------------
+    def wrap(self, name: str, fn: Callable[[LoopState], dict]) -> Callable[[LoopState], dict]:
+        def node(state: LoopState) -> dict:
+            start = time.perf_counter()
+            update = fn(state)
+            event = update.pop("_event", {})
+            llm_s = float(event.get("latency", 0.0))
+            train_s = float(update.pop("_train_s", 0.0))
+            now = time.perf_counter()
+            # Time since the previous node ended also covers LangGraph's own checkpoint writes.
+            elapsed = now - (self.d._last_end if self.d._last_end is not None else start)
+            self.d._last_end = now
+            step = state.get("step", 0)
+            iteration = state.get("iteration", 0) + (0 if name == "record" else 1)
+            self.d.trace.emit(step=step, iteration=iteration, node=name, backend=self.d.llm.backend,
+                              model=self.d.llm.model, seconds=round(now - start, 3), **event)
+            update["step"] = 1
+            update["stats"] = {**update.get("stats", {}), "seconds_llm": llm_s, "seconds_train": train_s,
+                               "seconds_other": max(0.0, elapsed - llm_s - train_s)}
+            return update
+        node.__name__ = name
+        return node
+
+    # -- agents ------------------------------------------------------------------------------
+    def improve(self, state: LoopState) -> dict:
+        history = _history(state)
+        last = history[-1] if history else None
+        window = prompt_improver.window(history, self.d.cfg.loop.history_k)
+        triple, meta = prompt_improver.improve(self.d.llm.at_step(state.get("step", 0)), _task(state), last, window, _best(state),
+                                               state.get("user_goal", ""))
+        event = {**_llm_event(meta), "triple": triple.model_dump(), "parse_mode": meta.parse_mode}
+        return {"triple": triple.model_dump(), "code": None, "outcome": None, "repairs": 0,
+                "first_status": None, "arch_id": None, "novelty": None, "nearest": None, "blocks": [],
+                "_event": event}
+
+    def retrieve(self, state: LoopState) -> dict:
+        if self.d.retrieve is None:
+            return {"blocks": [], "_event": {"enabled": False}}
+        blocks, info = self.d.retrieve(_task(state), Triple(**state["triple"]))
+        return {"blocks": blocks, "_event": {"enabled": True, **info}}
+
+    def generate(self, state: LoopState) -> dict:
+        window = prompt_improver.window(_history(state), self.d.cfg.loop.history_k)
+        gen = code_generator.generate(self.d.llm.at_step(state.get("step", 0)), _task(state), Triple(**state["triple"]).as_instruction(),
+                                      window, _best(state), state.get("blocks") or [])
+        return {"code": gen.code, "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code}}
+
+    def repair(self, state: LoopState) -> dict:
+        outcome = state["outcome"]
+        gen = code_generator.repair(self.d.llm.at_step(state.get("step", 0)), _task(state), state["code"], outcome["error"], outcome["status"])
+        return {"code": gen.code, "repairs": state.get("repairs", 0) + 1, "outcome": None,
+                "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code,
+                           "repairing": outcome["status"]}}
+
+    # -- tools -------------------------------------------------------------------------------
+    def check(self, state: LoopState) -> dict:
+        outcome = static_check(state["code"])
+        update: dict = {"outcome": outcome.model_dump() if outcome else None}
+        if state.get("first_status") is None and outcome is not None:
+            update["first_status"] = outcome.status
+        update["_event"] = {"status": outcome.status if outcome else "pass",
+                            "error": outcome.error if outcome else ""}
+        return update
+
+    def fingerprint(self, state: LoopState) -> dict:
+        code, task = state["code"], _task(state)
+        arch_id = canonical_id(code)
+        novelty, nearest = self.d.store.novelty(code)
+        update: dict = {"arch_id": arch_id, "novelty": novelty, "nearest": nearest, "outcome": None}
+        cached = self.d.store.lookup(arch_id, task.dataset, task.epochs, self.d.prm)
+        if cached is not None:
+            self.d.store.record_cache_hit(arch_id, cached.id, run_id=state["run_id"],
+                                          iteration=state.get("iteration", 0) + 1)
+            outcome = Outcome(**{**cached.to_outcome().model_dump(), "status": "duplicate", "stage": "cache",
+                                 "error": f"duplicate of {arch_id} (already evaluated: {cached.status})",
+                                 "detail": {"cached_status": cached.status, "evaluation_id": cached.id}})
+            update["outcome"] = outcome.model_dump()
+            if state.get("first_status") is None:
+                update["first_status"] = "duplicate"
+        update["_event"] = {"code_hash": arch_id, "novelty": novelty, "nearest": nearest,
+                            "status": "duplicate" if cached is not None else "new"}
+        return update
+
+    def evaluate(self, state: LoopState) -> dict:
+        task, run_id = _task(state), state["run_id"]
+        iteration = state.get("iteration", 0) + 1
+        arch_id = state["arch_id"]
+        # Idempotent across a crash: if this very attempt was recorded before the checkpoint, reuse it.
+        done = self.d.store.run_evaluation(run_id, iteration, arch_id)
+        if done is not None:
+            outcome = done.to_outcome()
+        else:
+            self.d.llm.release_for_training()
+            req = EvalRequest.from_config(self.d.cfg.evaluator, code=state["code"], dataset=task.dataset,
+                                          epochs=task.epochs, prm=self.d.prm, max_params=task.max_params,
+                                          max_flops=task.max_flops)
+            outcome = self.d.evaluator.evaluate(req)
+            self.d.store.record_new(state["code"], f"llm:{self.d.llm.model}", outcome, dataset=task.dataset,
+                                    epochs=task.epochs, prm=self.d.prm, hardware=self.d.hardware,
+                                    run_id=run_id, iteration=iteration)
+        update: dict = {"outcome": outcome.model_dump(),
+                        "_train_s": sum(v for k, v in outcome.seconds.items() if k not in ("parse", "policy")),
+                        "_event": {"code_hash": arch_id, "status": outcome.status, "accuracy": outcome.accuracy,
+                                   "params": outcome.params, "flops": outcome.flops, "error": outcome.error,
+                                   "stage_seconds": outcome.seconds, "reused": done is not None}}
+        if state.get("first_status") is None:
+            update["first_status"] = outcome.status
+        return update
+
+    def record(self, state: LoopState) -> dict:
+        outcome = Outcome(**state["outcome"])
+        iteration = state.get("iteration", 0) + 1
+        cached_ok = outcome.status == "duplicate" and outcome.detail.get("cached_status") == "ok"
+        valid = outcome.status == "ok" or cached_ok
+        entry = HistoryEntry(iteration=iteration, triple=Triple(**state["triple"]), status=outcome.status,
+                             accuracy=outcome.accuracy if valid else None, params=outcome.params,
+                             error=outcome.error, arch_id=state.get("arch_id") or "", novelty=state.get("novelty"))
+        best = state.get("best")
+        if outcome.status == "ok" and outcome.accuracy is not None and (
+                best is None or outcome.accuracy > best["accuracy"]):
+            best = BestDesign(arch_id=state["arch_id"], code=state["code"], accuracy=outcome.accuracy,
+                              params=outcome.params).model_dump()
+        threshold = self.d.cfg.loop.novelty_threshold
+        novel = outcome.status == "ok" and (state.get("novelty") is None or state["novelty"] >= threshold)
+        stats = {
+            "valid_first_attempt": float(state.get("first_status") == "ok"),
+            "valid_after_repair": float(outcome.status == "ok"),
+            "repaired": float(outcome.status == "ok" and state.get("first_status") != "ok"),
+            "duplicates": float(outcome.status == "duplicate"),
+            "novel": float(novel),
+            "near_copies": float(outcome.status == "ok" and not novel),
+            "accuracy_sum": outcome.accuracy if outcome.status == "ok" and outcome.accuracy else 0.0,
+            f"status_{outcome.status}": 1.0,
+        }
+        reason = stop_reason(iteration, state["max_iterations"], time.time() - self.d.started,
+                             self.d.cfg.loop.time_budget_s, best["accuracy"] if best else None,
+                             self.d.cfg.loop.target_accuracy)
+        return {"iteration": iteration, "history": [entry.model_dump()], "best": best, "stats": stats,
+                "stop_reason": reason,
+                "_event": {"status": outcome.status, "accuracy": outcome.accuracy, "params": outcome.params,
+                           "code_hash": state.get("arch_id"), "novelty": state.get("novelty"),
+                           "first_status": state.get("first_status"), "repairs": state.get("repairs", 0),
+                           "error": outcome.error, "stop_reason": reason}}
+
+
+def _safe_id(code: str) -> str | None:
+    try:
+        return canonical_id(code)
+    except SyntaxError:
+        return None

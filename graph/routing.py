@@ -1,0 +1,57 @@
+"""Pure routing functions: state in, next node out. They raise on states the graph should never reach."""
+from __future__ import annotations
+
+from typing import Literal
+
+from .state import LoopState
+
+# Failures the generator can fix from the error text alone (the issue's "static checks, build, shape").
+REPAIRABLE = frozenset({"syntax", "forbidden", "build_error", "shape_error"})
+
+
+def _status(state: LoopState) -> str | None:
+    outcome = state.get("outcome")
+    return outcome["status"] if outcome else None
+
+
+def _repair_or_record(state: LoopState, max_repairs: int) -> Literal["repair", "record"]:
+    status = _status(state)
+    if status in REPAIRABLE and state.get("repairs", 0) < max_repairs:
+        return "repair"
+    return "record"
+
+
+def after_check(state: LoopState, max_repairs: int) -> Literal["fingerprint", "repair", "record"]:
+    if state.get("code") is None:
+        raise ValueError("check ran without a candidate")
+    if _status(state) is None:
+        return "fingerprint"
+    return _repair_or_record(state, max_repairs)
+
+
+def after_fingerprint(state: LoopState) -> Literal["evaluate", "record"]:
+    if state.get("arch_id") is None:
+        raise ValueError("fingerprint left no architecture id")
+    return "record" if _status(state) == "duplicate" else "evaluate"
+
+
+def after_evaluate(state: LoopState, max_repairs: int) -> Literal["repair", "record"]:
+    if _status(state) is None:
+        raise ValueError("evaluate left no outcome")
+    return _repair_or_record(state, max_repairs)
+
+
+def after_record(state: LoopState) -> Literal["improve", "__end__"]:
+    return "__end__" if state.get("stop_reason") else "improve"
+
+
+def stop_reason(iteration: int, max_iterations: int, elapsed_s: float, time_budget_s: float | None,
+                best_accuracy: float | None, target_accuracy: float | None) -> str | None:
+    """Why the run should stop after this iteration, or None to go on."""
+    if iteration >= max_iterations:
+        return "iterations"
+    if time_budget_s is not None and elapsed_s >= time_budget_s:
+        return "time_budget"
+    if target_accuracy is not None and best_accuracy is not None and best_accuracy >= target_accuracy:
+        return "target_accuracy"
+    return None

@@ -1,0 +1,161 @@
+"""Start or resume one autonomous run: the graph, its SQLite checkpoint, its trace and its summary.
+
+A run lives in `<home>/runs/<run_id>/` (checkpoint.sqlite, trace.jsonl, run.json). LangGraph writes a
+checkpoint after every node, so `kill -9` loses at most the node in flight; resuming re-runs that node
+(the evaluate node first looks for its own result in the store, so nothing is trained or counted twice).
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from agents.schemas import Task
+from nasgraph.config import Config
+from tools.evaluator import Evaluator
+from tools.evaluator.datasets import load_dataset
+from tools.evaluator.harness import pick_device
+from tools.hardware import hardware_info
+from tools.store import Store
+
+from .build import build_graph, recursion_limit
+from .nodes import Deps, Nodes
+from .state import LoopState
+from .trace import TraceWriter
+
+
+class RunError(RuntimeError):
+    """A run cannot start or resume (bad run id, finished run, config mismatch)."""
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.sqlite"
+
+    @property
+    def trace(self) -> Path:
+        return self.root / "trace.jsonl"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "run.json"
+
+
+def make_task(cfg: Config, goal: str = "") -> Task:
+    data = load_dataset(cfg.loop.dataset, cfg.data_dir)
+    return Task(dataset=data.name, in_shape=(cfg.evaluator.batch_size, *data.in_shape), classes=data.classes,
+                max_params=cfg.evaluator.max_params, max_flops=cfg.evaluator.max_flops,
+                epochs=cfg.loop.epochs, goal=goal)
+
+
+def summarize(run_id: str, values: dict) -> dict:
+    s = values.get("stats", {})
+    n = int(values.get("iteration", 0))
+    dup = int(s.get("duplicates", 0))
+    fresh = max(1, n - dup)  # valid rates are over iterations that produced a new design
+    ok = int(s.get("valid_after_repair", 0))
+    best = values.get("best")
+    return {
+        "run_id": run_id,
+        "iterations": n,
+        "valid_first_attempt": round(s.get("valid_first_attempt", 0) / fresh, 4),
+        "valid_after_repair": round(ok / fresh, 4),
+        "duplicates": dup,
+        "novel": int(s.get("novel", 0)),
+        "near_copies": int(s.get("near_copies", 0)),
+        "best_accuracy": best["accuracy"] if best else None,
+        "best_params": best["params"] if best else None,
+        "best_arch_id": best["arch_id"] if best else None,
+        "mean_accuracy": round(s.get("accuracy_sum", 0) / ok, 4) if ok else None,
+        "failures": {k[len("status_"):]: int(v) for k, v in s.items() if k.startswith("status_") and k != "status_ok"},
+        "seconds": {k: round(s.get(f"seconds_{k}", 0.0), 2) for k in ("llm", "train", "other")},
+        "seconds_per_iteration": {k: round(s.get(f"seconds_{k}", 0.0) / max(1, n), 2) for k in ("llm", "train", "other")},
+        "stop_reason": values.get("stop_reason"),
+    }
+
+
+def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: int | None = None,
+             goal: str = "", on_update: Callable[[str, dict, dict], None] | None = None,
+             evaluator: Evaluator | None = None, retrieve: Any = None) -> dict:
+    """Run (or resume) until the stop condition; returns the summary. `llm` is an agents.llm handle."""
+    run_id = run_id or new_run_id()
+    paths = RunPaths(cfg.runs_dir / run_id)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    task = make_task(cfg, goal)
+    device = str(pick_device(cfg.evaluator.device))
+    store = Store(cfg.store_path)
+    own_evaluator = evaluator is None
+    evaluator = evaluator or Evaluator(cfg.data_dir)
+    trace = TraceWriter(paths.trace)
+    conn = sqlite3.connect(paths.checkpoint, check_same_thread=False)
+    try:
+        saver = SqliteSaver(conn)
+        deps = Deps(cfg=cfg, llm=llm, evaluator=evaluator, store=store, trace=trace,
+                    hardware=hardware_info(cfg.evaluator.threads, device), retrieve=retrieve)
+        graph = build_graph(Nodes(deps), cfg.loop.max_repairs, checkpointer=saver)
+        config = {"configurable": {"thread_id": run_id}}
+        snapshot = graph.get_state(config)
+        values = snapshot.values or {}
+        if values:
+            _check_resumable(values, task)
+            trace.truncate_from(values.get("step", 0))
+            total = iterations or values["max_iterations"]
+            if not snapshot.next:  # finished before: extend it if asked for more iterations
+                if total <= values.get("iteration", 0):
+                    return summarize(run_id, values)
+                graph.update_state(config, {"max_iterations": total, "stop_reason": None}, as_node="record")
+            elif total != values["max_iterations"]:
+                graph.update_state(config, {"max_iterations": total})
+            inputs = None
+        else:
+            total = iterations or cfg.loop.iterations
+            inputs = LoopState(run_id=run_id, max_iterations=total, task=task.model_dump(), user_goal=goal,
+                               iteration=0, step=0, history=[], best=None, stats={}, repairs=0)
+            paths.meta.write_text(json.dumps({"run_id": run_id, "created": time.time(),
+                                              "config": json.loads(cfg.model_dump_json())}, indent=1))
+        config["recursion_limit"] = recursion_limit(total, cfg.loop.max_repairs)
+        for node, update, state in _stream(graph, inputs, config):
+            if on_update:
+                on_update(node, update, state)
+        return summarize(run_id, graph.get_state(config).values)
+    finally:
+        conn.close()
+        store.close()
+        if own_evaluator:
+            evaluator.close()
+
+
+def _stream(graph, inputs, config) -> Iterator[tuple[str, dict, dict]]:
+    """Yield (node, its update, the state after it) as each node finishes."""
+    pending: list[tuple[str, dict]] = []
+    for mode, payload in graph.stream(inputs, config, stream_mode=["updates", "values"]):
+        if mode == "updates":
+            pending.extend((node, update or {}) for node, update in payload.items())
+        else:  # "values" follows the updates of the same step
+            for node, update in pending:
+                yield node, update, payload
+            pending = []
+
+
+def _check_resumable(values: dict, task: Task) -> None:
+    if values.get("task", {}).get("dataset") != task.dataset:
+        raise RunError(f"run {values.get('run_id')} was started on {values['task']['dataset']!r}, "
+                       f"not {task.dataset!r}; start a new run id for another dataset")
+
+
+def list_runs(runs_dir: Path) -> list[str]:
+    return sorted(p.name for p in runs_dir.iterdir() if (p / "checkpoint.sqlite").exists()) if runs_dir.exists() else []

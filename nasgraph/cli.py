@@ -1,0 +1,301 @@
+"""`nasgraph` command line. Every known failure becomes one clear line on stderr and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from nasgraph.config import Config, load_config
+
+EXIT_USAGE, EXIT_FAIL = 2, 1
+
+
+class CLIError(Exception):
+    """A user-facing error; its message is printed as is."""
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+    if getattr(args, "home", None):
+        o["home"] = Path(args.home)
+    ev: dict[str, Any] = {}
+    for key in ("threads", "time_budget_s", "max_params", "device"):
+        if getattr(args, key, None) is not None:
+            ev[key] = getattr(args, key)
+    if ev:
+        o["evaluator"] = ev
+    llm: dict[str, Any] = {k: getattr(args, k) for k in ("backend", "model") if getattr(args, k, None)}
+    if llm:
+        o["llm"] = llm
+    loop: dict[str, Any] = {}
+    for key in ("dataset", "epochs", "iterations", "max_repairs", "target_accuracy"):
+        if getattr(args, key, None) is not None:
+            loop[key] = getattr(args, key)
+    if loop:
+        o["loop"] = loop
+    return o
+
+
+def _prm(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in (("lr", args.lr), ("momentum", args.momentum), ("batch", args.batch),
+                              ("dropout", args.dropout)) if v is not None}
+
+
+# -- eval / reference ------------------------------------------------------------------------------
+def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin: str, as_json: bool,
+                    console: Console) -> int:
+    from nasgraph.views import outcome_table
+    from tools.evaluator import EvalRequest, Evaluator, static_check
+    from tools.evaluator.harness import pick_device
+    from tools.hardware import hardware_info
+    from tools.store import Store
+
+    store = Store(cfg.store_path)
+    hardware = hardware_info(cfg.evaluator.threads, str(pick_device(cfg.evaluator.device)))
+    results, failed = [], 0
+    with Evaluator(cfg.data_dir) as evaluator:
+        for name, code in files:
+            outcome = static_check(code)
+            arch_id, cache_hit = None, False
+            if outcome is None:
+                req = EvalRequest.from_config(cfg.evaluator, code=code, dataset=cfg.loop.dataset,
+                                              epochs=cfg.loop.epochs, prm=prm)
+                outcome, arch_id, cache_hit = store.evaluate_cached(
+                    code, cfg.loop.dataset, cfg.loop.epochs, prm, lambda: evaluator.evaluate(req),
+                    origin=origin, hardware=hardware)
+            failed += not outcome.ok
+            if as_json:
+                results.append({"file": name, "arch_id": arch_id, "cache_hit": cache_hit, **outcome.model_dump()})
+            else:
+                console.print(outcome_table(f"{name}  [dim]{arch_id or ''}[/]", outcome, cache_hit))
+    store.close()
+    if as_json:
+        print(json.dumps(results[0] if len(results) == 1 else results))
+    return EXIT_FAIL if failed else 0
+
+
+def cmd_eval(args, cfg: Config, console: Console) -> int:
+    files = []
+    for f in args.files:
+        path = Path(f)
+        if not path.is_file():
+            raise CLIError(f"no such file: {f}")
+        try:
+            files.append((f, path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CLIError(f"cannot read {f}: {exc}") from exc
+    return _evaluate_files(cfg, files, _prm(args), "file", args.json, console)
+
+
+def cmd_reference(args, cfg: Config, console: Console) -> int:
+    from tools.evaluator.reference_models import reference_models
+
+    files = [(name, code) for name, code in reference_models().items()]
+    return _evaluate_files(cfg, files, _prm(args), "reference", args.json, console)
+
+
+# -- store -------------------------------------------------------------------------------------------
+def cmd_store(args, cfg: Config, console: Console) -> int:
+    from rich.table import Table
+
+    from nasgraph.views import code_view, fmt_acc, fmt_int
+    from tools.export import export_lemur
+    from tools.store import Store
+
+    if args.store_cmd != "ls" and not cfg.store_path.exists():
+        raise CLIError(f"no store at {cfg.store_path}; evaluate something first (nasgraph eval / nasgraph run)")
+    store = Store(cfg.store_path)
+    try:
+        if args.store_cmd == "ls":
+            rows = store.architectures(limit=args.limit, order=args.order)
+            if args.json:
+                print(json.dumps([dataclasses.asdict(r) for r in rows], default=str))
+                return 0
+            t = Table(title=f"{cfg.store_path}")
+            for col in ("id", "origin", "best acc", "last status", "evals", "novelty", "created"):
+                t.add_column(col)
+            for r in rows:
+                t.add_row(r.id, r.origin, fmt_acc(r.best_accuracy), r.last_status or "–", str(r.evaluations),
+                          "–" if r.novelty is None else f"{r.novelty:.2f}", str(r.created)[:19])
+            console.print(t)
+        elif args.store_cmd == "show":
+            detail = store.architecture(args.id)
+            if args.json:
+                print(json.dumps(dataclasses.asdict(detail), default=str))
+                return 0
+            console.print(f"[bold]{detail.id}[/]  origin {detail.origin}  created {detail.created}")
+            console.print(code_view(detail.code))
+            t = Table(title="evaluations")
+            for col in ("dataset", "epochs", "status", "accuracy", "params", "run", "iter", "error"):
+                t.add_column(col)
+            for e in detail.evaluations:
+                t.add_row(e.dataset, str(e.epochs), e.status, fmt_acc(e.accuracy), fmt_int(e.params),
+                          str(e.run_id or ""), str(e.iteration or ""), (e.error or "")[:80])
+            console.print(t)
+        elif args.store_cmd == "export":
+            n = export_lemur(store, Path(args.out), dataset=args.dataset)
+            console.print(f"exported {n} models to {args.out} (LEMUR layout)")
+    finally:
+        store.close()
+    return 0
+
+
+# -- models / datasets ------------------------------------------------------------------------------
+def cmd_models(args, cfg: Config, console: Console) -> int:
+    from agents.models import list_models, pull
+
+    if args.models_cmd == "pull":
+        path = pull(args.name, cfg.models_dir, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+        console.print(f"{args.name}: {path}")
+        return 0
+    rows = list_models(cfg.models_dir)
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    from rich.table import Table
+
+    t = Table(title=str(cfg.models_dir))
+    for col in rows[0].keys() if rows else ("name",):
+        t.add_column(str(col))
+    for r in rows:
+        t.add_row(*(str(v) for v in r.values()))
+    console.print(t)
+    return 0
+
+
+def cmd_datasets(args, cfg: Config, console: Console) -> int:
+    from tools.evaluator.datasets import dataset_names
+
+    for name in dataset_names():
+        console.print(name)
+    return 0
+
+
+# -- run -----------------------------------------------------------------------------------------------
+def cmd_run(args, cfg: Config, console: Console) -> int:
+    from agents.handle import open_llm
+    from graph.run import new_run_id, run_loop
+    from nasgraph.views import RunView, summary_table
+
+    run_id = args.run_id or new_run_id()
+    llm = open_llm(cfg, progress=None if args.json else (lambda m: console.print(f"[dim]{m}[/]")))
+    if args.json:
+        summary = run_loop(cfg, llm, run_id=run_id, iterations=args.iterations, goal=args.goal or "")
+        print(json.dumps(summary))
+        return 0
+    with RunView(console, run_id, args.iterations or cfg.loop.iterations) as view:
+        summary = run_loop(cfg, llm, run_id=run_id, iterations=args.iterations, goal=args.goal or "",
+                           on_update=view.update)
+    console.print(summary_table(summary))
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nasgraph", description="LLM-driven neural architecture search, locally.")
+    p.add_argument("--home", help="folder for the store, models, datasets and runs (default $NASGRAPH_HOME or ~/.nasgraph)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def train_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dataset", help="dataset name (see `nasgraph datasets`)")
+        sp.add_argument("--epochs", type=int)
+        sp.add_argument("--threads", type=int)
+        sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
+        sp.add_argument("--time-budget-s", dest="time_budget_s", type=float, help="max projected seconds per epoch")
+        sp.add_argument("--max-params", dest="max_params", type=int)
+        sp.add_argument("--json", action="store_true", help="print one JSON result instead of tables")
+
+    def prm_flags(sp: argparse.ArgumentParser) -> None:
+        for name, typ in (("lr", float), ("momentum", float), ("batch", int), ("dropout", float)):
+            sp.add_argument(f"--{name}", type=typ, help=f"hyperparameter {name!r} passed to the model and harness")
+
+    e = sub.add_parser("eval", help="evaluate model file(s) under the model contract")
+    e.add_argument("files", nargs="+", metavar="FILE")
+    train_flags(e)
+    prm_flags(e)
+    r = sub.add_parser("reference", help="evaluate the built-in reference models")
+    train_flags(r)
+    prm_flags(r)
+
+    s = sub.add_parser("store", help="inspect the model store")
+    ss = s.add_subparsers(dest="store_cmd", required=True)
+    ls = ss.add_parser("ls")
+    ls.add_argument("--limit", type=int)
+    ls.add_argument("--order", choices=["created", "accuracy"], default="created")
+    ls.add_argument("--json", action="store_true")
+    sh = ss.add_parser("show")
+    sh.add_argument("id", help="architecture id or an unambiguous prefix")
+    sh.add_argument("--json", action="store_true")
+    ex = ss.add_parser("export", help="write the store in LEMUR's layout")
+    ex.add_argument("--out", default="lemur-export")
+    ex.add_argument("--dataset")
+
+    m = sub.add_parser("models", help="embedded LLMs: pull / ls")
+    ms = m.add_subparsers(dest="models_cmd", required=True)
+    mp = ms.add_parser("pull")
+    mp.add_argument("name", help="e.g. qwen2.5-coder-0.5b, qwen2.5-coder-1.5b")
+    ml = ms.add_parser("ls")
+    ml.add_argument("--json", action="store_true")
+
+    sub.add_parser("datasets", help="list dataset names")
+
+    rn = sub.add_parser("run", help="autonomous closed-loop search (resumable)")
+    train_flags(rn)
+    rn.add_argument("--iterations", type=int)
+    rn.add_argument("--run-id", dest="run_id", help="resume this run, or name a new one")
+    rn.add_argument("--model", help="LLM name (embedded name, GGUF path, or Ollama model)")
+    rn.add_argument("--backend", choices=["llamacpp", "ollama"])
+    rn.add_argument("--max-repairs", dest="max_repairs", type=int)
+    rn.add_argument("--target-accuracy", dest="target_accuracy", type=float)
+    rn.add_argument("--goal", help="free-text design goal added to the prompts")
+    return p
+
+
+COMMANDS = {"eval": cmd_eval, "reference": cmd_reference, "store": cmd_store, "models": cmd_models,
+            "datasets": cmd_datasets, "run": cmd_run}
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Error types that carry a user-facing message (imported lazily: most commands need few of them)."""
+    import pydantic
+
+    errors: list[type[BaseException]] = [CLIError, pydantic.ValidationError]
+    for mod, name in (("tools.store", "StoreError"), ("tools.evaluator.datasets", "DatasetUnavailable"),
+                      ("agents.models", "ModelError"), ("agents.llm", "LLMUnavailable"),
+                      ("graph.run", "RunError"), ("agents.llm_call", "AgentError")):
+        try:
+            errors.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=getattr(args, "json", False))
+    try:
+        cfg = load_config(**_overrides(args))
+        return COMMANDS[args.cmd](args, cfg, console)
+    except KeyboardInterrupt:
+        print("nasgraph: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - only known types are shown plainly; others re-raise
+        if isinstance(exc, _known_errors()) or (isinstance(exc, ValueError) and "dataset" in str(exc)):
+            msg = str(exc).strip().splitlines()[0] if not hasattr(exc, "errors") else _pydantic_msg(exc)
+            print(f"nasgraph: error: {msg}", file=sys.stderr)
+            return EXIT_FAIL
+        raise
+
+
+def _pydantic_msg(exc) -> str:
+    e = exc.errors()[0]
+    return f"invalid setting {'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

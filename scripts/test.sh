@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the whole test suite: unit tests, then integration tests on real
+# data and the real embedded 0.5B model (pulled into the model cache on first use).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/nasgraph models pull qwen2.5-coder-0.5b
+exec .venv/bin/python -m pytest -q "$@"

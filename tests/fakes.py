@@ -1,0 +1,47 @@
+"""A scripted chat model for routing tests: it answers the Prompt Improver and the Code Generator from
+separate queues (told apart by their system prompts). It never stands in for a claim about what the
+real system does; those are made by integration tests on the embedded model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+
+class ScriptedChatModel(BaseChatModel):
+    improver: list[str] = []
+    generator: list[str] = []
+    calls: list[str] = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kw: Any) -> ChatResult:
+        system = str(messages[0].content)
+        role = "improver" if "PROBLEM:" in system else "generator"
+        queue = self.improver if role == "improver" else self.generator
+        self.calls.append(role)
+        text = queue.pop(0) if queue else (
+            "PROBLEM: none\nMODIFICATION: widen the first conv\nEXPECTED: better" if role == "improver" else "")
+        msg = AIMessage(content=text, usage_metadata={"input_tokens": 10, "output_tokens": len(text) // 4,
+                                                      "total_tokens": 10 + len(text) // 4})
+        return ChatResult(generations=[ChatGeneration(message=msg)])
+
+
+@dataclass
+class FakeHandle:
+    """Stands in for agents.llm's handle: the chat model plus the names the trace records."""
+    chat: BaseChatModel
+    backend: str = "scripted"
+    model: str = "scripted"
+    releases: list[int] = field(default_factory=list)
+
+    def at_step(self, step: int) -> BaseChatModel:
+        return self.chat
+
+    def release_for_training(self) -> None:
+        self.releases.append(1)

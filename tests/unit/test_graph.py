@@ -1,0 +1,73 @@
+"""The whole graph with a scripted LLM and the real evaluator, store, checkpointer and trace on `digits`."""
+import json
+
+import pytest
+
+from graph.run import RunPaths, run_loop
+from graph.trace import read_events
+from nasgraph.config import load_config
+from tests import candidates as C
+from tests.fakes import FakeHandle, ScriptedChatModel
+from tools.store import Store
+
+
+@pytest.fixture()
+def cfg(tmp_path, monkeypatch):
+    monkeypatch.setenv("NASGRAPH_HOME", str(tmp_path))
+    return load_config(home=tmp_path, evaluator={"threads": 1, "time_budget_s": 60, "batch_size": 64},
+                       loop={"dataset": "digits", "iterations": 4, "max_repairs": 1})
+
+
+def test_routes_duplicates_repairs_and_failures(cfg):
+    llm = ScriptedChatModel(
+        improver=[C.TRIPLE] * 4,
+        generator=[C.fenced(C.VALID),                 # 1: ok at first try
+                   C.fenced(C.VALID_DUPLICATE),       # 2: duplicate, never trained
+                   C.fenced(C.BUILD_ERROR),           # 3: build error ...
+                   C.fenced(C.wide(12)),              #    ... repaired
+                   C.fenced(C.FORBIDDEN),             # 4: forbidden ...
+                   C.fenced(C.FORBIDDEN)])            #    ... repair fails too
+    summary = run_loop(cfg, FakeHandle(llm), run_id="r1")
+
+    assert summary["iterations"] == 4
+    assert summary["duplicates"] == 1
+    assert summary["failures"] == {"duplicate": 1, "forbidden": 1}
+    # 3 fresh iterations: 1 valid at first try, 2 valid after repair
+    assert summary["valid_first_attempt"] == pytest.approx(1 / 3, abs=1e-3)
+    assert summary["valid_after_repair"] == pytest.approx(2 / 3, abs=1e-3)
+    assert summary["best_accuracy"] > 0.3  # trained for real on digits: well above 10% chance
+    assert summary["stop_reason"] == "iterations"
+    assert llm.calls.count("generator") == 6 and llm.calls.count("improver") == 4
+
+    store = Store(cfg.store_path)
+    evals = store.evaluations_for_run("r1")
+    store.close()
+    # trained: VALID (it 1), BUILD_ERROR and its repair (it 3); the duplicate and forbidden code never ran
+    assert sorted((e.iteration, e.status) for e in evals) == [(1, "ok"), (3, "build_error"), (3, "ok")]
+
+    events = list(read_events(RunPaths(cfg.runs_dir / "r1").trace))
+    records = [e for e in events if e["node"] == "record"]
+    assert [e["iteration"] for e in records] == [1, 2, 3, 4]
+    assert [e["status"] for e in records] == ["ok", "duplicate", "ok", "forbidden"]
+    assert [e["step"] for e in events] == list(range(len(events)))
+    gen = next(e for e in events if e["node"] == "generate")
+    assert gen["prompt"] and gen["prompt_sha"] and gen["tokens_in"] > 0 and gen["code_hash"]
+
+
+def test_history_window_feeds_failures_back(cfg):
+    llm = ScriptedChatModel(improver=[C.TRIPLE] * 2, generator=[C.fenced(C.FORBIDDEN)] * 4)
+    run_loop(cfg, FakeHandle(llm), run_id="r2", iterations=2)
+    events = list(read_events(RunPaths(cfg.runs_dir / "r2").trace))
+    improver_prompts = [e for e in events if e["node"] == "improve"]
+    assert len(improver_prompts) == 2
+
+
+def test_finished_run_extends_when_asked_for_more(cfg):
+    llm = ScriptedChatModel(improver=[], generator=[C.fenced(C.wide(c)) for c in (4, 5, 6)])
+    assert run_loop(cfg, FakeHandle(llm), run_id="r3", iterations=2)["iterations"] == 2
+    again = run_loop(cfg, FakeHandle(llm), run_id="r3")
+    assert again["iterations"] == 2  # nothing more asked: nothing more done
+    more = run_loop(cfg, FakeHandle(llm), run_id="r3", iterations=3)
+    assert more["iterations"] == 3
+    meta = json.loads(RunPaths(cfg.runs_dir / "r3").meta.read_text())
+    assert meta["run_id"] == "r3"

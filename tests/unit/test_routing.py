@@ -1,0 +1,54 @@
+"""Pure routers: each state goes to the one right node, impossible states raise."""
+import pytest
+
+from graph import routing
+
+
+def st(status=None, repairs=0, code="x", arch_id="a"):
+    return {"outcome": {"status": status} if status else None, "repairs": repairs, "code": code, "arch_id": arch_id}
+
+
+@pytest.mark.parametrize("status", sorted(routing.REPAIRABLE))
+def test_repairable_failures_go_to_repair_until_the_bound(status):
+    assert routing.after_check(st(status, repairs=0), max_repairs=1) == "repair"
+    assert routing.after_check(st(status, repairs=1), max_repairs=1) == "record"
+    assert routing.after_check(st(status, repairs=0), max_repairs=0) == "record"
+
+
+def test_passing_check_goes_to_fingerprint():
+    assert routing.after_check(st(None), max_repairs=1) == "fingerprint"
+
+
+def test_check_without_code_is_impossible():
+    with pytest.raises(ValueError):
+        routing.after_check(st(None, code=None), max_repairs=1)
+
+
+def test_duplicate_skips_training():
+    assert routing.after_fingerprint(st("duplicate")) == "record"
+    assert routing.after_fingerprint(st(None)) == "evaluate"
+    with pytest.raises(ValueError):
+        routing.after_fingerprint(st(None, arch_id=None))
+
+
+@pytest.mark.parametrize("status,expected", [("ok", "record"), ("build_error", "repair"), ("shape_error", "repair"),
+                                             ("timeout", "record"), ("nan_loss", "record"), ("over_budget", "record")])
+def test_after_evaluate(status, expected):
+    assert routing.after_evaluate(st(status), max_repairs=2) == expected
+
+
+def test_after_evaluate_needs_an_outcome():
+    with pytest.raises(ValueError):
+        routing.after_evaluate(st(None), max_repairs=1)
+
+
+def test_record_ends_only_with_a_stop_reason():
+    assert routing.after_record({"stop_reason": None}) == "improve"
+    assert routing.after_record({"stop_reason": "iterations"}) == "__end__"
+
+
+def test_stop_reasons():
+    assert routing.stop_reason(5, 5, 0, None, None, None) == "iterations"
+    assert routing.stop_reason(1, 5, 100, 50, None, None) == "time_budget"
+    assert routing.stop_reason(1, 5, 0, None, 0.9, 0.85) == "target_accuracy"
+    assert routing.stop_reason(1, 5, 0, None, 0.8, 0.85) is None

@@ -1,0 +1,419 @@
+"""What runs inside the forked child: confine the process, then build, shape-check, measure, train, test.
+
+The warm parent (`zygote.py`) forks this child with torch and the dataset already in memory and
+calls `run(request, data, result_fd)`, which never returns. The child first confines itself
+(`confine`): own process group, parent-death signal, resource limits, scrubbed environment, a
+private working directory, output captured to a capped file, no network namespace where the
+kernel allows, and, when started as root, an unprivileged uid/gid (RLIMIT_NPROC is not enforced
+for root). Then it runs the stages and reports each one as a JSON line on `result_fd`, so that a
+parent that has to kill it still knows how far it got. The last line is the typed Outcome.
+
+This is damage control for buggy or careless generated code, not a security boundary against a
+determined attacker: run nasgraph in a container (or VM) when the code may be hostile.
+"""
+from __future__ import annotations
+
+import ctypes
+import io
+import json
+import linecache
+import os
+import re
+import resource
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from tools.evaluator.datasets import TensorData
+from tools.evaluator.harness import DEFAULTS, NaNLoss, OverBudget, _batch_size, pick_device, train_and_test
+from tools.evaluator.outcome import Outcome
+
+FILENAME = "<candidate>"
+NPROC_LIMIT = 64           # tasks (threads included) the unprivileged uid may hold: room for torch, not a fork storm
+NOFILE_LIMIT = 1024
+MAX_ERROR_LINES = 15
+MAX_MESSAGE_CHARS = 800
+PR_SET_PDEATHSIG = 1
+CLONE_NEWNET = 0x40000000
+ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES",
+            "CUDA_DEVICE_ORDER")
+SHAPE_WORDS = re.compile(
+    r"shape|size mismatch|sizes? of tensors?|must match the size|mat1 and mat2|expected input|"
+    r"expected \d+d|dimension|kernel size|input size|output size|padded input|channels|groups|"
+    r"view size|invalid for input of size|number of elements|broadcast|too small|non-singleton",
+    re.IGNORECASE)
+MEMORY_WORDS = re.compile(r"can't allocate memory|cannot allocate memory|out of memory", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------- reporting
+
+class Reporter:
+    """JSON lines to the parent. Only the original child reports: a process the candidate forked
+    that wanders into this code exits silently instead of sending a second result."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.pid = fd, os.getpid()
+
+    def send(self, **msg: Any) -> None:
+        if os.getpid() != self.pid:
+            os._exit(0)
+        data = (json.dumps(msg, default=str) + "\n").encode()
+        while data:
+            data = data[os.write(self.fd, data):]
+
+
+class CappedText(io.TextIOBase):
+    """sys.stdout/sys.stderr for the candidate: writes to the log fd until a shared byte budget is
+    spent, then counts and drops the rest (RLIMIT_FSIZE backs this up for raw fd writes)."""
+
+    budget = 0
+    dropped = 0
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        data = str(s).encode("utf-8", "replace")
+        keep = data[: max(CappedText.budget, 0)]
+        CappedText.budget -= len(keep)
+        CappedText.dropped += len(data) - len(keep)
+        try:
+            while keep:
+                keep = keep[os.write(self.fd, keep):]
+        except OSError:
+            CappedText.dropped += len(keep)
+        return len(s)
+
+
+# ---------------------------------------------------------------- confinement
+
+def _vm_data_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmData:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _limit(which: int, value: int) -> None:
+    try:
+        resource.setrlimit(which, (value, value))
+    except (ValueError, OSError):
+        soft, hard = resource.getrlimit(which)  # lower the soft limit as far as the hard one allows
+        if hard == resource.RLIM_INFINITY or value <= hard:
+            resource.setrlimit(which, (value, hard))
+
+
+def confine(req: dict, result_fd: int) -> None:
+    """Shut this freshly forked process in. Order matters: limits and namespaces need root, so the
+    uid/gid drop comes last; the parent-death signal is re-armed after it (a credential change clears it)."""
+    os.setpgid(0, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-long write fails with EFBIG instead of killing
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass
+
+    workdir = req["workdir"]
+    os.chdir(workdir)
+    null = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(os.path.join(workdir, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    # Everything else the zygote held (its request/response pipes included) is closed.
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != result_fd:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own fd, already gone
+    cap = int(req["max_output_mb"]) * 2**20
+    CappedText.budget = cap
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the process
+    sys.stdout, sys.stderr = CappedText(1), CappedText(2)
+
+    threads = str(req["threads"])
+    keep = {k: os.environ[k] for k in ENV_KEEP if k in os.environ}
+    os.environ.clear()
+    os.environ.update(keep, HOME=workdir, TMPDIR=workdir, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    os.environ.setdefault("PATH", "/usr/bin:/bin")
+
+    # memory_limit_mb is what the candidate may allocate on top of the inherited torch + data footprint.
+    _limit(resource.RLIMIT_DATA, _vm_data_bytes() + int(req["memory_limit_mb"]) * 2**20)
+    _limit(resource.RLIMIT_CPU, int(req["cpu_limit_s"]))
+    _limit(resource.RLIMIT_FSIZE, cap + 2**16)
+    _limit(resource.RLIMIT_CORE, 0)
+    _limit(resource.RLIMIT_NOFILE, NOFILE_LIMIT)
+    uid, gid = req.get("uid"), req.get("gid")
+    if os.geteuid() == 0 and uid is not None:
+        _limit(resource.RLIMIT_NPROC, NPROC_LIMIT)
+        libc.unshare(CLONE_NEWNET)  # best effort: an empty network namespace, only loopback (down)
+        os.setgroups([])
+        os.setgid(int(gid))
+        os.setuid(int(uid))
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != req["zygote_pid"]:  # the zygote died before the signal was armed
+        os._exit(75)
+    torch.set_num_threads(int(req["threads"]))
+
+
+# ---------------------------------------------------------------- error text
+
+def _source_line(code_lines: list[str], lineno: int | None) -> str:
+    if lineno and 0 < lineno <= len(code_lines):
+        return code_lines[lineno - 1].strip()
+    return ""
+
+
+def format_error(exc: BaseException, code_lines: list[str], extra: list[str] | None = None) -> str:
+    """Exception type and message plus the candidate's own frames; never the harness's internals."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == FILENAME]
+    lines: list[str] = []
+    for f in frames[-3:]:
+        lines.append(f'File "{FILENAME}", line {f.lineno}, in {f.name}')
+        src = _source_line(code_lines, f.lineno)
+        if src:
+            lines.append(f"    {src}")
+    if isinstance(exc, SyntaxError) and exc.filename == FILENAME:
+        lines.append(f'File "{FILENAME}", line {exc.lineno}')
+        lines.append(f"    {_source_line(code_lines, exc.lineno)}")
+    msg = str(exc).strip()
+    if len(msg) > MAX_MESSAGE_CHARS:
+        msg = msg[:MAX_MESSAGE_CHARS] + " ..."
+    msg_lines = msg.splitlines() or [""]
+    budget = MAX_ERROR_LINES - len(lines) - len(extra or [])
+    head = [f"{type(exc).__name__}: {msg_lines[0]}", *msg_lines[1:]][: max(budget, 1)]
+    return "\n".join([*lines, *head, *(extra or [])])
+
+
+def is_memory_error(exc: BaseException) -> bool:
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or bool(MEMORY_WORDS.search(str(exc)))
+
+
+def is_shape_error(exc: BaseException) -> bool:
+    return isinstance(exc, (RuntimeError, ValueError, IndexError, TypeError)) and bool(SHAPE_WORDS.search(str(exc)))
+
+
+class LayerTracker:
+    """Forward hooks that remember which submodule was running, and on what input, when forward failed."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stack: list[tuple[str, nn.Module, list[tuple[int, ...]]]] = []
+        self.handles = []
+        for name, mod in model.named_modules():
+            self.handles.append(mod.register_forward_pre_hook(self._enter(name or "(model)")))
+            self.handles.append(mod.register_forward_hook(self._leave))
+
+    def _enter(self, name: str):
+        def hook(mod, args):
+            shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+            self.stack.append((name, mod, shapes))
+        return hook
+
+    def _leave(self, mod, args, out):
+        if self.stack:
+            self.stack.pop()
+
+    def describe(self) -> list[str]:
+        if not self.stack:
+            return []
+        name, mod, shapes = self.stack[-1]
+        text = repr(mod)
+        what = text if "\n" not in text and len(text) <= 120 else type(mod).__name__
+        inputs = ", ".join(str(s) for s in shapes) or "no tensor"
+        return [f"in module '{name}' = {what}, called with input shape {inputs}"]
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+# ---------------------------------------------------------------- stages
+
+class Failure(Exception):
+    """A stage's typed failure, carried up to `run_stages`."""
+
+    def __init__(self, status: str, error: str, detail: dict | None = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.detail = status, error, detail or {}
+
+
+def _classify(exc: BaseException, default: str, code_lines: list[str], extra: list[str] | None = None) -> Failure:
+    if isinstance(exc, SystemExit):
+        return Failure("runtime_error", f"the candidate called sys.exit({exc.code!r}) before reporting a result",
+                       {"exit_code": exc.code if isinstance(exc.code, int) else None})
+    if is_memory_error(exc):
+        return Failure("memory", format_error(exc, code_lines, extra))
+    if default != "build_error" and is_shape_error(exc):
+        return Failure("shape_error", format_error(exc, code_lines, extra))
+    return Failure(default, format_error(exc, code_lines, extra))
+
+
+def build(code: str, req: dict, data: TensorData, device: torch.device) -> nn.Module:
+    code_lines = code.splitlines()
+    linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)
+    namespace: dict[str, Any] = {"__name__": "candidate"}
+    try:
+        exec(compile(code, FILENAME, "exec"), namespace)  # noqa: S102 - this process exists to run it
+        net = namespace.get("Net")
+        if not (isinstance(net, type) and issubclass(net, nn.Module)):
+            found = "nothing" if net is None else f"{type(net).__name__} {net!r}"[:80]
+            raise Failure("build_error", f"the module must define `class Net(nn.Module)`; found {found} named Net")
+        c, h, w = data.in_shape
+        torch.manual_seed(int(req["seed"]))
+        model = net((int(req["batch"]), c, h, w), (data.classes,), dict(req["prm_full"]), device)
+        if not isinstance(model, nn.Module):
+            raise Failure("build_error", "Net(...) did not produce an nn.Module")
+        return model.to(device)
+    except Failure:
+        raise
+    except BaseException as e:  # noqa: BLE001 - every failure of candidate code is an outcome
+        raise _classify(e, "build_error", code_lines) from None
+
+
+def shape_check(model: nn.Module, code_lines: list[str], data: TensorData, device: torch.device) -> torch.Tensor:
+    c, h, w = data.in_shape
+    x = torch.randn(2, c, h, w, device=device)
+    tracker = LayerTracker(model)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except BaseException as e:  # noqa: BLE001
+        extra = [*tracker.describe(), f"dummy input batch: {tuple(x.shape)}"]
+        raise _classify(e, "runtime_error", code_lines, extra) from None
+    finally:
+        tracker.close()
+        model.train()
+    if not isinstance(out, torch.Tensor):
+        raise Failure("shape_error", f"forward must return a Tensor of shape (2, {data.classes}) for a batch of 2, "
+                                     f"got {type(out).__name__}")
+    if tuple(out.shape) != (2, data.classes):
+        raise Failure("shape_error", f"output shape: expected (2, {data.classes}) (batch, classes) for input "
+                                     f"{tuple(x.shape)}, got {tuple(out.shape)}",
+                      {"expected": [2, data.classes], "got": list(out.shape)})
+    return x
+
+
+def measure(model: nn.Module, x: torch.Tensor, req: dict) -> tuple[int, int | None, dict]:
+    """Parameter count and forward FLOPs per sample (FlopCounterMode counts a multiply-add as 2)."""
+    params = sum(p.numel() for p in model.parameters())
+    flops: int | None = None
+    note: dict = {}
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+        flops = int(counter.get_total_flops()) // x.shape[0]
+    except Exception as e:  # noqa: BLE001 - a counting failure must not fail a model that runs
+        note["flops_error"] = f"{type(e).__name__}: {e}"[:200]
+    finally:
+        model.train()
+    return params, flops, note
+
+
+def _check_budgets(params: int, flops: int | None, req: dict) -> None:
+    problems = []
+    if params > int(req["max_params"]):
+        problems.append(f"{params:,} parameters exceed the budget of {int(req['max_params']):,}")
+    if flops is not None and flops > int(req["max_flops"]):
+        problems.append(f"{flops:,} FLOPs per sample exceed the budget of {int(req['max_flops']):,}")
+    if problems:
+        raise Failure("over_budget", "; ".join(problems) + " (checked before training)",
+                      {"params": params, "max_params": req["max_params"], "flops": flops, "max_flops": req["max_flops"]})
+
+
+def train(model: nn.Module, code_lines: list[str], data: TensorData, req: dict, device: torch.device):
+    try:
+        return train_and_test(model, data, dict(req["prm_full"]), epochs=int(req["epochs"]),
+                              time_budget_s=float(req["time_budget_s"]), batch_size=int(req["batch_size"]),
+                              device=device, seed=int(req["seed"]), augment=bool(req["augment"]))
+    except OverBudget as e:
+        raise Failure("over_budget", f"too slow: {e}", {"projected_s": round(e.projected_s, 2), "budget_s": e.budget_s,
+                                                        "batches_timed": e.batches_timed, "epoch": e.epoch}) from None
+    except NaNLoss as e:
+        raise Failure("nan_loss", str(e), {"batch": e.batch, "epoch": e.epoch}) from None
+    except BaseException as e:  # noqa: BLE001
+        raise _classify(e, "runtime_error", code_lines) from None
+
+
+def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
+    code = req["code"]
+    code_lines = code.splitlines()
+    seconds: dict[str, float] = {}
+    stage = "build"
+    result: dict[str, Any] = {}
+
+    def begin(name: str) -> float:
+        nonlocal stage
+        stage = name
+        report.send(event="stage", stage=name)
+        return time.perf_counter()
+
+    def done(name: str, t: float) -> None:
+        seconds[name] = round(time.perf_counter() - t, 4)
+        report.send(event="stage_done", stage=name, seconds=seconds[name])
+
+    try:
+        t = begin("build")
+        prm = {**DEFAULTS, **req["prm"]}
+        try:
+            batch = _batch_size(prm, int(req["batch_size"]), len(data.train_x))
+        except ValueError as e:
+            raise Failure("build_error", str(e)) from None
+        req = {**req, "prm_full": prm, "batch": batch}
+        device = pick_device(req["device"])
+        model = build(code, req, data, device)
+        done("build", t)
+        t = begin("shape")
+        x = shape_check(model, code_lines, data, device)
+        done("shape", t)
+        t = begin("measure")
+        params, flops, note = measure(model, x, req)
+        result.update(params=params, flops=flops, detail=note)
+        done("measure", t)
+        _check_budgets(params, flops, req)
+        begin("train")
+        res = train(model, code_lines, data, req, device)
+        seconds["train"], seconds["test"] = round(res.train_seconds, 4), round(res.test_seconds, 4)
+        stage = "test"
+        detail = {**result.get("detail", {}), "images_per_s": round(res.images_per_s, 1), "device": str(device)}
+        return Outcome(status="ok", stage="test", accuracy=res.accuracy, params=params, flops=flops,
+                       seconds=seconds, detail=detail, epochs=res.epochs)
+    except Failure as f:
+        return Outcome(status=f.status, stage=stage, params=result.get("params"), flops=result.get("flops"),
+                       seconds=seconds, error=f.error, detail={**result.get("detail", {}), **f.detail})
+    except BaseException as e:  # noqa: BLE001 - our own bug or an odd device failure: still an outcome
+        failure = _classify(e, "runtime_error", code_lines)
+        return Outcome(status=failure.status, stage=stage, params=result.get("params"), flops=result.get("flops"),
+                       seconds=seconds, error=failure.error, detail=failure.detail)
+
+
+def run(req: dict, data: TensorData, result_fd: int) -> NoReturn:
+    """Entry point in the forked child; never returns."""
+    report = Reporter(result_fd)
+    try:
+        confine(req, result_fd)
+    except BaseException as e:  # noqa: BLE001
+        report.send(event="result", outcome=Outcome(
+            status="runtime_error", stage="build", error=f"sandbox setup failed: {type(e).__name__}: {e}").model_dump())
+        os._exit(0)
+    outcome = run_stages(req, data, report)
+    if CappedText.dropped:
+        outcome.detail["output_dropped_bytes"] = CappedText.dropped
+    report.send(event="result", outcome=outcome.model_dump())
+    os._exit(0)

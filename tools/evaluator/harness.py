@@ -1,0 +1,337 @@
+"""The project's fixed training recipe: generated code supplies a model, this module trains and tests it.
+
+Data stays as uint8 tensors (on the GPU when there is one); each batch is indexed, augmented as a
+whole, converted and normalised in a few tensor ops, so there is no per-image DataLoader work.
+A budget clock projects the epoch's time from the first batches and stops a model that would be
+too slow; a non-finite loss stops training at once. Both surface as typed exceptions that the
+caller turns into an Outcome.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tools.evaluator.datasets import TensorData
+
+DEFAULTS = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.0}
+TEST_BATCH = 1024
+WARMUP_BATCHES = 1      # the first batch pays one-time costs (allocator, cudnn autotune) and is not timed
+DENSE_CHECKS = 5        # the budget is checked after each of the next few batches ...
+CHECK_EVERY = 10        # ... then every CHECK_EVERY batches on the running average
+
+
+class OverBudget(Exception):
+    def __init__(self, projected_s: float, budget_s: float, batches_timed: int, epoch: int = 0):
+        self.projected_s, self.budget_s, self.batches_timed, self.epoch = projected_s, budget_s, batches_timed, epoch
+        super().__init__(f"projected epoch time {projected_s:.1f}s exceeds the budget of {budget_s:.1f}s "
+                         f"(from {batches_timed} timed batches)")
+
+
+class NaNLoss(Exception):
+    def __init__(self, batch: int, epoch: int):
+        self.batch, self.epoch = batch, epoch
+        super().__init__(f"loss became NaN or infinite at epoch {epoch}, batch {batch}")
+
+
+@dataclass
+class TrainResult:
+    accuracy: float              # test accuracy in [0, 1] after the last epoch
+    train_seconds: float
+    test_seconds: float
+    images_per_s: float          # training throughput
+    epochs: list[dict] = field(default_factory=list)  # {"epoch", "loss", "accuracy", "seconds", ...}
+
+
+def pick_device(pref: str) -> torch.device:
+    if pref == "cpu":
+        return torch.device("cpu")
+    if pref == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
+        return torch.device("cuda")
+    if pref == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    raise ValueError(f"unknown device {pref!r}; use 'auto', 'cpu' or 'cuda'")
+
+
+# ---------------------------------------------------------------- batches
+
+class _Batches:
+    """Produces normalised, augmented (x, y) batches on the device from the uint8 tensors."""
+
+    def __init__(self, data: TensorData, device: torch.device, batch: int, augment: bool, gen: torch.Generator):
+        cuda = device.type == "cuda"
+        self.device, self.batch, self.gen = device, batch, gen
+        # Moved to the device once; per batch only indices travel.
+        self.x = data.train_x.to(device, non_blocking=cuda)
+        self.y = data.train_y.to(device, non_blocking=cuda)
+        self.test_x = data.test_x.to(device, non_blocking=cuda)
+        self.test_y = data.test_y.to(device, non_blocking=cuda)
+        c, h, _ = data.in_shape
+        mean = torch.tensor(data.mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
+        std = torch.tensor(data.std, dtype=torch.float32, device=device).view(1, c, 1, 1)
+        # x/255 normalised = x * scale + shift, one fused multiply-add per pixel
+        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
+        self.pad = max(1, h // 8) if augment else 0   # translation of ~12%: 3px at 28, 4px at 32, 1px at 8
+        self.flip = augment and data.flip
+        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch)
+
+    def normalise(self, xb: torch.Tensor) -> torch.Tensor:
+        out = xb.float().mul_(self.scale).add_(self.shift)
+        return out.contiguous(memory_format=self.memory_format)
+
+    def _augment(self, xb: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = xb.shape
+        if self.pad:
+            p = self.pad
+            padded = F.pad(xb, (p, p, p, p))  # zero (black) border, as RandomCrop(padding=p) does
+            dy = torch.randint(0, 2 * p + 1, (n,), device=xb.device, generator=self.gen)
+            dx = torch.randint(0, 2 * p + 1, (n,), device=xb.device, generator=self.gen)
+            rows = (dy[:, None] + torch.arange(h, device=xb.device))[:, :, None]       # (n, h, 1)
+            cols = (dx[:, None] + torch.arange(w, device=xb.device))[:, None, :]       # (n, 1, w)
+            idx = torch.arange(n, device=xb.device)[:, None, None]
+            xb = padded[idx, :, rows, cols].permute(0, 3, 1, 2)                          # (n, c, h, w)
+        if self.flip:
+            mask = torch.rand(n, device=xb.device, generator=self.gen) < 0.5
+            xb = torch.where(mask[:, None, None, None], xb.flip(3), xb)
+        return xb
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.x), device=self.device, generator=self.gen)
+        for idx in order.split(self.batch):
+            yield self.normalise(self._augment(self.x[idx])), self.y[idx]
+
+
+# ---------------------------------------------------------------- budget
+
+class _Clock:
+    """Projects one epoch's training time from the batches timed so far; raises OverBudget."""
+
+    def __init__(self, budget_s: float, batches_per_epoch: int, device: torch.device, epoch: int):
+        self.budget_s, self.n_batches, self.device, self.epoch = budget_s, batches_per_epoch, device, epoch
+        self.t0 = time.perf_counter()
+        self.t_warm: float | None = None
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # kernels are async; only a sync makes the time real
+        return time.perf_counter()
+
+    def due(self, done: int) -> bool:
+        """True when the check after `done` finished batches would look at the clock."""
+        timed = done - WARMUP_BATCHES
+        return timed == 0 or 0 < timed <= DENSE_CHECKS or (timed > 0 and timed % CHECK_EVERY == 0)
+
+    def tick(self, done: int) -> None:
+        """Called after `done` batches of this epoch have finished."""
+        if not self.due(done):
+            return
+        now = self._now()
+        timed = done - WARMUP_BATCHES
+        if timed == 0:
+            self.t_warm = now
+            warm = now - self.t0
+            if warm > self.budget_s:  # even one batch costs more than the epoch may
+                raise OverBudget(warm * self.n_batches, self.budget_s, 0, self.epoch)
+            return
+        projected = (now - self.t_warm) / timed * self.n_batches
+        if projected > self.budget_s:
+            raise OverBudget(projected, self.budget_s, timed, self.epoch)
+
+
+# ---------------------------------------------------------------- training
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None  # CPU path: plain fp32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _setup(model: nn.Module, prm: dict, steps: int, epochs: int) -> tuple[torch.optim.Optimizer, nn.Module, object]:
+    """Optimizer, loss and schedule: the model's own (LEMUR train_setup) where it set them, else ours."""
+    opt = getattr(model, "optimizer", None)
+    criteria = getattr(model, "criteria", None)
+    loss_fn = criteria[0] if isinstance(criteria, (tuple, list)) and criteria else None
+    if not callable(loss_fn):
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=float(prm["label_smoothing"]))
+    if isinstance(opt, torch.optim.Optimizer):
+        return opt, loss_fn, None  # the model chose its recipe; no schedule is imposed on it
+    opt = torch.optim.SGD(model.parameters(), lr=float(prm["lr"]), momentum=float(prm["momentum"]),
+                          nesterov=float(prm["momentum"]) > 0, weight_decay=float(prm["weight_decay"]))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(prm["lr"]), total_steps=max(1, steps * epochs),
+                                                pct_start=0.25, cycle_momentum=False)
+    return opt, loss_fn, sched
+
+
+def _autocast(amp: torch.dtype | None):
+    """Mixed precision on CUDA only; a no-op context elsewhere."""
+    return torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext()
+
+
+def _params_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _own_epoch(model, batches: _Batches, opt, loss_fn, sched, clock: _Clock, amp, scaler, epoch: int) -> dict:
+    """One epoch of the project's loop; returns mean loss and train accuracy."""
+    cuda = batches.device.type == "cuda"
+    loss_sum = torch.zeros((), device=batches.device)
+    correct = torch.zeros((), dtype=torch.long, device=batches.device)
+    bad = torch.zeros((), dtype=torch.bool, device=batches.device)
+    seen = 0
+    for i, (x, y) in enumerate(batches.epoch()):
+        with _autocast(amp):
+            out = model(x)
+            loss = loss_fn(out, y)
+        finite = torch.isfinite(loss.detach())
+        # On CPU the check is free; on CUDA the flag is read only when the clock syncs anyway.
+        if not cuda and not bool(finite):
+            raise NaNLoss(i, epoch)
+        bad |= ~finite
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        if sched is not None:
+            sched.step()
+        loss_sum += loss.detach().float() * len(y)
+        correct += (out.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if cuda and clock.due(i + 1) and bool(bad):
+            raise NaNLoss(i, epoch)
+        clock.tick(i + 1)
+    if bool(bad):
+        raise NaNLoss(len(batches) - 1, epoch)
+    return {"loss": float(loss_sum) / max(seen, 1), "train_accuracy": float(correct) / max(seen, 1),
+            "images": seen}
+
+
+class _BudgetedIterable:
+    """What LEMUR's learn() iterates over: our batches, timed; the budget and NaN checks still apply."""
+
+    def __init__(self, model: nn.Module, batches: _Batches, clock: _Clock, epoch: int):
+        self.model, self.batches, self.clock, self.epoch = model, batches, clock, epoch
+        self.error: Exception | None = None  # kept so a learn() that swallows exceptions cannot hide it
+        self.served = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.batches.epoch():
+            if self.error is not None:
+                raise self.error
+            yield x, y
+            self.served += 1
+            self._check(self.served)
+        self._check(self.served, final=True)
+
+    def _check(self, done: int, final: bool = False) -> None:
+        try:
+            if (final or self.clock.due(done)) and not _params_finite(self.model):
+                raise NaNLoss(done - 1, self.epoch)
+            self.clock.tick(done)
+        except (OverBudget, NaNLoss) as e:
+            self.error = e
+            raise
+
+
+def _hook_epoch(model, batches: _Batches, clock: _Clock, amp, epoch: int) -> dict:
+    feed = _BudgetedIterable(model, batches, clock, epoch)
+    # bf16 needs no loss scaling, so it is safe around a loop we do not control; fp16 is not.
+    with _autocast(amp if amp is torch.bfloat16 else None):
+        model.learn(feed)
+    if feed.error is not None:
+        raise feed.error
+    if not _params_finite(model):
+        raise NaNLoss(max(feed.served - 1, 0), epoch)
+    images = min(feed.served * batches.batch, len(batches.x))
+    return {"loss": None, "train_accuracy": None, "images": images}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: _Batches, amp) -> float:
+    """Test accuracy in eval mode, in big batches."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=batches.device)
+    for x, y in zip(batches.test_x.split(TEST_BATCH), batches.test_y.split(TEST_BATCH)):
+        with _autocast(amp):
+            out = model(batches.normalise(x))
+        correct += (out.argmax(1) == y).sum()
+    return float(correct) / max(len(batches.test_y), 1)
+
+
+def _batch_size(prm: dict, default: int, n: int) -> int:
+    raw = prm.get("batch", default)
+    try:
+        b = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"hyperparameter 'batch' must be a positive integer, got {raw!r}") from None
+    if b < 1:
+        raise ValueError(f"hyperparameter 'batch' must be a positive integer, got {raw!r}")
+    return min(b, n)
+
+
+def train_and_test(model: nn.Module, data: TensorData, prm: dict, *, epochs: int = 1,
+                   time_budget_s: float = 180.0, batch_size: int = 128, device: torch.device | None = None,
+                   seed: int = 0, augment: bool = True) -> TrainResult:
+    """Train `model` for `epochs` on `data` with the fixed recipe, then measure test accuracy.
+
+    `prm` holds LEMUR-style hyperparameters (lr, momentum, batch, ...); missing ones take DEFAULTS.
+    Raises OverBudget when an epoch is projected to exceed `time_budget_s`, NaNLoss on a
+    non-finite loss (or parameters, for models that train themselves through `learn`).
+    """
+    if epochs < 1:
+        raise ValueError("epochs must be at least 1")
+    if len(data.train_x) == 0 or len(data.test_x) == 0:
+        raise ValueError(f"dataset {data.name!r} has an empty train or test split")
+    device = device or pick_device("auto")
+    prm = {**DEFAULTS, **(prm or {})}
+    batch = _batch_size(prm, batch_size, len(data.train_x))
+    prm["batch"] = batch
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    cuda = device.type == "cuda"
+    model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)
+    if callable(getattr(model, "train_setup", None)):
+        model.train_setup(prm)
+    batches = _Batches(data, device, batch, augment, gen)
+    amp = _amp_dtype(device)
+    hooked = callable(getattr(model, "learn", None))
+    opt = loss_fn = sched = scaler = None
+    if not hooked:
+        opt, loss_fn, sched = _setup(model, prm, len(batches), epochs)
+        scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
+
+    history, train_s, test_s, images, accuracy = [], 0.0, 0.0, 0, 0.0
+    for epoch in range(epochs):
+        model.train()
+        clock = _Clock(time_budget_s, len(batches), device, epoch)
+        if hooked:
+            stats = _hook_epoch(model, batches, clock, amp, epoch)
+        else:
+            stats = _own_epoch(model, batches, opt, loss_fn, sched, clock, amp, scaler, epoch)
+        seconds = clock._now() - clock.t0
+        train_s += seconds
+        images += stats["images"]
+        t = time.perf_counter()
+        accuracy = evaluate(model, batches, amp)
+        test_s += time.perf_counter() - t
+        history.append({"epoch": epoch, "loss": stats["loss"], "accuracy": accuracy, "seconds": seconds,
+                        "train_accuracy": stats["train_accuracy"]})
+    return TrainResult(accuracy=accuracy, train_seconds=train_s, test_seconds=test_s,
+                       images_per_s=images / train_s if train_s > 0 else 0.0, epochs=history)
