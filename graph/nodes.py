@@ -68,7 +68,7 @@ class Nodes:
             elapsed = now - (self.d._last_end if self.d._last_end is not None else start)
             self.d._last_end = now
             step = state.get("step", 0)
-            iteration = state.get("iteration", 0) + (0 if name == "record" else 1)
+            iteration = state.get("iteration", 0) + 1  # the iteration in flight
             self.d.trace.emit(step=step, iteration=iteration, node=name, backend=self.d.llm.backend,
                               model=self.d.llm.model, seconds=round(now - start, 3), **event)
             update["step"] = 1

@@ -105,7 +105,8 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
     try:
         saver = SqliteSaver(conn)
         deps = Deps(cfg=cfg, llm=llm, evaluator=evaluator, store=store, trace=trace,
-                    hardware=hardware_info(cfg.evaluator.threads, device), retrieve=retrieve)
+                    hardware=hardware_info(cfg.evaluator.threads, device), prm=dict(cfg.loop.prm),
+                    retrieve=retrieve)
         graph = build_graph(Nodes(deps), cfg.loop.max_repairs, checkpointer=saver)
         config = {"configurable": {"thread_id": run_id}}
         snapshot = graph.get_state(config)

@@ -93,9 +93,9 @@ def cmd_eval(args, cfg: Config, console: Console) -> int:
 
 
 def cmd_reference(args, cfg: Config, console: Console) -> int:
-    from tools.evaluator.reference_models import reference_models
+    from tools.evaluator.reference_models import reference_names, reference_source
 
-    files = [(name, code) for name, code in reference_models().items()]
+    files = [(name, reference_source(name)) for name in reference_names()]
     return _evaluate_files(cfg, files, _prm(args), "reference", args.json, console)
 
 

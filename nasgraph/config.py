@@ -56,6 +56,7 @@ class LoopConfig(BaseModel):
     history_k: int = Field(5, ge=1)
     max_repairs: int = Field(1, ge=0)
     novelty_threshold: float = Field(0.1, ge=0, le=1, description="min 1-Jaccard to count as novel")
+    prm: dict[str, float | int | str] = Field(default_factory=dict, description="hyperparameters for every candidate")
     target_accuracy: float | None = None
     time_budget_s: float | None = Field(None, description="stop the run after this many seconds")
 

@@ -8,13 +8,14 @@ import torch.nn as nn
 class Net(nn.Module):
     def __init__(self, in_shape, out_shape, prm, device):
         super().__init__()
-        self.conv = nn.Conv2d(in_shape[1], 8, 3, padding=1)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, out_shape[0])
+        self.conv = nn.Conv2d(in_shape[1], 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(64, out_shape[0])
         self.to(device)
 
     def forward(self, x):
-        x = torch.relu(self.conv(x))
+        x = torch.relu(self.bn(self.conv(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
 '''
 
@@ -28,18 +29,19 @@ class Net(nn.Module):
     """Same net, different text."""
     def __init__(self, in_shape, out_shape, prm, device):
         super().__init__()
-        self.conv = nn.Conv2d(in_shape[1], 8, 3, padding=1)  # feature extractor
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, out_shape[0])
+        self.conv = nn.Conv2d(in_shape[1], 16, 3, padding=1)  # feature extractor
+        self.bn = nn.BatchNorm2d(16)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(64, out_shape[0])
         self.to(device)
 
     def forward(self, inp):
-        h = torch.relu(self.conv(inp))
+        h = torch.relu(self.bn(self.conv(inp)))
         return self.fc(torch.flatten(self.pool(h), 1))
 '''
 
 # groups=3 does not divide 1 input channel: fails when built.
-BUILD_ERROR = VALID.replace("nn.Conv2d(in_shape[1], 8, 3, padding=1)", "nn.Conv2d(in_shape[1], 8, 3, padding=1, groups=3)")
+BUILD_ERROR = VALID.replace("nn.Conv2d(in_shape[1], 16, 3, padding=1)", "nn.Conv2d(in_shape[1], 16, 3, padding=1, groups=3)")
 
 
 def wide(channels: int) -> str:
@@ -54,8 +56,8 @@ class Net(nn.Module):
         super().__init__()
         self.c1 = nn.Conv2d(in_shape[1], {channels}, 3, padding=1)
         self.c2 = nn.Conv2d({channels}, {channels}, 3, padding=1)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear({channels}, out_shape[0])
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(4 * {channels}, out_shape[0])
         self.to(device)
 
     def forward(self, x):

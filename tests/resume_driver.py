@@ -10,8 +10,8 @@ from tests.fakes import FakeHandle, ScriptedChatModel
 
 
 def main(home: str, run_id: str, iterations: int, start_width: int) -> None:
-    cfg = load_config(home=home, evaluator={"threads": 1, "time_budget_s": 60, "batch_size": 64},
-                      loop={"dataset": "digits", "max_repairs": 1})
+    cfg = load_config(home=home, evaluator={"threads": 1, "time_budget_s": 60, "batch_size": 32},
+                      loop={"dataset": "digits", "max_repairs": 1, "prm": {"lr": 0.1}})
     widths = itertools.count(start_width)
     llm = ScriptedChatModel(improver=[], generator=[C.fenced(C.wide(next(widths))) for _ in range(200)])
     summary = run_loop(cfg, FakeHandle(llm), run_id=run_id, iterations=iterations)

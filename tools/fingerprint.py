@@ -1,7 +1,9 @@
 """Architecture fingerprints: a canonical hash for dedup and MinHash signatures for novelty.
 
 Two modules are "the same architecture" when they differ only in comments, docstrings, formatting,
-type annotations or the names of local variables/arguments inside functions. Attribute names,
+type annotations or the names of local variables/arguments inside functions (locals become v0, v1, …
+in order of first appearance; a local bound only by straight-line assignments gets a new number per
+binding, so ``x = f(x)`` and ``h = f(x)`` are the same dataflow). Attribute names,
 class/def names, globals and imported names are kept: they are structure (``self.conv1`` and
 ``nn.Conv2d`` say what the network is). Constants are kept, so a different channel count or an
 added layer gives a different id.

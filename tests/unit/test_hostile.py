@@ -45,17 +45,19 @@ def model(init: str = "pass", forward: str = "pass", head: str = "") -> str:
     return textwrap.dedent(head) + body
 
 
-def _nobody_pids() -> set[int]:
-    """Live (non-zombie) processes of the unprivileged uid the children run as."""
+def _candidate_pids(base: Path) -> set[int]:
+    """Live (non-zombie) processes working in one of this Evaluator's candidate dirs (other
+    Evaluators running on the machine at the same time are none of our business)."""
     pids = set()
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
                 stat = Path(f"/proc/{name}/stat").read_text()
-                if os.stat(f"/proc/{name}").st_uid == 65534 and not stat[stat.rfind(")") + 2:].startswith("Z"):
-                    pids.add(int(name))
+                cwd = os.readlink(f"/proc/{name}/cwd")
             except OSError:
-                pass
+                continue
+            if cwd.startswith(str(base / "c")) and not stat[stat.rfind(")") + 2:].startswith("Z"):
+                pids.add(int(name))
     return pids
 
 
@@ -79,10 +81,9 @@ def env(tmp_path_factory):
     db = sqlite3.connect(home / "store.sqlite")
     db.execute("CREATE TABLE outcomes (id INTEGER PRIMARY KEY, test TEXT, status TEXT, error TEXT)")
     db.commit()
-    before = _nobody_pids()
     ev = Evaluator(home / "data")
     try:
-        yield {"ev": ev, "db": db, "home": home, "nobody_before": before}
+        yield {"ev": ev, "db": db, "home": home}
     finally:
         ev.close()
         db.close()
@@ -103,7 +104,7 @@ def run(env, request, code: str, *, policy: bool = True, **kw) -> Outcome:
     db.commit()
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     # nothing the candidate started survives it
-    assert _nobody_pids() - env["nobody_before"] == set()
+    assert _candidate_pids(ev._parent.base) == set()
     if ev.warm_pid:
         assert _children_of(ev.warm_pid) == []
     return out
@@ -198,7 +199,7 @@ def test_segfault_is_killed_sigsegv(env, request):
 def test_sys_exit_before_training(env, request):
     out = run(env, request, model(forward="import sys\nsys.exit(0)"), policy=False)
     assert out.status == "runtime_error" and out.stage == "shape", out
-    assert "sys.exit(0)" in out.error
+    assert "sys.exit(0)" in out.error and 'File "<candidate>"' in out.error
 
 
 def test_printing_a_gigabyte_is_capped(env, request):
@@ -320,6 +321,18 @@ def test_too_slow_model_is_over_budget_with_projection(env, request):
     assert "projected" in out.error
 
 
+def test_unknown_dataset_raises(env):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        env["ev"].evaluate(EvalRequest(code=model(), dataset="no-such-set"))
+
+
+def test_unavailable_dataset_raises_with_the_folder(env):
+    from tools.evaluator.datasets import DatasetUnavailable
+    with pytest.raises(DatasetUnavailable, match="raw"):
+        env["ev"].evaluate(EvalRequest(code=model(), dataset="cifar10"))
+    assert env["ev"].restarts == 0
+
+
 def test_warm_parent_death_is_an_outcome_and_it_restarts(env, request):
     ev: Evaluator = env["ev"]
     pid = ev.warm_pid
@@ -332,6 +345,9 @@ def test_warm_parent_death_is_an_outcome_and_it_restarts(env, request):
     assert out.status == "killed" and "warm parent died" in out.error, out
     again = run(env, request, model())
     assert again.status == "ok" and ev.warm_pid != pid and ev.restarts == 1
+    os.kill(ev.warm_pid, 9)  # dying while idle: the next call restarts it without a word
+    os.waitpid(ev.warm_pid, 0)
+    assert run(env, request, model()).status == "ok" and ev.restarts == 2
 
 
 def test_database_survived_every_candidate(env, request):

@@ -155,6 +155,14 @@ def test_null_byte_is_a_syntax_outcome():
     ("import torch\nx = torch.nn.Module()\nx.compile()", "compile"),
     ("import operator\nf = operator.attrgetter('x')", "attrgetter"),
     ("import typing\ntyping.get_type_hints(int)", "get_type_hints"),
+    ("import random\nrandom._os.system('id')", "random._os.system"),
+    ("import collections\ns = collections._sys", "collections._sys"),
+    ("import enum\nf = enum.bltns.open", "enum.bltns.open"),
+    ("import copy\nc = copy.types", "types"),
+    ("from random import _os", "random._os"),
+    ("import torch\nx = torch.zeros(1)\nx.numpy().tofile('f')", "tofile"),
+    ("import torch\ntorch.cuda.memory._dump_snapshot('f')", "torch.cuda.memory._dump_snapshot"),
+    ("import torch\nimport torch.testing", "torch.testing"),
 ])
 def test_forbidden(code, name):
     out = static_check(code)
@@ -178,6 +186,15 @@ def test_violation_list_is_capped():
     out = static_check(code)
     assert out is not None and "... and 15 more" in out.error
     assert len(out.error.splitlines()) <= 11
+
+
+def test_torchvision_style_jit_markers_are_fine():
+    code = ("import torch\nimport torch.nn as nn\n\nclass B(nn.Module):\n    @torch.jit.unused\n"
+            "    def f(self, x):\n        return x\n\n    def forward(self, x):\n"
+            "        if torch.jit.is_scripting():\n            return x\n        torch._assert(True, 'x')\n"
+            "        return self.f(x)\n")
+    assert static_check(code) is None
+    assert static_check("import torch\ns = torch.jit.script").status == "forbidden"
 
 
 def test_input_as_parameter_name_is_fine():

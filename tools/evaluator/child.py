@@ -115,10 +115,10 @@ def _limit(which: int, value: int) -> None:
 
 def confine(req: dict, result_fd: int) -> None:
     """Shut this freshly forked process in. Order matters: limits and namespaces need root, so the
-    uid/gid drop comes last; the parent-death signal is re-armed after it (a credential change clears it)."""
+    uid/gid drop comes last, and the parent-death signal is armed after it (a credential change clears it)."""
     os.setpgid(0, 0)
     libc = ctypes.CDLL(None, use_errno=True)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-long write fails with EFBIG instead of killing
     try:
@@ -179,15 +179,21 @@ def _source_line(code_lines: list[str], lineno: int | None) -> str:
     return ""
 
 
-def format_error(exc: BaseException, code_lines: list[str], extra: list[str] | None = None) -> str:
-    """Exception type and message plus the candidate's own frames; never the harness's internals."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == FILENAME]
+def candidate_frames(exc: BaseException, code_lines: list[str], last: int = 3) -> list[str]:
+    """The traceback's frames in candidate code (`File "<candidate>", line N` + that line)."""
     lines: list[str] = []
-    for f in frames[-3:]:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == FILENAME]
+    for f in frames[-last:]:
         lines.append(f'File "{FILENAME}", line {f.lineno}, in {f.name}')
         src = _source_line(code_lines, f.lineno)
         if src:
             lines.append(f"    {src}")
+    return lines
+
+
+def format_error(exc: BaseException, code_lines: list[str], extra: list[str] | None = None) -> str:
+    """Exception type and message plus the candidate's own frames; never the harness's internals."""
+    lines = candidate_frames(exc, code_lines)
     if isinstance(exc, SyntaxError) and exc.filename == FILENAME:
         lines.append(f'File "{FILENAME}", line {exc.lineno}')
         lines.append(f"    {_source_line(code_lines, exc.lineno)}")
@@ -254,8 +260,9 @@ class Failure(Exception):
 
 def _classify(exc: BaseException, default: str, code_lines: list[str], extra: list[str] | None = None) -> Failure:
     if isinstance(exc, SystemExit):
-        return Failure("runtime_error", f"the candidate called sys.exit({exc.code!r}) before reporting a result",
-                       {"exit_code": exc.code if isinstance(exc.code, int) else None})
+        text = "\n".join([*candidate_frames(exc, code_lines),
+                           f"the candidate called sys.exit({exc.code!r}) before reporting a result"])
+        return Failure("runtime_error", text, {"exit_code": exc.code if isinstance(exc.code, int) else None})
     if is_memory_error(exc):
         return Failure("memory", format_error(exc, code_lines, extra))
     if default != "build_error" and is_shape_error(exc):

@@ -25,6 +25,8 @@ TEST_BATCH = 1024
 WARMUP_BATCHES = 1      # the first batch pays one-time costs (allocator, cudnn autotune) and is not timed
 DENSE_CHECKS = 5        # the budget is checked after each of the next few batches ...
 CHECK_EVERY = 10        # ... then every CHECK_EVERY batches on the running average
+MIN_TIMED = 3           # one noisy batch stops a model only if it is hopeless (HOPELESS x the budget)
+HOPELESS = 3.0
 
 
 class OverBudget(Exception):
@@ -145,7 +147,7 @@ class _Clock:
                 raise OverBudget(warm * self.n_batches, self.budget_s, 0, self.epoch)
             return
         projected = (now - self.t_warm) / timed * self.n_batches
-        if projected > self.budget_s:
+        if projected > self.budget_s * (1.0 if timed >= MIN_TIMED else HOPELESS):
             raise OverBudget(projected, self.budget_s, timed, self.epoch)
 
 
@@ -163,12 +165,12 @@ def _setup(model: nn.Module, prm: dict, steps: int, epochs: int) -> tuple[torch.
     criteria = getattr(model, "criteria", None)
     loss_fn = criteria[0] if isinstance(criteria, (tuple, list)) and criteria else None
     if not callable(loss_fn):
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=float(prm["label_smoothing"]))
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=prm["label_smoothing"])
     if isinstance(opt, torch.optim.Optimizer):
         return opt, loss_fn, None  # the model chose its recipe; no schedule is imposed on it
-    opt = torch.optim.SGD(model.parameters(), lr=float(prm["lr"]), momentum=float(prm["momentum"]),
-                          nesterov=float(prm["momentum"]) > 0, weight_decay=float(prm["weight_decay"]))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(prm["lr"]), total_steps=max(1, steps * epochs),
+    opt = torch.optim.SGD(model.parameters(), lr=prm["lr"], momentum=prm["momentum"],
+                          nesterov=prm["momentum"] > 0, weight_decay=prm["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=prm["lr"], total_steps=max(1, steps * epochs),
                                                 pct_start=0.25, cycle_momentum=False)
     return opt, loss_fn, sched
 
@@ -179,7 +181,11 @@ def _autocast(amp: torch.dtype | None):
 
 
 def _params_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    if not flags:
+        return True
+    # one device-to-host read for all parameters, not one sync per tensor
+    return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
 
 def _own_epoch(model, batches: _Batches, opt, loss_fn, sched, clock: _Clock, amp, scaler, epoch: int) -> dict:
@@ -275,6 +281,19 @@ def evaluate(model: nn.Module, batches: _Batches, amp) -> float:
     return float(correct) / max(len(batches.test_y), 1)
 
 
+def _numbers(prm: dict) -> dict:
+    """The recipe's numeric hyperparameters as floats, or a clear error naming the bad one."""
+    out = dict(prm)
+    for key in DEFAULTS:
+        try:
+            out[key] = float(prm[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"hyperparameter {key!r} must be a number, got {prm[key]!r}") from None
+        if not math.isfinite(out[key]) or out[key] < 0:
+            raise ValueError(f"hyperparameter {key!r} must be a finite non-negative number, got {prm[key]!r}")
+    return out
+
+
 def _batch_size(prm: dict, default: int, n: int) -> int:
     raw = prm.get("batch", default)
     try:
@@ -300,13 +319,17 @@ def train_and_test(model: nn.Module, data: TensorData, prm: dict, *, epochs: int
     if len(data.train_x) == 0 or len(data.test_x) == 0:
         raise ValueError(f"dataset {data.name!r} has an empty train or test split")
     device = device or pick_device("auto")
-    prm = {**DEFAULTS, **(prm or {})}
+    prm = _numbers({**DEFAULTS, **(prm or {})})
     batch = _batch_size(prm, batch_size, len(data.train_x))
     prm["batch"] = batch
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     cuda = device.type == "cuda"
-    model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuned kernels pay off within the epoch
+        model.to(device, memory_format=torch.channels_last)
+    else:
+        model.to(device)
     if callable(getattr(model, "train_setup", None)):
         model.train_setup(prm)
     batches = _Batches(data, device, batch, augment, gen)

@@ -33,10 +33,14 @@ DANGEROUS_TORCH = (
     "torch.hub", "torch.load", "torch.save", "torch.from_file", "torch.serialization", "torch.package",
     "torch.utils.cpp_extension", "torch.utils.model_zoo", "torch.utils.tensorboard",
     "torch.multiprocessing", "torch.distributed", "torch.ops", "torch.classes", "torch.library",
-    "torch.compile", "torch.jit", "torch.onnx", "torch.export", "torch.profiler",
+    "torch.compile", "torch.jit", "torch.onnx", "torch.export", "torch.profiler", "torch.testing",
+    "torch.utils.collect_env", "torch.utils.bundled_inputs", "torch.utils.file_baton",
     "torch.cuda.memory._record_memory_history",
 )
-PRIVATE_TORCH_OK = {"_assert"}  # torchvision-style code uses torch._assert
+PRIVATE_TORCH_OK = {"_assert"}  # torchvision-style code uses torch._assert; other private module names are refused
+# Harmless markers that torchvision-derived (LEMUR) models carry; the rest of torch.jit stays refused.
+SAFE_TORCH = {"torch.jit.is_scripting", "torch.jit.is_tracing", "torch.jit.unused", "torch.jit.ignore",
+              "torch.jit.annotate", "torch.jit.Final", "torch._assert"}
 
 # Attribute names refused on any object: module escapes and loaders reachable through allowed modules
 # (torch.os, F.torch.hub, nn.modules.module.sys ...), frame/code introspection, eval-in-disguise.
@@ -48,7 +52,8 @@ FORBIDDEN_ATTRS = {
     "faulthandler", "tracemalloc", "sqlite3", "zipfile", "tarfile", "requests",
     "hub", "load", "save", "from_file", "load_library", "load_inline", "cpp_extension", "jit", "compile",
     "distributed", "serialization", "model_zoo", "_C", "_dynamo", "_inductor", "_ops", "_classes",
-    "get_type_hints", "ForwardRef", "_evaluate", "attrgetter", "methodcaller",
+    "get_type_hints", "ForwardRef", "_evaluate", "attrgetter", "methodcaller", "types", "tofile", "fromfile",
+    "dump", "collect_env",
     "tb_frame", "tb_next", "f_globals", "f_locals", "f_builtins", "f_back", "f_code", "gi_frame",
     "gi_code", "cr_frame", "cr_code", "ag_frame", "ag_code", "co_code", "co_consts", "func_globals",
 }
@@ -62,6 +67,23 @@ FORBIDDEN_CALLS = {"eval", "exec", "open", "compile", "__import__", "globals", "
 SOFT_FORBIDDEN = {"input"}       # refused only when the module never binds the name (forward(self, input))
 ATTR_BUILTINS = {"getattr", "setattr", "delattr", "hasattr"}
 MAX_VIOLATIONS = 5
+STDLIB_ALLOWED = ("math", "random", "typing", "collections", "functools", "itertools", "dataclasses", "numbers",
+                  "operator", "copy", "enum", "abc")
+
+
+def _stdlib_escapes() -> frozenset[str]:
+    """'enum.bltns', 'random._os', 'copy.types'...: attributes of the allowed stdlib modules that are
+    themselves modules outside the allow-list. Computed from the real modules (cheap: all stdlib)."""
+    import importlib
+    import types
+
+    found = set()
+    for name in STDLIB_ALLOWED:
+        mod = importlib.import_module(name)
+        for attr, value in vars(mod).items():
+            if isinstance(value, types.ModuleType) and not _module_allowed(value.__name__):
+                found.add(f"{name}.{attr}")
+    return frozenset(found)
 
 
 @dataclass(frozen=True)
@@ -78,16 +100,22 @@ def _module_allowed(mod: str) -> bool:
     return False
 
 
-def _torch_reason(dotted: str) -> str | None:
-    """Why a fully resolved dotted name under torch is refused, or None."""
+STDLIB_ESCAPES = _stdlib_escapes()
+
+
+def _module_reason(dotted: str) -> str | None:
+    """Why a fully resolved dotted name (rooted at an imported module) is refused, or None."""
     for bad in DANGEROUS_TORCH:
         if dotted == bad or dotted.startswith(bad + "."):
             return f"'{bad}' reaches files, processes or native code"
     parts = dotted.split(".")
-    if parts[0] == "torch" and len(parts) > 1:
-        head = parts[1]
-        if head.startswith("_") and not head.startswith("__") and head not in PRIVATE_TORCH_OK:
-            return f"private torch internals ('torch.{head}') are not allowed"
+    for i in range(2, len(parts) + 1):
+        if ".".join(parts[:i]) in STDLIB_ESCAPES:
+            return f"'{'.'.join(parts[:i])}' is a module outside the allow-list"
+    private_ok = dotted.startswith("torch.nn.")  # torch.nn.modules.utils._pair and friends are plain helpers
+    for part in parts[1:]:
+        if part.startswith("_") and not part.startswith("__") and part not in PRIVATE_TORCH_OK and not private_ok:
+            return f"private module internals ('{part}') are not allowed"
     return None
 
 
@@ -181,14 +209,16 @@ class _Checker(ast.NodeVisitor):
                     self.add(node, f"from {mod} import *", f"star import only from {', '.join(sorted(STAR_OK))}")
                 continue
             full = f"{mod}.{a.name}"
-            why = _torch_reason(full)
+            why = _module_reason(full)
             if why:
                 self.add(node, full, why)
             elif a.name in FORBIDDEN_ATTRS or (a.name.startswith("__") and a.name not in DUNDER_NAMES_OK):
                 self.add(node, full, f"importing '{a.name}' is not allowed")
+            elif a.name.startswith("_") and not a.name.startswith("__") and not mod.startswith("torch.nn"):
+                self.add(node, full, "private names may be imported only from torch.nn modules (e.g. _pair)")
 
     def _check_module(self, node: ast.AST, mod: str) -> bool:
-        why = _torch_reason(mod)
+        why = _module_reason(mod)
         if why:
             self.add(node, mod, why)
             return False
@@ -211,6 +241,8 @@ class _Checker(ast.NodeVisitor):
             self.add(node, n, f"the name '{n}' is not allowed")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
+        if self._resolve(node) in SAFE_TORCH:
+            return  # the whole chain is a known-harmless name (its prefix alone would be refused)
         if not self._attribute_ok(node):
             # One complaint per chain: skip the inner attributes, still check what the chain hangs on.
             base: ast.expr = node
@@ -228,7 +260,7 @@ class _Checker(ast.NodeVisitor):
                 return False
             return True
         dotted = self._resolve(node)
-        why = _torch_reason(dotted) if dotted else None
+        why = _module_reason(dotted) if dotted else None
         if why:
             self.add(node, dotted, why)
             return False
@@ -256,7 +288,7 @@ class _Checker(ast.NodeVisitor):
         base = self._resolve(target) if isinstance(target, (ast.Name, ast.Attribute)) else None
         if isinstance(name, ast.Constant) and isinstance(name.value, str):
             attr = name.value
-            why = _torch_reason(f"{base}.{attr}") if base else None
+            why = _module_reason(f"{base}.{attr}") if base else None
             if why:
                 self.add(node, f"{base}.{attr}", why)
             elif attr.startswith("__") and attr not in DUNDER_ATTRS_OK:

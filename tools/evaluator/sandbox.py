@@ -9,11 +9,14 @@ child ended (a reported result, a signal, an exit code without a result) becomes
 If the warm parent itself dies, the current candidate gets a `killed` Outcome and the next call
 starts a fresh one.
 
-The child confines itself (see `child.confine`): process group, rlimits (RLIMIT_DATA for memory —
-RLIMIT_AS would count the CUDA driver's huge virtual reservations and break CUDA init, RLIMIT_DATA
-counts only writable private mappings —, CPU, file size, core, and NPROC), temp working directory,
+The child confines itself (see `child.confine`): process group, rlimits, temp working directory,
 scrubbed environment, captured output, an empty network namespace where permitted, and when we
-run as root it drops to nobody/nogroup, because root is exempt from RLIMIT_NPROC.
+run as root it drops to nobody/nogroup, because root is exempt from RLIMIT_NPROC. Memory is capped
+with RLIMIT_DATA, not RLIMIT_AS: measured here, a process that imported the CUDA build of torch
+already has ~3.4 GB of address space (VmSize) but ~0.8 GB of data (VmData), and CUDA init reserves
+far more address space (PROT_NONE, which RLIMIT_DATA does not count), so an AS cap would break CUDA
+init; the cap is set to the child's VmData at fork plus `memory_limit_mb`. (CUDA under the cap, as
+nobody, is written but has not yet been run on a GPU.)
 
 Not a security boundary against a determined attacker: run nasgraph in a container or VM when the
 generated code may be hostile.

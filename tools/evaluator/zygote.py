@@ -12,7 +12,7 @@ per line on stdin and answers with JSON lines on stdout (never pickle):
 The zygote never runs torch compute with more than one thread and never touches CUDA, so a forked
 child starts from a clean OpenMP/CUDA state and sets its own threads and device. It is a child
 subreaper, so processes that a candidate spawned and detached come back to it and are killed after
-each candidate. It dies with its parent (PR_SET_PDEATHSIG).
+each candidate. It ends when its parent does (EOF on stdin, or a changed parent pid mid-candidate).
 """
 from __future__ import annotations
 
@@ -20,24 +20,32 @@ import ctypes
 import json
 import os
 import select
+import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 MAX_LINE = 1 << 20          # a child line longer than this is dropped (a result is a few kB)
 SWEEP_SECONDS = 5.0
+ORPHAN_CHECK_S = 1.0        # while a child runs, how often to check that the Evaluator still exists
+PARENT_PID = os.getppid()
 
 
 class Channel:
     def __init__(self, fd: int) -> None:
         self.out = os.fdopen(fd, "w", buffering=1)
+        self.broken = False
 
     def send(self, **msg: Any) -> None:
-        self.out.write(json.dumps(msg) + "\n")
+        if self.broken:
+            return
+        try:
+            self.out.write(json.dumps(msg) + "\n")
+        except BrokenPipeError:
+            self.broken = True  # the Evaluator is gone; main() notices and leaves
 
 
 def _children(me: int) -> list[int]:
@@ -100,7 +108,12 @@ def _relay(chan: Channel, pid: int, rfd: int) -> tuple[int, int, Any]:
     try:
         watch = [rfd, pidfd]
         while True:
-            ready, _, _ = select.select(watch, [], [])
+            ready, _, _ = select.select(watch, [], [], ORPHAN_CHECK_S)
+            if not ready and os.getppid() != PARENT_PID:  # the Evaluator is gone: so is its clock
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             if rfd in ready:
                 chunk = os.read(rfd, 65536)
                 if chunk:
@@ -222,7 +235,7 @@ def warm_up() -> None:
     from tools.evaluator.datasets import TensorData
     from tools.evaluator.reference_models import reference_names, reference_source
 
-    for mod in policy.ALLOWED_MODULES:
+    for mod in (*policy.ALLOWED_MODULES, "encodings.idna"):  # idna: any socket call with a host name
         try:
             importlib.import_module(mod)
         except ImportError:
@@ -250,8 +263,10 @@ def warm_up() -> None:
 
 def main(argv: list[str]) -> int:
     data_dir = Path(argv[1])
+    # No PR_SET_PDEATHSIG here: it fires when the *thread* that started us ends, and an Evaluator may
+    # be created in a short-lived thread. Parent death shows as EOF on stdin (idle) or a changed
+    # parent pid (while relaying), and each child has the signal armed against us instead.
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     chan = Channel(os.dup(1))
     os.dup2(2, 1)  # a stray print (ours or a library's) must not corrupt the protocol
@@ -271,6 +286,10 @@ def main(argv: list[str]) -> int:
             continue
         req = json.loads(line)
         handle(chan, req, cache, data_dir)
+        if chan.broken:
+            break
+    if os.getppid() != PARENT_PID:  # the Evaluator died without close(): remove its temp tree for it
+        shutil.rmtree(os.getcwd(), ignore_errors=True)
     return 0
 
 

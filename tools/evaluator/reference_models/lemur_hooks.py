@@ -16,16 +16,17 @@ class Net(nn.Module):
         super().__init__()
         self.device = device
         c = in_shape[1]
+
+        def unit(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
         self.features = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False),  # depthwise
-            nn.Conv2d(32, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-            nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False),
-            nn.Conv2d(64, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            *unit(c, 16), nn.MaxPool2d(2, ceil_mode=True),
+            *unit(16, 32), nn.MaxPool2d(2, ceil_mode=True),
+            *unit(32, 64), *unit(64, 64),
             nn.AdaptiveAvgPool2d(1),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(float(prm.get("dropout", 0.1))), nn.Linear(128, out_shape[0]))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(float(prm.get("dropout", 0.1))), nn.Linear(64, out_shape[0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

@@ -1,0 +1,82 @@
+"""The CLI as a user meets it: clear one-line errors and non-zero exits, never a traceback."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import candidates as C
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def nasgraph(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NASGRAPH_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "nasgraph.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_clean_error(p: subprocess.CompletedProcess, *words: str) -> None:
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().count("\n") <= 3, p.stderr  # argparse adds a usage line; ours is one line
+    for w in words:
+        assert w in p.stderr, p.stderr
+
+
+def test_missing_file(tmp_path):
+    assert_clean_error(nasgraph(tmp_path, "eval", str(tmp_path / "nope.py"), "--dataset", "digits"), "no such file")
+
+
+def test_unknown_dataset(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text(C.VALID)
+    assert_clean_error(nasgraph(tmp_path, "eval", str(f), "--dataset", "imagenet-22k"), "imagenet-22k", "digits")
+
+
+def test_bad_argument(tmp_path):
+    assert_clean_error(nasgraph(tmp_path, "eval", "x.py", "--epochs", "many"), "--epochs")
+
+
+def test_unreadable_store(tmp_path):
+    (tmp_path / "store.sqlite").write_bytes(b"this is not a database" * 100)
+    assert_clean_error(nasgraph(tmp_path, "store", "ls"), "store")
+
+
+def test_offline_dataset_names_the_folder(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text(C.VALID)
+    p = nasgraph(tmp_path, "eval", str(f), "--dataset", "cifar10")
+    assert_clean_error(p, "cifar10", str(tmp_path / "data"))
+
+
+def test_eval_json_then_cache_hit_then_store(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text(C.VALID)
+    args = ("eval", str(f), "--dataset", "digits", "--threads", "1", "--json")
+    first = json.loads(nasgraph(tmp_path, *args).stdout)
+    assert first["status"] == "ok" and first["accuracy"] > 0.3 and not first["cache_hit"]
+    g = tmp_path / "same.py"
+    g.write_text(C.VALID_DUPLICATE)
+    second = json.loads(nasgraph(tmp_path, "eval", str(g), "--dataset", "digits", "--threads", "1", "--json").stdout)
+    assert second["cache_hit"] and second["arch_id"] == first["arch_id"]
+    assert second["accuracy"] == first["accuracy"]
+
+    listing = json.loads(nasgraph(tmp_path, "store", "ls", "--json").stdout)
+    assert [a["id"] for a in listing] == [first["arch_id"]]
+    shown = nasgraph(tmp_path, "store", "show", first["arch_id"][:6])
+    assert shown.returncode == 0 and "nn.Conv2d" in shown.stdout
+    assert_clean_error(nasgraph(tmp_path, "store", "show", "zzzz"), "zzzz")
+    out = tmp_path / "export"
+    assert nasgraph(tmp_path, "store", "export", "--out", str(out)).returncode == 0
+    assert list((out / "nn").glob("*.py"))
+
+
+def test_failed_candidate_exits_non_zero_with_typed_outcome(tmp_path):
+    f = tmp_path / "bad.py"
+    f.write_text(C.FORBIDDEN)
+    p = nasgraph(tmp_path, "eval", str(f), "--dataset", "digits", "--json")
+    assert p.returncode == 1
+    assert json.loads(p.stdout)["status"] == "forbidden"
