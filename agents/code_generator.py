@@ -92,7 +92,8 @@ def _blocks_section(blocks: Sequence[str], max_blocks: int) -> str:
     if not chosen:
         return ""
     body = "\n\n".join(chosen)
-    return f"Tested building blocks you may reuse or adapt (define them in your module):\n```python\n{body}\n```\n"
+    return (f"Tested building blocks you may reuse or adapt (define them in your module; import nothing "
+            f"but torch and math):\n```python\n{body}\n```\n")
 
 
 def _generation(llm: BaseChatModel, system: RenderedPrompt, user: RenderedPrompt) -> Generation:

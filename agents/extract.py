@@ -85,12 +85,27 @@ def _pick(blocks: list[tuple[str, str, bool]]) -> tuple[str, bool]:
     return body, closed
 
 
+def _indented_code(lines: list[str]) -> str:
+    """A Markdown indented code block (or a fenced one nested in a list item), dedented."""
+    start = next((i for i, ln in enumerate(lines) if ln[:1].isspace() and _CODE_START.match(ln.lstrip())), None)
+    if start is None:
+        return ""
+    first = lines[start]
+    indent = first[: len(first) - len(first.lstrip())]
+    body: list[str] = []
+    for ln in lines[start:]:
+        if ln.strip() and not ln.startswith(indent):
+            break  # back to the surrounding prose
+        body.append(ln[len(indent):])
+    return "\n".join(body)
+
+
 def _strip_prose(text: str) -> str:
     """Code from the first import/class/def line, minus trailing unindented prose lines."""
     lines = text.splitlines()
     start = next((i for i, ln in enumerate(lines) if _CODE_START.match(ln)), None)
     if start is None:
-        return ""
+        return _indented_code(lines)
     lines = lines[start:]
     while lines and not _parses("\n".join(lines)):
         last = lines[-1]

@@ -25,15 +25,20 @@ __all__ = ["AgentError", "BestDesign", "HistoryEntry", "Improvement", "Triple", 
 # Architectural moves the fallback rotates through, so a loop whose improver never answers usefully
 # still explores different families instead of re-asking for the same network.
 MOVES = (
-    "add residual (skip) connections around pairs of 3x3 conv layers",
-    "replace the 3x3 convs with depthwise-separable convs (depthwise Conv2d with groups=channels, then a "
-    "1x1 Conv2d) and use the savings to widen the network",
-    "use inverted bottleneck blocks (1x1 expand x4, 3x3 depthwise, 1x1 project) as in MobileNetV2",
-    "add a squeeze-and-excitation block (global pool, two 1x1 convs, sigmoid gate) after each conv stage",
-    "use Inception-style blocks: parallel 1x1, 3x3 and 5x5 conv branches concatenated on channels",
+    "add residual blocks: a class ResBlock(nn.Module) with two 3x3 convs that keep the channel count "
+    "(padding=1) and BatchNorm, returning relu(out + x); put one after each downsampling conv",
+    "replace the 3x3 convs with depthwise-separable convs: a depthwise Conv2d(c, c, 3, padding=1, groups=c) "
+    "then a 1x1 Conv2d(c, c_out); use the savings to widen the network",
+    "use MobileNetV2 inverted bottlenecks: 1x1 Conv2d from c to 4c, depthwise Conv2d(4c, 4c, 3, padding=1, "
+    "groups=4c), 1x1 Conv2d back to c, added to the block's input",
+    "add squeeze-and-excitation after each conv stage of c channels: x * torch.sigmoid(b(relu(a(pool(x))))) "
+    "with a = Conv2d(c, c // 4, 1), b = Conv2d(c // 4, c, 1), pool = AdaptiveAvgPool2d(1)",
+    "use Inception-style blocks: parallel 1x1, 3x3 (padding=1) and 5x5 (padding=2) conv branches on the "
+    "same input joined by torch.cat(..., dim=1); the next layer takes the summed channel count",
     "replace max-pooling with stride-2 convolutions and add one more conv stage with doubled channels",
     "use a wide shallow network: two stages of 3x3 convs with 64 and 128 channels, BatchNorm and GELU",
-    "use dense connectivity: each conv in a stage takes the concatenation of all previous outputs",
+    "use dense connectivity: in a stage, each 3x3 conv takes torch.cat of the stage input and all previous "
+    "conv outputs, so its in_channels is the sum of theirs",
 )
 EXPLORE = ("Make the architecture structurally different from all earlier designs "
            "(another block type, depth or layout), not a variation of the same network.")

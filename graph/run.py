@@ -90,9 +90,15 @@ def summarize(run_id: str, values: dict) -> dict:
 
 def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: int | None = None,
              goal: str = "", on_update: Callable[[str, dict, dict], None] | None = None,
-             evaluator: Evaluator | None = None, retrieve: Any = None) -> dict:
-    """Run (or resume) until the stop condition; returns the summary. `llm` is an agents.llm handle."""
+             evaluator: Evaluator | None = None, retrieve: Any = None, retask: bool = False) -> dict:
+    """Run (or resume) until the stop condition; returns the summary. `llm` is an agents.llm handle.
+
+    `retask`: on resume, replace the stored task and goal with this call's (a chat session refining its
+    constraints between extensions); otherwise a resumed run keeps the ones it started with."""
     run_id = run_id or new_run_id()
+    if retrieve is None and cfg.rag.enabled:
+        from agents.rag_retriever import make_retriever
+        retrieve = make_retriever(cfg)
     paths = RunPaths(cfg.runs_dir / run_id)
     paths.root.mkdir(parents=True, exist_ok=True)
     task = make_task(cfg, goal)
@@ -115,12 +121,14 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
             _check_resumable(values, task)
             trace.truncate_from(values.get("step", 0))
             total = iterations or values["max_iterations"]
+            retasked = {"task": task.model_dump(), "user_goal": goal} if retask else {}
             if not snapshot.next:  # finished before: extend it if asked for more iterations
                 if total <= values.get("iteration", 0):
                     return summarize(run_id, values)
-                graph.update_state(config, {"max_iterations": total, "stop_reason": None}, as_node="record")
-            elif total != values["max_iterations"]:
-                graph.update_state(config, {"max_iterations": total})
+                graph.update_state(config, {"max_iterations": total, "stop_reason": None, **retasked},
+                                   as_node="record")
+            elif total != values["max_iterations"] or retasked:
+                graph.update_state(config, {"max_iterations": total, **retasked})
             inputs = None
         else:
             total = iterations or cfg.loop.iterations

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import dataclasses
 import json
 import sys
@@ -253,8 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--max-repairs", dest="max_repairs", type=int)
     rn.add_argument("--target-accuracy", dest="target_accuracy", type=float)
     rn.add_argument("--goal", help="free-text design goal added to the prompts")
+    for module in PLUGINS:  # commands that live beside the code they drive
+        importlib.import_module(module).register(sub, COMMANDS)
     return p
 
+
+# Each plugin module has register(subparsers, commands) and imports nothing heavy at module level.
+PLUGINS: tuple[str, ...] = ("nasgraph.trace_cli", "nasgraph.report", "nasgraph.chat", "rag_index.cli")
 
 COMMANDS = {"eval": cmd_eval, "reference": cmd_reference, "store": cmd_store, "models": cmd_models,
             "datasets": cmd_datasets, "run": cmd_run}

@@ -61,13 +61,24 @@ class LoopConfig(BaseModel):
     time_budget_s: float | None = Field(None, description="stop the run after this many seconds")
 
 
+class RagConfig(BaseModel):
+    enabled: bool = Field(False, description="retrieve validated blocks for the Code Generator")
+    k: int = Field(3, ge=1, description="blocks handed to the generator per iteration")
+    max_chars: int = Field(2500, ge=200, description="prompt budget for retrieved blocks")
+
+
 class Config(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NASGRAPH_", env_nested_delimiter="__", extra="forbid")
 
     home: Path = Field(default_factory=default_home)
+    # Shared caches may live outside the home (NASGRAPH_MODELS_DIR, NASGRAPH_DATA_DIR): one copy of
+    # a gigabyte model or a dataset serves every home, test homes included.
+    models_dir: Path = Field(None, validate_default=False)  # type: ignore[assignment]
+    data_dir: Path = Field(None, validate_default=False)  # type: ignore[assignment]
     evaluator: EvaluatorConfig = EvaluatorConfig()
     llm: LLMConfig = LLMConfig()
     loop: LoopConfig = LoopConfig()
+    rag: RagConfig = RagConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -78,18 +89,14 @@ class Config(BaseSettings):
         toml_file = Path(os.environ.get("NASGRAPH_CONFIG", default_home() / "config.toml"))
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
 
+    def model_post_init(self, _context: Any) -> None:
+        self.models_dir = Path(self.models_dir or self.home / "models").expanduser()
+        self.data_dir = Path(self.data_dir or self.home / "data").expanduser()
+
     # Derived locations; one home folder holds everything a user's runs produce.
     @property
     def store_path(self) -> Path:
         return self.home / "store.sqlite"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.home / "data"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.home / "models"
 
     @property
     def runs_dir(self) -> Path:

@@ -127,3 +127,15 @@ def test_closing_fence_glued_to_last_line() -> None:
     ex = extract(f"```python\n{MODULE.rstrip()}```\nThat's it.")
     assert ex.source == "fence"
     _same_module(ex.code)
+
+
+def test_markdown_indented_code_block_is_dedented() -> None:
+    indented = "\n".join(("    " + ln) if ln else "" for ln in MODULE.splitlines())
+    ex = extract(f"Here is the model:\n\n{indented}\n\nIt is small.")
+    assert ex.source == "bare"
+    _same_module(ex.code)
+
+
+def test_fence_nested_in_a_list_item_is_dedented() -> None:
+    indented = "\n".join(("   " + ln) if ln else "" for ln in MODULE.splitlines())
+    _same_module(extract_code(f"1. The model:\n   ```python\n{indented}\n   ```\n2. Train it."))

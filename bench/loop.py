@@ -1,0 +1,94 @@
+"""The closed loop on the embedded model, measured: valid rates, duplicates, novelty, accuracy over the
+run against its first five iterations, and seconds per iteration split into LLM / training / other.
+
+    python -m bench.loop --model qwen2.5-coder-1.5b --dataset fashion-mnist --iterations 30
+    python -m bench.loop --analyze RUN_ID          # figures of an existing (or resumed) run
+
+Runs under the normal config (NASGRAPH_HOME etc.); the run id is printed so it can be resumed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+from graph.run import RunPaths, run_loop
+from graph.trace import read_events
+from nasgraph.config import load_config
+
+
+def analyze(cfg, run_id: str) -> dict:
+    events = list(read_events(RunPaths(cfg.runs_dir / run_id).trace))
+    records = [e for e in events if e["node"] == "record"]
+    fresh = [r for r in records if r["status"] != "duplicate"]
+    ok = [r for r in records if r["status"] == "ok"]
+    threshold = cfg.loop.novelty_threshold
+    near = [r for r in ok if r.get("novelty") is not None and r["novelty"] < threshold]
+
+    def acc_stats(rows: list[dict]) -> dict:
+        accs = [r["accuracy"] for r in rows if r["status"] == "ok" and r.get("accuracy") is not None]
+        return {"n_valid": len(accs), "best": max(accs) if accs else None,
+                "mean": round(statistics.mean(accs), 4) if accs else None}
+
+    stats = _state_stats(cfg, run_id)
+    n = len(records)
+    return {
+        "run_id": run_id,
+        "iterations": n,
+        "valid_first_attempt": round(sum(r.get("first_status") == "ok" for r in fresh) / max(1, len(fresh)), 3),
+        "valid_after_repair": round(len(ok) / max(1, len(fresh)), 3),
+        "duplicates": n - len(fresh),
+        "near_copies": len(near),
+        "near_copy_share": round(len(near) / max(1, len(ok)), 3),
+        "novelty_median": statistics.median([r["novelty"] for r in ok if r.get("novelty") is not None] or [0]),
+        "failures": _count(r["status"] for r in records if r["status"] != "ok"),
+        "first_five": acc_stats(records[:5]),
+        "whole_run": acc_stats(records),
+        "seconds_per_iteration": {k: round(stats.get(f"seconds_{k}", 0.0) / max(1, n), 2) for k in ("llm", "train", "other")},
+    }
+
+
+def _count(items) -> dict:
+    out: dict = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def _state_stats(cfg, run_id: str) -> dict:
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    conn = sqlite3.connect(RunPaths(cfg.runs_dir / run_id).checkpoint)
+    try:
+        tup = SqliteSaver(conn).get_tuple({"configurable": {"thread_id": run_id}})
+        return dict(tup.checkpoint["channel_values"].get("stats", {})) if tup else {}
+    finally:
+        conn.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="qwen2.5-coder-1.5b")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--run-id")
+    p.add_argument("--analyze", metavar="RUN_ID")
+    p.add_argument("--rag", action="store_true")
+    a = p.parse_args()
+    cfg = load_config(llm={"model": a.model}, loop={"dataset": a.dataset}, rag={"enabled": a.rag})
+    if a.analyze:
+        print(json.dumps(analyze(cfg, a.analyze), indent=1))
+        return
+    from agents.handle import open_llm
+
+    summary = run_loop(cfg, open_llm(cfg), run_id=a.run_id, iterations=a.iterations,
+                       on_update=lambda node, u, s: print(f"[{s.get('iteration', 0)}] {node}", flush=True)
+                       if node == "record" else None)
+    print(json.dumps(summary))
+    print(json.dumps(analyze(cfg, summary["run_id"]), indent=1))
+
+
+if __name__ == "__main__":
+    main()
