@@ -25,7 +25,7 @@ __all__ = ["AgentError", "Generation", "Task", "build_prompt", "compact_code", "
 # takes ~500, so the user part gets about 6000 characters (code runs ~3 characters per token).
 USER_CHAR_BUDGET = 6000
 BEST_CODE_CHARS = 1800
-BLOCK_CHARS = 900
+BLOCK_CHARS = 1400  # a retrieved block longer than this is not shown (the retriever skips it)
 REPAIR_CODE_CHARS = 5000
 ERROR_CHARS = 600
 

@@ -163,8 +163,14 @@ def ensure_imports(code: str) -> tuple[str, list[str]]:
 def extract(reply: str) -> Extracted:
     text = _THINK.sub("", reply or "")
     blocks = _fenced_blocks(text)
+    body, closed = _pick(blocks) if blocks else ("", True)
+    if blocks and not _DEFINES_NET.search(body):
+        # Bare code ended by a stray closing fence (then maybe prose): the module precedes the fence.
+        fence = next(m.group(1) for ln in text.splitlines() if (m := _FENCE.match(ln)))
+        prefix = text[: text.find(fence)]
+        if _DEFINES_NET.search(prefix):
+            text, blocks = prefix, []
     if blocks:
-        body, closed = _pick(blocks)
         source: Source = "fence" if closed else "unclosed_fence"
         # A fence holding prose plus code (rare) is cleaned the same way as an unfenced reply.
         code = body if _parses(body) or not _strip_prose(body) else _strip_prose(body)

@@ -4,9 +4,9 @@ The query is the Prompt Improver's suggested modification (what the next design 
 plus the user's goal when there is one; the task's shape and class count say nothing about which
 block fits, so they stay out of it. Only `prompt_ready` blocks are candidates: they executed,
 instantiated, need nothing but torch, pass the evaluator's static policy, and their compact text
-(docstrings, comments and annotations stripped) was itself run in the sandbox. Whole stored designs
-(`Net` classes) are left out, since the best design is already in the prompt and a second full
-network invites copying. Picks are made in rank order within `cfg.rag.k` blocks and
+(docstrings, comments and annotations stripped) was itself run in the sandbox. Whole networks
+(torchvision models, stored `Net` designs) are left out: the generator writes the network, the best
+design is already in its prompt, and a second full network invites copying. So are video blocks. Picks are made in rank order within `cfg.rag.k` blocks and
 `cfg.rag.max_chars` characters (no block longer than the generator's per-block limit, so nothing
 shown is ever cut).
 """
@@ -19,7 +19,8 @@ from agents.code_generator import BLOCK_CHARS
 from agents.schemas import Task, Triple
 
 FETCH_FACTOR = 6        # candidates fetched per block wanted: long blocks are skipped, not cut
-WHERE = {"$and": [{"prompt_ready": True}, {"kind": {"$ne": "design"}}]}
+# Parts, not whole networks; and no video blocks (5-D input) for an image classifier.
+WHERE = {"$and": [{"prompt_ready": True}, {"kind": {"$in": ["block", "op"]}}, {"input_rank": {"$ne": 5}}]}
 
 Retrieve = Callable[[Task, Triple], tuple[list[str], dict]]
 

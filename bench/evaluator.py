@@ -2,7 +2,9 @@
 
 * harness: training throughput (images/s) of the project's tensor harness against the usual
   tutorial loop (torchvision dataset, per-image ToTensor + Normalize, DataLoader, num_workers=0),
-  with the same model, seed, batch size, optimizer, schedule and number of images.
+  with the same model, seed, batch size, optimizer, schedule and number of images; plus the two
+  input pipelines alone, without a model. End to end, the ratio shrinks as the model's own
+  compute grows: the harness removes the input cost, not the model's.
 * overhead: what the sandbox costs one candidate beyond its own training, warm parent (fork) against
   a cold `python -c` child that imports torch and loads the cached dataset itself.
 
@@ -84,6 +86,27 @@ def _baseline(model: nn.Module, train_set, test_set, images: int, batch: int, se
     return {"images_per_s": images / seconds, "seconds": seconds, "accuracy": correct / len(test_set)}
 
 
+def _pipelines_only(sub, train_set, n: int, batch: int, seed: int) -> dict:
+    """Images/s of the two input pipelines alone (no model): what the harness saves per image."""
+    from tools.evaluator.harness import _Batches
+
+    out = {}
+    for aug in (True, False):
+        b = _Batches(sub, torch.device("cpu"), batch, aug, torch.Generator().manual_seed(seed))
+        b.memory_format = torch.channels_last  # what train_and_test picks for these models
+        t = time.perf_counter()
+        for _ in b.epoch():
+            pass
+        out[f"harness_aug_{'on' if aug else 'off'}"] = n / (time.perf_counter() - t)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, range(n)), batch_size=batch,
+                                         shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(seed))
+    t = time.perf_counter()
+    for _ in loader:
+        pass
+    out["dataloader"] = n / (time.perf_counter() - t)
+    return out
+
+
 def bench_harness(dataset: str = "fashion-mnist", images: int | None = None, model: str = "tiny_cnn",
                   batch: int = 128, seed: int = 0, data_dir: Path | None = None, repeats: int = 2) -> dict:
     """Throughput of train_and_test (augment on and off) against the DataLoader loop, one epoch each.
@@ -128,6 +151,9 @@ def bench_harness(dataset: str = "fashion-mnist", images: int | None = None, mod
             r = run()
             if key not in out or r["images_per_s"] > out[key]["images_per_s"]:
                 out[key] = r
+        pipes = _pipelines_only(sub, train_set, n, batch, seed)
+        best = out.setdefault("pipeline_only", pipes)
+        out["pipeline_only"] = {k: max(v, best[k]) for k, v in pipes.items()}
     base = out["dataloader"]["images_per_s"]
     out["ratio_aug_on"] = out["harness_aug_on"]["images_per_s"] / base
     out["ratio_aug_off"] = out["harness_aug_off"]["images_per_s"] / base
@@ -142,6 +168,10 @@ def _print_harness(r: dict) -> None:
         v = r[key]
         print(f"  {label}: {v['images_per_s']:8.0f} img/s  {v['seconds']:6.1f} s  test acc {v['accuracy']:.4f}")
     print(f"  ratio harness/DataLoader: {r['ratio_aug_on']:.2f}x (augment on), {r['ratio_aug_off']:.2f}x (augment off)")
+    p = r["pipeline_only"]
+    print(f"  input pipeline alone (no model): harness {p['harness_aug_on']:.0f} img/s augment on, "
+          f"{p['harness_aug_off']:.0f} off; DataLoader {p['dataloader']:.0f} img/s; ratio "
+          f"{p['harness_aug_on'] / p['dataloader']:.1f}x / {p['harness_aug_off'] / p['dataloader']:.1f}x")
 
 
 # ---------------------------------------------------------------- sandbox overhead (warm parent vs cold child)

@@ -5,8 +5,10 @@ from typing import Literal
 
 from .state import LoopState
 
-# Failures the generator can fix from the error text alone (the "static checks, build, shape").
+# Failures the generator can fix from the error text alone: static checks, build, and the shape check
+# (any exception on the dummy forward, e.g. an attribute used but never defined, counts as the latter).
 REPAIRABLE = frozenset({"syntax", "forbidden", "build_error", "shape_error"})
+REPAIRABLE_STAGES = frozenset({"parse", "policy", "build", "shape"})
 
 
 def _status(state: LoopState) -> str | None:
@@ -14,9 +16,14 @@ def _status(state: LoopState) -> str | None:
     return outcome["status"] if outcome else None
 
 
+def _repairable(outcome: dict) -> bool:
+    return outcome["status"] in REPAIRABLE or (
+        outcome["status"] == "runtime_error" and outcome.get("stage") in REPAIRABLE_STAGES)
+
+
 def _repair_or_record(state: LoopState, max_repairs: int) -> Literal["repair", "record"]:
-    status = _status(state)
-    if status in REPAIRABLE and state.get("repairs", 0) < max_repairs:
+    outcome = state.get("outcome")
+    if outcome and _repairable(outcome) and state.get("repairs", 0) < max_repairs:
         return "repair"
     return "record"
 

@@ -59,6 +59,7 @@ class ChatApp:
         self.folder = sessions_dir(cfg.runs_dir)
         self._factory = llm_factory
         self._llm: Any = None
+        self._evaluator: Any = None  # kept warm between /run calls (its start imports torch)
         from tools.evaluator.datasets import dataset_names
 
         self.datasets = dataset_names()
@@ -77,17 +78,28 @@ class ChatApp:
     # -- the loop ------------------------------------------------------------------------------
     def loop(self, read: Callable[[], str] | None = None) -> int:
         read = read or (lambda: self.console.input("[bold green]you›[/] "))
-        while True:
-            try:
-                line = read()
-            except KeyboardInterrupt:
-                self.console.print("\n[dim](Ctrl-C: nothing is running; /quit leaves, the session is saved)[/]")
-                continue
-            except EOFError:
-                self.console.print()
-                line = "/quit"
-            if not self.handle(line):
-                return 0
+        try:
+            while True:
+                try:
+                    line = read()
+                except KeyboardInterrupt:
+                    self.console.print("\n[dim](Ctrl-C: nothing is running; /quit leaves, the session is saved)[/]")
+                    continue
+                except EOFError:
+                    self.console.print()
+                    line = "/quit"
+                try:
+                    if not self.handle(line):
+                        return 0
+                except KeyboardInterrupt:  # landed between steps (while saving, say): still not an exit
+                    self.console.print("\n[dim](interrupted)[/]")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._evaluator is not None:
+            self._evaluator.close()
+            self._evaluator = None
 
     def handle(self, line: str) -> bool:
         """One line typed by the person; False when the session should end."""
@@ -128,7 +140,10 @@ class ChatApp:
         self.s.note("assistant", text)
 
     def save(self) -> None:
-        self.s.save(self.folder)
+        try:
+            self.s.save(self.folder)
+        except SessionError as e:  # a full disk must not end the conversation; say so every time
+            self.console.print(f"warning: {e}", style="red", markup=False)
 
     # -- helpers ---------------------------------------------------------------------------------
     def llm(self) -> Any:
@@ -312,12 +327,22 @@ class ChatApp:
         llm = self.llm()
         self.say(f"running {n} iteration(s) in run {self.s.run_id} (Ctrl-C stops; finished steps are kept)",
                  style="dim")
+        if self._evaluator is None:
+            from tools.evaluator import Evaluator
+
+            self._evaluator = Evaluator(self.cfg.data_dir)
         try:
             with RunView(self.console, self.s.run_id, done + n) as view:
                 run_loop(self.run_config(), llm, run_id=self.s.run_id, iterations=done + n, goal=self.s.goal,
-                         on_update=view.update, retask=True)
-        except KeyboardInterrupt:
+                         on_update=view.update, evaluator=self._evaluator, retask=True)
+        except BaseException as e:
+            self.close()  # stopped part-way: its state is unknown, the next /run starts a fresh one
+            if not isinstance(e, KeyboardInterrupt):
+                raise
             self.say("interrupted: the run keeps every finished step; /run N continues it", style="yellow")
+        finally:
+            if not self.console.is_terminal:
+                self.console.line()  # a live panel written to a file or pipe ends without a newline
         self.show_new(done)
 
     def show_new(self, done: int) -> None:
@@ -382,9 +407,12 @@ def _int_arg(args: list[str], i: int, default: int, lo: int, hi: int, usage: str
 
 # -- command line ---------------------------------------------------------------------------------
 def cmd_chat(args, cfg: Config, console: Console) -> int:
-    from nasgraph.cli import CLIError
-    from tools.evaluator.datasets import dataset_names
+    from nasgraph.trace_cli import guarded
 
+    return guarded(start_chat, (SessionError, ChatError))(args, cfg, console)
+
+
+def start_chat(args, cfg: Config, console: Console) -> int:
     folder = sessions_dir(cfg.runs_dir)
     if args.list:
         sessions = list_sessions(folder)
@@ -400,20 +428,19 @@ def cmd_chat(args, cfg: Config, console: Console) -> int:
         console.print(t)
         return 0
     if not 0 <= args.auto <= MAX_RUN:
-        raise CLIError(f"--auto must be between 0 and {MAX_RUN}")
+        raise ChatError(f"--auto must be between 0 and {MAX_RUN}")
+    name = check_name(args.session or time.strftime("%Y%m%d-%H%M%S"))
+    from tools.evaluator.datasets import dataset_names  # imports torch: after the quick checks
+
     if args.dataset and args.dataset not in dataset_names():
-        raise CLIError(f"unknown dataset '{args.dataset}'; one of: {', '.join(dataset_names())}")
-    try:
-        name = check_name(args.session or time.strftime("%Y%m%d-%H%M%S"))
-        resumed = (folder / f"{name}.json").exists()
-        session = Session.load(folder, name) if resumed else Session.new(name, args.dataset or cfg.loop.dataset)
-        if resumed and args.dataset and args.dataset != session.dataset:
-            session.switch_dataset(args.dataset)
-        session.max_params = args.max_params or session.max_params
-        session.epochs = args.epochs or session.epochs
-        session.save(folder)
-    except SessionError as e:
-        raise CLIError(str(e)) from None
+        raise ChatError(f"unknown dataset '{args.dataset}'; one of: {', '.join(dataset_names())}")
+    resumed = (folder / f"{name}.json").exists()
+    session = Session.load(folder, name) if resumed else Session.new(name, args.dataset or cfg.loop.dataset)
+    if resumed and args.dataset and args.dataset != session.dataset:
+        session.switch_dataset(args.dataset)
+    session.max_params = args.max_params or session.max_params
+    session.epochs = args.epochs or session.epochs
+    session.save(folder)
     try:
         import readline  # noqa: F401 - line editing and history at the prompt
     except ImportError:
@@ -431,7 +458,7 @@ def welcome(app: ChatApp, resumed: bool) -> None:
                 f"{app.done()} iterations). Last exchanges:")
         for entry in s.transcript[-6:]:
             who = "you" if entry["role"] == "user" else "nasgraph"
-            c.print(f"[dim]{who}› {entry['text'][:300]}[/]", highlight=False)
+            c.print(f"  {who}: {entry['text'][:300]}", style="dim", markup=False, highlight=False)
     c.print(f"dataset {s.dataset} · model {app.cfg.llm.model} · saved in {app.folder / (s.name + '.json')}",
             highlight=False)
     c.print("Describe the model you need, ask about the results, or type /help.")

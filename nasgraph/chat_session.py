@@ -147,8 +147,13 @@ def parse_request(text: str, datasets: list[str]) -> dict:
 
 
 def is_question(text: str) -> bool:
-    words = text.strip().lower().split()
-    return text.strip().endswith("?") or (bool(words) and words[0].strip(",:") in QUESTION_WORDS)
+    """A question is answered; anything else is a request that steers the design."""
+    t = text.strip().lower()
+    polite = re.match(r"(please|(can|could|would|will) you)\b[\s,]*(\w+)?", t)
+    if polite:  # "could you try depthwise convolutions?" asks for an action
+        return polite.group(3) in ("explain", "tell", "say", "show", "describe")
+    words = t.split()
+    return t.endswith("?") or (bool(words) and words[0].strip(",:") in QUESTION_WORDS)
 
 
 # -- answers that the run's own records give ---------------------------------------------------------

@@ -254,22 +254,23 @@ def build_report(digest: RunDigest, out: Path, formats: tuple[str, ...] = ("md",
 
 
 # -- command ---------------------------------------------------------------------------------------
-def cmd_report(args, cfg: Config, console: Console) -> int:
-    from nasgraph.cli import CLIError
-
+def report_command(args, cfg: Config, console: Console) -> int:
     if args.top < 1 or args.window < 1:
-        raise CLIError("--top and --window must be at least 1")
-    try:
-        digest = load_run(cfg.runs_dir, args.run)
-        out = Path(args.out) if args.out else digest.root / "report"
-        formats = ("md", "html") if args.format == "both" else (args.format,)
-        files = build_report(digest, out, formats, top=args.top, window=args.window)
-    except TraceError as e:
-        raise CLIError(str(e)) from None
+        raise TraceError("--top and --window must be at least 1")
+    digest = load_run(cfg.runs_dir, args.run)
+    out = Path(args.out) if args.out else digest.root / "report"
+    formats = ("md", "html") if args.format == "both" else (args.format,)
+    files = build_report(digest, out, formats, top=args.top, window=args.window)
     console.print(f"report of run {digest.run_id} ({digest.iterations} iterations):")
     for path in [*files.pages, *files.images.values()]:
         console.print(f"  {path}")
     return 0
+
+
+def cmd_report(args, cfg: Config, console: Console) -> int:
+    from nasgraph.trace_cli import guarded
+
+    return guarded(report_command)(args, cfg, console)
 
 
 def register(subparsers, commands: dict) -> None:

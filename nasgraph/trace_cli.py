@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -111,6 +112,9 @@ def event_panel(e: dict, full: bool = False) -> Panel:
         parts.append(Text(e["error"].strip(), style="red"))
     if e.get("code"):
         parts.append(Syntax(e["code"], "python", line_numbers=True, word_wrap=True))
+    if e.get("prompt_text"):  # traces that keep the rendered prompt, not only its name and hash
+        parts.append(Text("prompt:", style="bold"))
+        parts.append(Text(_cut(e["prompt_text"], None if full else REPLY_LINES), style="dim"))
     if e.get("reply") and (full or not e.get("code")):
         parts.append(Text("reply:", style="bold"))
         parts.append(Text(_cut(e["reply"], None if full else REPLY_LINES)))
@@ -250,6 +254,8 @@ def markdown(digest: RunDigest, events: list[dict]) -> str:
         out.append("")
         if (e.get("error") or "").strip():
             out += ["Error:", "", "```text", e["error"].strip(), "```", ""]
+        if e.get("prompt_text"):
+            out += ["Prompt:", "", "```text", e["prompt_text"].strip(), "```", ""]
         if e.get("code"):
             out += ["```python", e["code"].strip(), "```", ""]
         elif e.get("reply"):
@@ -353,15 +359,15 @@ def _filters(p: argparse.ArgumentParser, with_iter: bool = True) -> None:
     p.add_argument("--grep", metavar="TEXT", help="only events whose prompt/reply/code/error mention TEXT")
 
 
-def _guarded(fn: Callable) -> Callable:
-    """Trace errors are user errors: hand them to the CLI's one-line error path."""
+def guarded(fn: Callable, errors: tuple[type[BaseException], ...] = (TraceError,)) -> Callable:
+    """The CLI's one-line error path for a plugin's own error types (it cannot rely on catching
+    nasgraph.cli.CLIError: under `python -m nasgraph.cli` that module runs as __main__, a second copy)."""
     def run(args, cfg: Config, console: Console) -> int:
-        from nasgraph.cli import CLIError
-
         try:
             return fn(args, cfg, console)
-        except TraceError as e:
-            raise CLIError(str(e)) from None
+        except errors as e:
+            print(f"nasgraph: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+            return 1
     return run
 
 
@@ -369,7 +375,7 @@ SUBCOMMANDS = {"ls": cmd_ls, "show": cmd_show, "tail": cmd_tail, "export": cmd_e
 
 
 def cmd_trace(args, cfg: Config, console: Console) -> int:
-    return _guarded(SUBCOMMANDS[args.trace_cmd])(args, cfg, console)
+    return guarded(SUBCOMMANDS[args.trace_cmd])(args, cfg, console)
 
 
 def register(subparsers, commands: dict) -> None:

@@ -18,7 +18,7 @@ from graph.trace import read_events
 TRACE, META, CHECKPOINT = "trace.jsonl", "run.json", "checkpoint.sqlite"
 
 # Fields a text search looks into (the rest are numbers and names).
-SEARCH_FIELDS = ("node", "status", "first_status", "repairing", "reply", "code", "error", "triple",
+SEARCH_FIELDS = ("node", "status", "first_status", "repairing", "prompt_text", "reply", "code", "error", "triple",
                  "prompt", "code_hash", "stop_reason")
 
 

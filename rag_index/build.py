@@ -22,10 +22,11 @@ from typing import Callable
 
 from .extract import EXTRACT_VERSION, Block, ClosureError, Target, close
 from .index import BlockIndex
+from .present import VERSION as PRESENT_VERSION
 from .present import describe, present
 from .validate import Job, Validation, Validator
 
-VALIDATION_VERSION = "1"
+VALIDATION_VERSION = "2"
 LIBRARY_PACKAGES = {"torchvision": ("torchvision.models", "torchvision.ops"), "timm": ("timm.models", "timm.layers")}
 Progress = Callable[[str, int, int, str], None]   # (stage, done, total, id)
 
@@ -138,7 +139,8 @@ def default_targets(cfg, *, with_store: bool = True, dataset: str | None = None,
 # ---------------------------------------------------------------- one build
 
 def _key(block: Block) -> str:
-    return hashlib.sha256(f"{EXTRACT_VERSION}/{VALIDATION_VERSION}\n{block.code}".encode()).hexdigest()[:20]
+    versions = f"{EXTRACT_VERSION}/{VALIDATION_VERSION}/{PRESENT_VERSION}"
+    return hashlib.sha256(f"{versions}\n{block.code}".encode()).hexdigest()[:20]
 
 
 def _design_line(code: str) -> str:
@@ -171,7 +173,8 @@ def _metadata(block: Block, v: Validation, shown: str) -> dict:
     meta = {"source": t.source, "module": t.module, "name": t.name, "qualname": t.qualname, "kind": t.kind,
             "validated": v.executed, "instantiable": v.instantiable, "forward_checked": v.forward_checked,
             "params": v.params if v.params is not None else -1, "init_args": v.init_args,
-            "input_shape": v.input_shape, "output_shape": v.output_shape, "failure": v.failure or "",
+            "input_shape": v.input_shape, "input_rank": len(v.input_shape or ()), "output_shape": v.output_shape,
+            "failure": v.failure or "",
             "error": v.error, "note": v.note, "torch_only": block.torch_only, "prompt_ready": prompt_ready,
             "presented_ok": v.presented_ok, "chars": len(shown), "imports": ",".join(block.imports),
             "source_hash": _key(block), "seconds": v.seconds}

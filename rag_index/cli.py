@@ -66,13 +66,19 @@ def _build(args, cfg, console) -> int:
     if not targets:
         raise CLIError("no extraction targets" + (f" match --only {args.only!r}" if args.only else ""))
     index = BlockIndex(_index_path(cfg), create=True)
+    if args.json:
+        report = build(index, targets, timeout_s=args.block_timeout_s, force=args.force, prune=not args.only)
+    else:
+        from rich.progress import Progress
 
-    def progress(stage: str, done: int, total: int, ident: str) -> None:
-        if not args.json:
-            console.print(f"[dim]{stage} {done}/{total} {ident}[/]")
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"{len(targets)} targets", total=None)
 
-    report = build(index, targets, timeout_s=args.block_timeout_s, force=args.force,
-                   prune=not args.only, progress=progress)
+            def progress(stage: str, done: int, total: int, ident: str) -> None:
+                bar.update(task, description=f"{stage} {ident.rsplit('.', 1)[-1]}", completed=done, total=total)
+
+            report = build(index, targets, timeout_s=args.block_timeout_s, force=args.force,
+                           prune=not args.only, progress=progress)
     report.discovery_errors = errors
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
@@ -124,13 +130,16 @@ def _query(args, cfg, console) -> int:
         return 0
     from rich.table import Table
 
-    t = Table(title=f"{args.text!r}  ({seconds}s)")
-    for col in ("distance", "block", "kind", "params", "flags"):
-        t.add_column(col)
+    t = Table(title=f"{args.text!r}  ({seconds}s)", caption="flags: x executes, i instantiates, "
+              "f forward-checked, t torch-only, p prompt-ready")
+    t.add_column("distance")
+    t.add_column("block", overflow="fold")
+    for col in ("kind", "params", "flags"):
+        t.add_column(col, no_wrap=True)
     for h in hits:
         m = h.metadata
-        flags = " ".join(f for f in ("validated", "instantiable", "forward_checked", "torch_only", "prompt_ready")
-                         if m.get(f))
+        flags = "".join(c if m.get(f) else "-" for c, f in (("x", "validated"), ("i", "instantiable"),
+                        ("f", "forward_checked"), ("t", "torch_only"), ("p", "prompt_ready")))
         t.add_row(f"{h.distance:.3f}", h.id, str(m.get("kind", "")), str(m.get("params", "")), flags)
     console.print(t)
     if args.code:

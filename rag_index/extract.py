@@ -9,16 +9,16 @@ needs torch but, where possible, not torchvision. Names are found with `symtable
 Python's scoping rules; each inlined statement records which names it needs at definition time
 (bases, decorators, defaults, annotations, class bodies) so the text is ordered to run top to bottom.
 
-Two rewrites, both small: telemetry calls (`_log_api_usage_once(...)`) are dropped because they
-say nothing about the architecture and reach into `torch._C`; and a package module imported as a
-whole (`from ..ops import boxes as box_ops`) keeps its import, which makes the block need that
-package (`torch_only` is then False).
+Exceptions, each kept small: telemetry calls (`_log_api_usage_once(...)`) are dropped because they
+say nothing about the architecture and reach into `torch._C`; a package module imported as a whole
+(`from ..ops import boxes as box_ops`) and a module that loads native code (it names `__file__` or
+`load_library`) keep their imports, so the block needs that package (`torch_only` is then False).
+One name that would mean two different things in the closed text is an error, not a rename.
 """
 from __future__ import annotations
 
 import ast
 import builtins
-import hashlib
 import importlib
 import importlib.util
 import re
@@ -37,8 +37,6 @@ try:
     _COMPOUND = (*_COMPOUND, ast.TryStar)  # type: ignore[attr-defined]
 except AttributeError:  # pragma: no cover - Python < 3.11
     pass
-
-
 _OWN_SCOPE = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.Lambda)
 
 
@@ -76,10 +74,6 @@ class Block:
     @property
     def id(self) -> str:
         return self.target.qualname
-
-    @property
-    def source_hash(self) -> str:
-        return hashlib.sha256(f"{EXTRACT_VERSION}\n{self.code}".encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- one module's top-level scope

@@ -108,12 +108,12 @@ def _clean(meta: dict) -> dict:
 
 class BlockIndex:
     def __init__(self, path: Path, *, create: bool = False, embedder: MiniLMEmbedding | None = None) -> None:
-        import chromadb
-        from chromadb.config import Settings
-
         self.path = Path(path)
         if not create and not (self.path / "chroma.sqlite3").is_file():
             raise IndexUnavailable(f"no block index at {self.path}; build one with `nasgraph index build`")
+        import chromadb
+        from chromadb.config import Settings
+
         self.path.mkdir(parents=True, exist_ok=True)
         self.embedder = embedder or MiniLMEmbedding()
         self.client = chromadb.PersistentClient(path=str(self.path),

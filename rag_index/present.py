@@ -1,8 +1,9 @@
 """How a block is shown: to the generator (compact, torch-only text) and to the embedding model.
 
-`present` strips docstrings, comments, type annotations and `warnings.warn(...)` calls (and the
-imports only they needed): the generator gets the architecture in the fewest characters, and a 1.5B model is not
-tempted to copy `Optional[Callable[..., nn.Module]]`. `describe` is the text that gets embedded:
+`present` strips docstrings, comments, blank lines, type annotations, `warnings.warn(...)` calls and
+argument checks (`if <bad>: raise ...`), and the imports only they needed: the generator gets the
+architecture in the fewest characters, and a 1.5B model is not tempted to copy
+`Optional[Callable[..., nn.Module]]`. `describe` is the text that gets embedded:
 the class name in words, its docstring's first lines, the layers it uses, and the start of the code
 (the embedding model reads only its first 256 word pieces, so what matters comes first).
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import ast
 import re
 
+VERSION = "2"  # part of the index key: blocks are re-validated when what is shown changes
+
 def _strip_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
             and isinstance(body[0].value.value, str):
@@ -18,10 +21,11 @@ def _strip_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
     return body or [ast.Pass()]
 
 
-def _is_warning(stmt: ast.stmt) -> bool:
-    """`warnings.warn(...)`: a diagnostic, no part of the architecture (and `warnings` is not importable there)."""
-    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and \
-        ast.unparse(stmt.value.func) in ("warnings.warn", "warn")
+def _is_diagnostic(stmt: ast.stmt) -> bool:
+    """`warnings.warn(...)`, or `if <bad argument>: raise ...`: checks of the caller, no part of the architecture."""
+    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+        return ast.unparse(stmt.value.func) in ("warnings.warn", "warn")
+    return isinstance(stmt, ast.If) and not stmt.orelse and all(isinstance(s, ast.Raise) for s in stmt.body)
 
 
 class _Strip(ast.NodeTransformer):
@@ -36,7 +40,7 @@ class _Strip(ast.NodeTransformer):
         for attr in ("body", "orelse", "finalbody"):
             stmts = getattr(node, attr, None)
             if isinstance(stmts, list) and stmts and isinstance(stmts[0], ast.stmt):
-                kept = [s for s in stmts if not _is_warning(s)]
+                kept = [s for s in stmts if not _is_diagnostic(s)]
                 setattr(node, attr, kept or ([ast.Pass()] if attr == "body" else []))
         return node
 
@@ -79,7 +83,8 @@ def present(code: str) -> str:
                 continue
         kept.append(stmt)
     tree.body = kept
-    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    text = ast.unparse(ast.fix_missing_locations(tree))
+    return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
 
 
 def _words(name: str) -> str:

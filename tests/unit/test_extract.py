@@ -139,3 +139,19 @@ def test_markdown_indented_code_block_is_dedented() -> None:
 def test_fence_nested_in_a_list_item_is_dedented() -> None:
     indented = "\n".join(("   " + ln) if ln else "" for ln in MODULE.splitlines())
     _same_module(extract_code(f"1. The model:\n   ```python\n{indented}\n   ```\n2. Train it."))
+
+
+def test_regression_bare_code_then_closing_fence_only():
+    # Seen from the 1.5B model: a bare module that ends with a lone closing fence came back empty.
+    reply = "# Design: plain CNN\n\nimport torch\nimport torch.nn as nn\n\nclass Net(nn.Module):\n    pass\n```"
+    got = extract(reply)
+    assert got.source == "bare"
+    assert "class Net(nn.Module)" in got.code and "```" not in got.code
+
+
+def test_regression_bare_code_then_stray_fence_then_prose():
+    # Seen from the 1.5B model in a repair: the prose after a stray fence was taken as the code.
+    reply = ("import torch\nimport torch.nn as nn\n\nclass Net(nn.Module):\n    pass\n```\n\n"
+             "Fix the error and reply with the complete corrected module in one block.")
+    got = extract(reply)
+    assert "class Net(nn.Module)" in got.code and "Fix the error" not in got.code

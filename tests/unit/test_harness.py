@@ -283,3 +283,32 @@ def test_bad_recipe_numbers_are_clear_errors(digits, prm):
     key = next(iter(prm))
     with pytest.raises(ValueError, match=key):
         train_and_test(_small(), digits, prm, device=CPU)
+
+
+class ViewFlatten(nn.Module):
+    """The common `x.view(n, -1)` flatten, which channels_last tensors do not allow."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+        self.layouts = []
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        if self.training:
+            self.layouts.append(x.is_contiguous())
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_channels_last_where_possible_plain_layout_otherwise(digits):
+    conv = CountsBatches()
+    seen = []
+    conv.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+    train_and_test(conv, digits, {}, device=CPU)
+    assert seen and all(seen)  # a model that allows it trains on channels_last batches
+    m = ViewFlatten()
+    r = train_and_test(m, digits, {"lr": 0.05, "batch": 64}, epochs=2, device=CPU)
+    assert m.layouts and all(m.layouts)  # fell back to NCHW, so view() works
+    assert r.accuracy > 0.5

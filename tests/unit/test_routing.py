@@ -4,8 +4,8 @@ import pytest
 from graph import routing
 
 
-def st(status=None, repairs=0, code="x", arch_id="a"):
-    return {"outcome": {"status": status} if status else None, "repairs": repairs, "code": code, "arch_id": arch_id}
+def st(status=None, repairs=0, code="x", arch_id="a", stage=""):
+    return {"outcome": {"status": status, "stage": stage} if status else None, "repairs": repairs, "code": code, "arch_id": arch_id}
 
 
 @pytest.mark.parametrize("status", sorted(routing.REPAIRABLE))
@@ -52,3 +52,10 @@ def test_stop_reasons():
     assert routing.stop_reason(1, 5, 100, 50, None, None) == "time_budget"
     assert routing.stop_reason(1, 5, 0, None, 0.9, 0.85) == "target_accuracy"
     assert routing.stop_reason(1, 5, 0, None, 0.8, 0.85) is None
+
+
+def test_runtime_error_in_the_shape_check_is_repaired_but_not_in_training():
+    # Regression: an attribute used in forward but never defined failed the dummy forward as a
+    # runtime_error and went unrepaired.
+    assert routing.after_evaluate(st("runtime_error", stage="shape"), max_repairs=1) == "repair"
+    assert routing.after_evaluate(st("runtime_error", stage="train"), max_repairs=1) == "record"
