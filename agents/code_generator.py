@@ -101,7 +101,7 @@ def _generation(llm: BaseChatModel, system: RenderedPrompt, user: RenderedPrompt
     ex = extract(reply.text)
     return Generation(
         code=ex.code, extract_source=ex.source, added_imports=ex.added_imports, reply=reply.text,
-        prompt_name=user.name, prompt_sha=pair_sha(system, user), tokens_in=reply.tokens_in,
+        prompt=user.text, prompt_name=user.name, prompt_sha=pair_sha(system, user), tokens_in=reply.tokens_in,
         tokens_out=reply.tokens_out, tokens_estimated=reply.estimated, seconds=round(reply.seconds, 3),
     )
 

@@ -214,6 +214,6 @@ def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: 
     meta = Improvement(
         prompt_name=user.name, prompt_sha=pair_sha(system, user), tokens_in=reply.tokens_in,
         tokens_out=reply.tokens_out, tokens_estimated=reply.estimated, seconds=round(reply.seconds, 3),
-        reply=reply.text, parse_mode=mode, explore=explore,
+        reply=reply.text, prompt=user.text, parse_mode=mode, explore=explore,
     )
     return triple, meta

@@ -68,6 +68,7 @@ class CallMeta(BaseModel):
     tokens_estimated: bool = Field(False, description="backend reported no usage; counts are chars/4")
     seconds: float
     reply: str
+    prompt: str = Field("", description="the rendered user prompt (the system prompt is named by prompt_sha)")
 
 
 class Generation(CallMeta):

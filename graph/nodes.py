@@ -4,6 +4,7 @@ shares: its step number, its trace event, and the split of wall time into LLM, t
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -16,6 +17,8 @@ from tools.fingerprint import canonical_id
 from tools.store import Store
 
 from .routing import stop_reason
+
+NET_DEF = re.compile(r"^class\s+Net\b", re.M)
 from .state import LoopState
 from .trace import TraceWriter
 
@@ -48,7 +51,8 @@ def _best(state: LoopState) -> BestDesign | None:
 
 def _llm_event(meta: Any) -> dict:
     return {"prompt": meta.prompt_name, "prompt_sha": meta.prompt_sha, "tokens_in": meta.tokens_in,
-            "tokens_out": meta.tokens_out, "latency": round(meta.seconds, 3), "reply": meta.reply}
+            "tokens_out": meta.tokens_out, "latency": round(meta.seconds, 3), "prompt_text": meta.prompt,
+            "reply": meta.reply}
 
 
 class Nodes:
@@ -111,7 +115,13 @@ class Nodes:
 
     # -- tools -------------------------------------------------------------------------------
     def check(self, state: LoopState) -> dict:
-        outcome = static_check(state["code"])
+        code = state["code"]
+        # A reply with no module (prose only) is a failed attempt to repair, not an empty architecture
+        # to fingerprint: every such reply would otherwise count as a "duplicate" of the empty module.
+        outcome = static_check(code) if NET_DEF.search(code) else Outcome(
+            status="build_error", stage="parse",
+            error="the reply contained no module defining `class Net(nn.Module)`; reply with the complete "
+                  "module in one ```python block")
         update: dict = {"outcome": outcome.model_dump() if outcome else None}
         if state.get("first_status") is None and outcome is not None:
             update["first_status"] = outcome.status

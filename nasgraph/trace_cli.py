@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -231,6 +232,14 @@ def cmd_search(args, cfg: Config, console: Console) -> int:
 
 
 # -- export ------------------------------------------------------------------------------------
+def fenced(text: str, lang: str) -> list[str]:
+    """A Markdown code block whose fence is longer than any backtick run inside (prompts and replies
+    hold fences of their own)."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + lang, text.strip(), fence, ""]
+
+
 def markdown(digest: RunDigest, events: list[dict]) -> str:
     best = digest.best
     out = [f"# Trace of run {digest.run_id}", "",
@@ -253,13 +262,13 @@ def markdown(digest: RunDigest, events: list[dict]) -> str:
             out.append(f"- {key.replace('_', ' ')}: {value}")
         out.append("")
         if (e.get("error") or "").strip():
-            out += ["Error:", "", "```text", e["error"].strip(), "```", ""]
+            out += ["Error:", "", *fenced(e["error"], "text")]
         if e.get("prompt_text"):
-            out += ["Prompt:", "", "```text", e["prompt_text"].strip(), "```", ""]
+            out += ["Prompt:", "", *fenced(e["prompt_text"], "text")]
         if e.get("code"):
-            out += ["```python", e["code"].strip(), "```", ""]
+            out += fenced(e["code"], "python")
         elif e.get("reply"):
-            out += ["Reply:", "", "```text", e["reply"].strip(), "```", ""]
+            out += ["Reply:", "", *fenced(e["reply"], "text")]
     return "\n".join(out) + "\n"
 
 

@@ -1,5 +1,8 @@
 """`nasgraph chat` as a person uses it, with the real embedded Qwen2.5-Coder-0.5B: run one iteration,
-ask a question the records do not answer directly (so the model answers), list the best, quit."""
+ask a question the records do not answer directly (so the model answers), list the best, quit.
+
+About 3 minutes on 2 idle cores; the waits are generous because a loaded machine can make the 0.5B
+several times slower (measured: 464 tokens in 227 s with other jobs running)."""
 from __future__ import annotations
 
 import json
@@ -20,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_chat_with_the_embedded_model(tmp_path):
     models_dir = Path(os.environ.get("NASGRAPH_MODELS_DIR", Path.home() / ".nasgraph" / "models")).expanduser()
     env = {**os.environ, "NASGRAPH_HOME": str(tmp_path), "NASGRAPH_MODELS_DIR": str(models_dir),
-           "NASGRAPH_LLM__MAX_TOKENS": "900", "NASGRAPH_EVALUATOR__BATCH_SIZE": "32",
+           "NASGRAPH_LLM__MAX_TOKENS": "700", "NASGRAPH_EVALUATOR__BATCH_SIZE": "32",
            "NASGRAPH_LOOP__PRM": '{"lr": 0.1}', "NASGRAPH_LOOP__MAX_REPAIRS": "1"}
     child = pexpect.spawn(sys.executable, ["-m", "nasgraph.cli", "chat", "--model", "qwen2.5-coder-0.5b",
                                            "--dataset", "digits", "--epochs", "2", "--session", "real",
@@ -31,12 +34,11 @@ def test_chat_with_the_embedded_model(tmp_path):
     try:
         screen.prompt()
         child.sendline("/run 1")
-        screen.expect(r"run chat-real: iterations 1–1", timeout=240)
+        screen.expect(r"run chat-real: iterations 1–1", timeout=900)
         screen.expect("improver's reasoning")
         screen.prompt()
         child.sendline("what should the next design change to get more accurate?")
-        answer = screen.expect(r"(?s)(.+?)\(the model's answer from a summary", timeout=120).group(1)
-        assert len(answer.strip()) > 10
+        screen.expect(r"\(the model's answer from a summary", timeout=400)
         screen.prompt()
         child.sendline("/best")
         screen.expect(r"best designs of session real|no valid design yet")
@@ -55,4 +57,5 @@ def test_chat_with_the_embedded_model(tmp_path):
     saved = json.loads((tmp_path / "runs" / "chat" / "real.json").read_text())
     said = [t["text"] for t in saved["transcript"]]
     assert "what should the next design change to get more accurate?" in said
-    assert said[said.index("what should the next design change to get more accurate?") + 1].strip()
+    answer = said[said.index("what should the next design change to get more accurate?") + 1]
+    assert len(answer.strip()) > 10 and answer != "(the model gave no answer)"

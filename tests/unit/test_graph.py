@@ -71,3 +71,17 @@ def test_finished_run_extends_when_asked_for_more(cfg):
     assert more["iterations"] == 3
     meta = json.loads(RunPaths(cfg.runs_dir / "r3").meta.read_text())
     assert meta["run_id"] == "r3"
+
+
+def test_regression_prose_only_reply_is_repaired_not_a_duplicate(cfg):
+    # Seen from the 1.5B model: a repair reply with only a design comment extracted to empty code,
+    # which then counted as a "duplicate" of the empty module on every later occurrence.
+    prose = "# Design: a few convolutions with batch norm and dropout."
+    llm = ScriptedChatModel(improver=[C.TRIPLE] * 2,
+                            generator=[prose, C.fenced(C.wide(6)), prose, prose])
+    summary = run_loop(cfg, FakeHandle(llm), run_id="r4", iterations=2)
+    assert summary["duplicates"] == 0
+    assert summary["failures"] == {"build_error": 1}
+    events = list(read_events(RunPaths(cfg.runs_dir / "r4").trace))
+    assert [e["status"] for e in events if e["node"] == "record"] == ["ok", "build_error"]
+    assert not any(e["node"] == "fingerprint" and e["code_hash"] == "e3b0c44298fc1c14" for e in events)
