@@ -74,6 +74,11 @@ def _clean(text: str) -> str:
     return " ".join(text.replace("**", "").split()).strip(" \"'`")
 
 
+def _meaningful(value: str) -> bool:
+    """False for echoed placeholders such as '...' or '<what limited it>'."""
+    return bool(re.search(r"[A-Za-z]{2}", value)) and not re.fullmatch(r"<[^>]*>", value)
+
+
 def _parse_labelled(reply: str) -> dict[str, str]:
     matches = list(_LABEL_LINE.finditer(reply))
     found: dict[str, str] = {}
@@ -83,7 +88,7 @@ def _parse_labelled(reply: str) -> dict[str, str]:
         rest = re.split(r"\n\s*\n|```", reply[m.end():end], maxsplit=1)[0]
         value = _clean(m.group(2) + " " + rest)
         field = _field_of(m.group(1))
-        if value and field not in found:
+        if _meaningful(value) and field not in found:
             found[field] = value
     return found
 
@@ -106,7 +111,8 @@ def _parse_json(reply: str) -> dict[str, str]:
         for key, value in data.items():
             label = str(key).lower().replace("_", " ").strip()
             for field, names in _LABELS.items():
-                if label in (n.replace("_", " ") for n in names) and field not in found and str(value).strip():
+                if label in (n.replace("_", " ") for n in names) and field not in found \
+                        and _meaningful(_clean(str(value))):
                     found[field] = _clean(str(value))
         if found.get("modification"):
             return found

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -35,6 +36,12 @@ class Deps:
     retrieve: Callable[[Task, Triple], tuple[list[str], dict]] | None = None
     started: float = field(default_factory=time.time)
     _last_end: float | None = None
+
+
+def _llm_for(deps: Deps, state: LoopState):
+    """The chat model seeded for this step of this run: a replayed step samples the same reply, and
+    a new run (another id) does not replay an old run's designs."""
+    return deps.llm.at_step(zlib.crc32(state["run_id"].encode()) % 1_000_003 + state.get("step", 0))
 
 
 def _task(state: LoopState) -> Task:
@@ -87,7 +94,7 @@ class Nodes:
         history = _history(state)
         last = history[-1] if history else None
         window = prompt_improver.window(history, self.d.cfg.loop.history_k)
-        triple, meta = prompt_improver.improve(self.d.llm.at_step(state.get("step", 0)), _task(state), last, window, _best(state),
+        triple, meta = prompt_improver.improve(_llm_for(self.d, state), _task(state), last, window, _best(state),
                                                state.get("user_goal", ""))
         event = {**_llm_event(meta), "triple": triple.model_dump(), "parse_mode": meta.parse_mode}
         return {"triple": triple.model_dump(), "code": None, "outcome": None, "repairs": 0,
@@ -102,13 +109,13 @@ class Nodes:
 
     def generate(self, state: LoopState) -> dict:
         window = prompt_improver.window(_history(state), self.d.cfg.loop.history_k)
-        gen = code_generator.generate(self.d.llm.at_step(state.get("step", 0)), _task(state), Triple(**state["triple"]).as_instruction(),
+        gen = code_generator.generate(_llm_for(self.d, state), _task(state), Triple(**state["triple"]).as_instruction(),
                                       window, _best(state), state.get("blocks") or [])
         return {"code": gen.code, "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code}}
 
     def repair(self, state: LoopState) -> dict:
         outcome = state["outcome"]
-        gen = code_generator.repair(self.d.llm.at_step(state.get("step", 0)), _task(state), state["code"], outcome["error"], outcome["status"])
+        gen = code_generator.repair(_llm_for(self.d, state), _task(state), state["code"], outcome["error"], outcome["status"])
         return {"code": gen.code, "repairs": state.get("repairs", 0) + 1, "outcome": None,
                 "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code,
                            "repairing": outcome["status"]}}

@@ -219,10 +219,10 @@ def test_duplicate_or_near_copy_forces_exploration(last: HistoryEntry) -> None:
 
 
 def test_user_goal_reaches_the_improver_prompt() -> None:
-    llm = recording("MODIFICATION: x")
+    llm = recording("MODIFICATION: widen it")
     triple, _ = pi.improve(llm, TASK, None, [], None, user_goal="prefer depthwise convs")
     assert "User's goal: prefer depthwise convs" in llm.seen[0][1].content
-    assert triple.modification == "x" and triple.problem == "no design has been evaluated yet"
+    assert triple.modification == "widen it" and triple.problem == "no design has been evaluated yet"
 
 
 def test_window_keeps_last_k() -> None:
@@ -266,3 +266,8 @@ def test_json_parse_finds_nested_object_and_skips_broken_ones() -> None:
     found, mode = pi.parse_triple(reply)
     assert mode == "json" and found == {"problem": "slow", "modification": "use stride 2", "expected_effect": "faster"}
     assert pi.parse_triple('{"problem": "only a problem"}') == ({}, "fallback")
+
+
+def test_echoed_format_placeholders_are_not_a_triple() -> None:
+    assert pi.parse_triple("PROBLEM: ...\nMODIFICATION: ...\nEXPECTED: ...")[1] == "fallback"
+    assert pi.parse_triple("PROBLEM: <what>\nMODIFICATION: <one concrete change>\nEXPECTED: <x>")[1] == "fallback"
