@@ -273,7 +273,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [CLIError, pydantic.ValidationError]
     for mod, name in (("tools.store", "StoreError"), ("tools.evaluator.datasets", "DatasetUnavailable"),
                       ("agents.models", "ModelError"), ("agents.llm", "LLMUnavailable"),
-                      ("graph.run", "RunError"), ("agents.llm_call", "AgentError")):
+                      ("graph.run", "RunError"), ("agents.llm_call", "AgentError"),
+                      ("agents.rag_retriever", "RagUnavailable"), ("tools.evaluator", "EvaluatorUnavailable")):
         try:
             errors.append(getattr(__import__(mod, fromlist=[name]), name))
         except (ImportError, AttributeError):

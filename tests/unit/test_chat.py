@@ -182,6 +182,7 @@ def test_terminal_session_commands_and_bad_input(tmp_path):
         child.sendline(line)
         screen.expect(re.escape(answer))
         screen.prompt()
+    time.sleep(0.5)  # as a person would: a Ctrl-C while readline is still setting up is only seen on Enter
     child.sendintr()  # at the prompt: a note, not an exit
     screen.expect("nothing is running")
     child.sendline("/help")
