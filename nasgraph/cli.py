@@ -272,6 +272,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [CLIError, pydantic.ValidationError]
     for mod, name in (("tools.store", "StoreError"), ("tools.evaluator.datasets", "DatasetUnavailable"),
+                      ("tools.evaluator.datasets", "UnknownDataset"),
                       ("agents.models", "ModelError"), ("agents.llm", "LLMUnavailable"),
                       ("graph.run", "RunError"), ("agents.llm_call", "AgentError"),
                       ("agents.rag_retriever", "RagUnavailable"), ("tools.evaluator", "EvaluatorUnavailable")):
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print("nasgraph: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - only known types are shown plainly; others re-raise
-        if isinstance(exc, _known_errors()) or (isinstance(exc, ValueError) and "dataset" in str(exc)):
+        if isinstance(exc, _known_errors()):
             msg = str(exc).strip().splitlines()[0] if not hasattr(exc, "errors") else _pydantic_msg(exc)
             print(f"nasgraph: error: {msg}", file=sys.stderr)
             return EXIT_FAIL

@@ -34,6 +34,10 @@ REACH_TIMEOUT_S = 3.0       # how long a download host may take to accept a TCP 
 DOWNLOAD_TIMEOUT_S = 30.0   # per-socket-operation stall limit while downloading
 
 
+class UnknownDataset(ValueError):
+    """No dataset of that name is registered."""
+
+
 class DatasetUnavailable(Exception):
     """The dataset is neither cached nor obtainable; the message says where to put which files."""
 
@@ -319,7 +323,7 @@ def describe(name: str) -> str:
 
 def _spec(name: str) -> _Spec:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(_REGISTRY)}")
+        raise UnknownDataset(f"unknown dataset {name!r}; known datasets: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 

@@ -314,9 +314,10 @@ class WarmParent:
 
     @staticmethod
     def _raise_dataset_error(ev: dict) -> None:
-        if ev.get("kind") == "DatasetUnavailable":
-            from .datasets import DatasetUnavailable
-            raise DatasetUnavailable(ev.get("message", ""))
+        from . import datasets
+
+        if ev.get("kind") in ("DatasetUnavailable", "UnknownDataset"):
+            raise getattr(datasets, ev["kind"])(ev.get("message", ""))
         if ev.get("kind") == "ValueError":
             raise ValueError(ev.get("message", ""))
         raise RuntimeError(f"could not load the dataset: {ev.get('kind')}: {ev.get('message')}")
