@@ -95,7 +95,8 @@ class Nodes:
         last = history[-1] if history else None
         window = prompt_improver.window(history, self.d.cfg.loop.history_k)
         triple, meta = prompt_improver.improve(_llm_for(self.d, state), _task(state), last, window, _best(state),
-                                               state.get("user_goal", ""))
+                                               state.get("user_goal", ""),
+                                               novelty_threshold=self.d.cfg.loop.novelty_threshold)
         event = {**_llm_event(meta), "triple": triple.model_dump(), "parse_mode": meta.parse_mode}
         return {"triple": triple.model_dump(), "code": None, "outcome": None, "repairs": 0,
                 "first_status": None, "arch_id": None, "novelty": None, "nearest": None, "blocks": [],
@@ -110,7 +111,8 @@ class Nodes:
     def generate(self, state: LoopState) -> dict:
         window = prompt_improver.window(_history(state), self.d.cfg.loop.history_k)
         gen = code_generator.generate(_llm_for(self.d, state), _task(state), Triple(**state["triple"]).as_instruction(),
-                                      window, _best(state), state.get("blocks") or [])
+                                      window, _best(state), state.get("blocks") or [],
+                                      novelty_threshold=self.d.cfg.loop.novelty_threshold)
         return {"code": gen.code, "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code}}
 
     def repair(self, state: LoopState) -> dict:

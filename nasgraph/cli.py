@@ -197,8 +197,15 @@ def cmd_run(args, cfg: Config, console: Console) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (the full usage is one `--help` away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nasgraph", description="LLM-driven neural architecture search, locally.")
+    p = _Parser(prog="nasgraph", description="LLM-driven neural architecture search, locally.")
     p.add_argument("--home", help="folder for the store, models, datasets and runs (default $NASGRAPH_HOME or ~/.nasgraph)")
     sub = p.add_subparsers(dest="cmd", required=True)
 

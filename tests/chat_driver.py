@@ -60,7 +60,6 @@ class Screen:
                 self.pos = m.end()
                 return m
             if time.time() > end or not self.child.isalive() and not self._read():
-                open("/tmp/g/screen_raw.txt", "w").write(self.raw)  # DEBUG
                 raise AssertionError(f"{pattern!r} not on screen; it shows:\n{self.text[-2000:]}")
             self._read()
 

@@ -197,7 +197,7 @@ def test_ctrl_c_stops_the_run_not_the_session_and_resume_keeps_everything(tmp_pa
     child, screen = spawn(tmp_path, "--session", "long", "--dataset", "digits", "--auto", "0")
     screen.prompt()
     child.sendline("/run 40")
-    screen.expect(r"iteration\s+1/40")
+    screen.expect(r"iteration\s+[1-9]\d*/40")  # the live panel (4 frames a second) may skip a fast one
     child.sendintr()
     screen.expect("interrupted: the run keeps every finished step")
     screen.prompt()

@@ -65,5 +65,7 @@ def test_kill_and_resume_is_exact(tmp_path):
     assert set(per_iteration.values()) == {1}
 
     time.sleep(0.5)  # the warm evaluator parent must not outlive a killed loop
-    leftovers = subprocess.run(["pgrep", "-f", "tools.evaluator.zygote"], capture_output=True, text=True).stdout
+    # Only this test's warm parents: their command line names this test's data folder.
+    leftovers = subprocess.run(["pgrep", "-af", f"tools.evaluator.zygote.*{tmp_path}"],
+                               capture_output=True, text=True).stdout
     assert leftovers.strip() == "", f"orphaned evaluator processes: {leftovers}"
