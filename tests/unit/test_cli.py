@@ -55,12 +55,12 @@ def test_offline_dataset_names_the_folder(tmp_path):
 def test_eval_json_then_cache_hit_then_store(tmp_path):
     f = tmp_path / "m.py"
     f.write_text(C.VALID)
-    args = ("eval", str(f), "--dataset", "digits", "--threads", "1", "--json")
-    first = json.loads(nasgraph(tmp_path, *args).stdout)
+    train = ("--dataset", "digits", "--threads", "1", "--epochs", "2", "--batch", "32", "--lr", "0.1", "--json")
+    first = json.loads(nasgraph(tmp_path, "eval", str(f), *train).stdout)
     assert first["status"] == "ok" and first["accuracy"] > 0.3 and not first["cache_hit"]
     g = tmp_path / "same.py"
     g.write_text(C.VALID_DUPLICATE)
-    second = json.loads(nasgraph(tmp_path, "eval", str(g), "--dataset", "digits", "--threads", "1", "--json").stdout)
+    second = json.loads(nasgraph(tmp_path, "eval", str(g), *train).stdout)
     assert second["cache_hit"] and second["arch_id"] == first["arch_id"]
     assert second["accuracy"] == first["accuracy"]
 
