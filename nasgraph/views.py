@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.panel import Panel
 from rich.syntax import Syntax
@@ -116,7 +116,3 @@ def summary_table(summary: dict) -> Table:
     t.add_row("s/iteration", "  ".join(f"{k} {v}" for k, v in summary["seconds_per_iteration"].items()))
     t.add_row("stopped by", str(summary.get("stop_reason")))
     return t
-
-
-def group(*items) -> Group:
-    return Group(*items)
