@@ -39,6 +39,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             loop[key] = getattr(args, key)
     if loop:
         o["loop"] = loop
+    if getattr(args, "rag", None) is not None:
+        o["rag"] = {"enabled": args.rag}
     return o
 
 
@@ -261,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--max-repairs", dest="max_repairs", type=int)
     rn.add_argument("--target-accuracy", dest="target_accuracy", type=float)
     rn.add_argument("--goal", help="free-text design goal added to the prompts")
+    rn.add_argument("--rag", action=argparse.BooleanOptionalAction, help="retrieve validated blocks (needs `nasgraph index build`)")
     for module in PLUGINS:  # commands that live beside the code they drive
         importlib.import_module(module).register(sub, COMMANDS)
     return p
