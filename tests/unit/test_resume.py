@@ -33,15 +33,16 @@ def test_kill_and_resume_is_exact(tmp_path):
     kills = 0
     # Kill at random points that are sure to be past some progress (a few more trace events, plus a
     # random slice of the next node); then let the last attempt finish. Fresh widths on each restart
-    # make a re-generated candidate new work, never a cache hit.
+    # make a re-generated candidate new work, never a cache hit. The first three kills land within a
+    # short slice so that a fast machine cannot finish the run before them.
     for attempt in range(6):
         proc = _start(tmp_path, 4 + 40 * attempt)
         if attempt < 5:
-            target = _events(tmp_path) + rng.randint(1, 6)
+            target = _events(tmp_path) + rng.randint(1, 4 if attempt < 3 else 6)
             deadline = time.monotonic() + 240
             while proc.poll() is None and _events(tmp_path) < target and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 1.5))
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.2 if attempt < 3 else 1.5))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.communicate()
