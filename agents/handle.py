@@ -19,10 +19,10 @@ class LLMHandle:
     gpu_share: str = "release"
     training_on_gpu: bool = False
 
-    def at_step(self, step: int) -> BaseChatModel:
+    def at_step(self, step: int, temperature: float | None = None) -> BaseChatModel:
         # One fixed seed would give the same reply to the same prompt forever; seed + step varies the
         # samples yet replays exactly when a killed run re-runs a step.
-        return backends.with_options(self.base, seed=self.seed + step)
+        return backends.with_options(self.base, seed=self.seed + step, temperature=temperature)
 
     def release_for_training(self) -> None:
         # Only a GPU is worth handing over; on a CPU a reload would just cost seconds.

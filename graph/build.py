@@ -23,7 +23,8 @@ def build_graph(nodes: Nodes, max_repairs: int, checkpointer=None):
     g.add_edge("repair", "check")
     g.add_conditional_edges("check", partial(routing.after_check, max_repairs=max_repairs),
                             ["fingerprint", "repair", "record"])
-    g.add_conditional_edges("fingerprint", routing.after_fingerprint, ["evaluate", "record"])
+    g.add_conditional_edges("fingerprint", partial(routing.after_fingerprint, max_repairs=max_repairs),
+                            ["evaluate", "repair", "record"])
     g.add_conditional_edges("evaluate", partial(routing.after_evaluate, max_repairs=max_repairs),
                             ["repair", "record"])
     g.add_conditional_edges("record", routing.after_record, {"improve": "improve", "__end__": END})

@@ -17,7 +17,7 @@ from tools.evaluator import EvalRequest, Evaluator, Outcome, static_check
 from tools.fingerprint import canonical_id
 from tools.store import Store
 
-from .routing import stop_reason
+from .routing import repairable, stop_reason
 
 NET_DEF = re.compile(r"^class\s+Net\b", re.M)
 from .state import LoopState
@@ -38,10 +38,10 @@ class Deps:
     _last_end: float | None = None
 
 
-def _llm_for(deps: Deps, state: LoopState):
+def _llm_for(deps: Deps, state: LoopState, temperature: float | None = None):
     """The chat model seeded for this step of this run: a replayed step samples the same reply, and
     a new run (another id) does not replay an old run's designs."""
-    return deps.llm.at_step(zlib.crc32(state["run_id"].encode()) % 1_000_003 + state.get("step", 0))
+    return deps.llm.at_step(zlib.crc32(state["run_id"].encode()) % 1_000_003 + state.get("step", 0), temperature)
 
 
 def _task(state: LoopState) -> Task:
@@ -117,10 +117,15 @@ class Nodes:
 
     def repair(self, state: LoopState) -> dict:
         outcome = state["outcome"]
-        gen = code_generator.repair(_llm_for(self.d, state), _task(state), state["code"], outcome["error"], outcome["status"])
+        # Each further attempt samples hotter: the 1.5B model, asked at the same temperature, often
+        # returned its input unchanged.
+        hotter = 0.3 if "repeat_of" in outcome.get("detail", {}) else 0.15 * state.get("repairs", 0)
+        temperature = min(1.2, self.d.cfg.llm.temperature + hotter) if hotter else None
+        gen = code_generator.repair(_llm_for(self.d, state, temperature), _task(state), state["code"],
+                                    outcome["error"], outcome["status"])
         return {"code": gen.code, "repairs": state.get("repairs", 0) + 1, "outcome": None,
                 "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code,
-                           "repairing": outcome["status"]}}
+                           "repairing": outcome["status"], "temperature": temperature}}
 
     # -- tools -------------------------------------------------------------------------------
     def check(self, state: LoopState) -> dict:
@@ -144,17 +149,27 @@ class Nodes:
         novelty, nearest = self.d.store.novelty(code)
         update: dict = {"arch_id": arch_id, "novelty": novelty, "nearest": nearest, "outcome": None}
         cached = self.d.store.lookup(arch_id, task.dataset, task.epochs, self.d.prm)
+        status = "new"
         if cached is not None:
             self.d.store.record_cache_hit(arch_id, cached.id, run_id=state["run_id"],
                                           iteration=state.get("iteration", 0) + 1)
-            outcome = Outcome(**{**cached.to_outcome().model_dump(), "status": "duplicate", "stage": "cache",
-                                 "error": f"duplicate of {arch_id} (already evaluated: {cached.status})",
-                                 "detail": {"cached_status": cached.status, "evaluation_id": cached.id}})
+            previous = cached.to_outcome()
+            if repairable(previous.model_dump()):
+                # Not a duplicate design but the same broken code again: it keeps its failure, and the
+                # repair is told that its input came back unchanged.
+                outcome = Outcome(**{**previous.model_dump(), "detail": {"repeat_of": cached.id},
+                                     "error": "UNCHANGED: this exact code was already evaluated and failed; "
+                                              "change the lines that cause the error.\n" + previous.error})
+                status = "repeat"
+            else:
+                outcome = Outcome(**{**previous.model_dump(), "status": "duplicate", "stage": "cache",
+                                     "error": f"duplicate of {arch_id} (already evaluated: {cached.status})",
+                                     "detail": {"cached_status": cached.status, "evaluation_id": cached.id}})
+                status = "duplicate"
             update["outcome"] = outcome.model_dump()
             if state.get("first_status") is None:
-                update["first_status"] = "duplicate"
-        update["_event"] = {"code_hash": arch_id, "novelty": novelty, "nearest": nearest,
-                            "status": "duplicate" if cached is not None else "new"}
+                update["first_status"] = outcome.status
+        update["_event"] = {"code_hash": arch_id, "novelty": novelty, "nearest": nearest, "status": status}
         return update
 
     def evaluate(self, state: LoopState) -> dict:

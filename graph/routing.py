@@ -16,14 +16,14 @@ def _status(state: LoopState) -> str | None:
     return outcome["status"] if outcome else None
 
 
-def _repairable(outcome: dict) -> bool:
+def repairable(outcome: dict) -> bool:
     return outcome["status"] in REPAIRABLE or (
         outcome["status"] == "runtime_error" and outcome.get("stage") in REPAIRABLE_STAGES)
 
 
 def _repair_or_record(state: LoopState, max_repairs: int) -> Literal["repair", "record"]:
     outcome = state.get("outcome")
-    if outcome and _repairable(outcome) and state.get("repairs", 0) < max_repairs:
+    if outcome and repairable(outcome) and state.get("repairs", 0) < max_repairs:
         return "repair"
     return "record"
 
@@ -36,10 +36,16 @@ def after_check(state: LoopState, max_repairs: int) -> Literal["fingerprint", "r
     return _repair_or_record(state, max_repairs)
 
 
-def after_fingerprint(state: LoopState) -> Literal["evaluate", "record"]:
+def after_fingerprint(state: LoopState, max_repairs: int) -> Literal["evaluate", "repair", "record"]:
     if state.get("arch_id") is None:
         raise ValueError("fingerprint left no architecture id")
-    return "record" if _status(state) == "duplicate" else "evaluate"
+    status = _status(state)
+    if status is None:
+        return "evaluate"
+    if status == "duplicate":
+        return "record"
+    # The exact code of an earlier failure (often a repair that echoed its input): repair it again.
+    return _repair_or_record(state, max_repairs)
 
 
 def after_evaluate(state: LoopState, max_repairs: int) -> Literal["repair", "record"]:

@@ -40,7 +40,10 @@ class FakeHandle:
     model: str = "scripted"
     releases: list[int] = field(default_factory=list)
 
-    def at_step(self, step: int) -> BaseChatModel:
+    temperatures: list[float | None] = field(default_factory=list)
+
+    def at_step(self, step: int, temperature: float | None = None) -> BaseChatModel:
+        self.temperatures.append(temperature)
         return self.chat
 
     def release_for_training(self) -> None:

@@ -85,3 +85,27 @@ def test_regression_prose_only_reply_is_repaired_not_a_duplicate(cfg):
     events = list(read_events(RunPaths(cfg.runs_dir / "r4").trace))
     assert [e["status"] for e in events if e["node"] == "record"] == ["ok", "build_error"]
     assert not any(e["node"] == "fingerprint" and e["code_hash"] == "e3b0c44298fc1c14" for e in events)
+
+
+def test_regression_repair_echoing_failed_code_is_repaired_again_not_a_duplicate(cfg):
+    # Seen from the 1.5B model: a repair returned its failing input unchanged; the cache then called
+    # it a "duplicate" and the iteration ended without a second try.
+    cfg.loop.max_repairs = 2
+    handle = FakeHandle(ScriptedChatModel(
+        improver=[C.TRIPLE] * 2,
+        generator=[C.fenced(C.BUILD_ERROR), C.fenced(C.BUILD_ERROR), C.fenced(C.wide(7)),   # 1: fixed at last
+                   C.fenced(C.BUILD_ERROR), C.fenced(C.BUILD_ERROR), C.fenced(C.BUILD_ERROR)]))  # 2: never fixed
+    summary = run_loop(cfg, handle, run_id="r5", iterations=2)
+    assert summary["duplicates"] == 0
+    assert summary["failures"] == {"build_error": 1}
+    events = list(read_events(RunPaths(cfg.runs_dir / "r5").trace))
+    assert [e["status"] for e in events if e["node"] == "record"] == ["ok", "build_error"]
+    assert [e["status"] for e in events if e["node"] == "fingerprint"] == ["new", "repeat", "new"] + ["repeat"] * 3
+    repairs = [e for e in events if e["node"] == "repair"]
+    assert len(repairs) == 4
+    assert all(e["temperature"] > cfg.llm.temperature for e in repairs if "UNCHANGED" in e["prompt_text"])
+    assert sum("UNCHANGED" in e["prompt_text"] for e in repairs) == 3
+    store = Store(cfg.store_path)
+    # each distinct module trained once: the repeats never reached the evaluator again
+    assert sorted(e.status for e in store.evaluations_for_run("r5")) == ["build_error", "ok"]
+    store.close()

@@ -25,10 +25,15 @@ def test_check_without_code_is_impossible():
 
 
 def test_duplicate_skips_training():
-    assert routing.after_fingerprint(st("duplicate")) == "record"
-    assert routing.after_fingerprint(st(None)) == "evaluate"
+    assert routing.after_fingerprint(st("duplicate"), max_repairs=1) == "record"
+    assert routing.after_fingerprint(st(None), max_repairs=1) == "evaluate"
     with pytest.raises(ValueError):
-        routing.after_fingerprint(st(None, arch_id=None))
+        routing.after_fingerprint(st(None, arch_id=None), max_repairs=1)
+
+
+def test_repeat_of_a_failed_module_is_repaired_until_the_bound():
+    assert routing.after_fingerprint(st("shape_error", repairs=1), max_repairs=2) == "repair"
+    assert routing.after_fingerprint(st("shape_error", repairs=2), max_repairs=2) == "record"
 
 
 @pytest.mark.parametrize("status,expected", [("ok", "record"), ("build_error", "repair"), ("shape_error", "repair"),
