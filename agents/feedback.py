@@ -69,7 +69,34 @@ def key_error_line(error: str) -> str:
     return (exc[-1] if exc else lines[0])[:300]
 
 
+_OVER = re.compile(r"([\d,.]+)s? (?:parameters |FLOPs per sample )?exceeds? the budget of ([\d,.]+)")
+_MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \(\d+x(\d+) and (\d+)x\d+\)")
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", "").rstrip("s"))
+
+
+def _budget_hint(error: str) -> str:
+    """How far over budget, and the width cut that fixes it (cost grows with width squared)."""
+    ratios = [_number(a) / _number(b) for a, b in _OVER.findall(error) if _number(b) > 0]
+    if not ratios:
+        return ""
+    r = max(ratios)
+    return (f"The model is {r:.1f}x over its budget: divide every channel width by about {max(1.5, r ** 0.5):.1f} "
+            f"(cost grows with width squared), downsample (stride 2 or pooling) right after the first conv, and "
+            f"keep the classifier one small nn.Linear after nn.AdaptiveAvgPool2d(1).")
+
+
 def error_hint(status: str, error: str) -> str:
+    m = _MATMUL.search(error)
+    if m:
+        got, want = m.groups()
+        return (f"The flattened tensor has {got} features but the nn.Linear after the flatten expects {want}. "
+                f"Best fix: nn.AdaptiveAvgPool2d(1) then torch.flatten(x, 1) before that Linear, with in_features "
+                f"= the last conv's out_channels. Else set that Linear's in_features to {got}.")
+    if status == "over_budget" and (hint := _budget_hint(error)):
+        return hint
     for pattern, hint in _HINTS:
         if pattern.search(error):
             return hint

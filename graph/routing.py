@@ -6,8 +6,9 @@ from typing import Literal
 from .state import LoopState
 
 # Failures the generator can fix from the error text alone: static checks, build, and the shape check
-# (any exception on the dummy forward, e.g. an attribute used but never defined, counts as the latter).
-REPAIRABLE = frozenset({"syntax", "forbidden", "build_error", "shape_error"})
+# (any exception on the dummy forward, e.g. an attribute used but never defined, counts as the latter),
+# and budgets, which are found before or within the first few batches (a few seconds) and say by how much.
+REPAIRABLE = frozenset({"syntax", "forbidden", "build_error", "shape_error", "over_budget"})
 REPAIRABLE_STAGES = frozenset({"parse", "policy", "build", "shape"})
 
 

@@ -18,7 +18,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from agents.schemas import Task
 from nasgraph.config import Config
-from tools.evaluator import Evaluator
+from tools.evaluator import Evaluator, training_recipe
 from tools.evaluator.datasets import load_dataset
 from tools.evaluator.harness import pick_device
 from tools.hardware import hardware_info
@@ -111,7 +111,7 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
     try:
         saver = SqliteSaver(conn)
         deps = Deps(cfg=cfg, llm=llm, evaluator=evaluator, store=store, trace=trace,
-                    hardware=hardware_info(cfg.evaluator.threads, device), prm=dict(cfg.loop.prm),
+                    hardware=hardware_info(cfg.evaluator.threads, device), prm=training_recipe(cfg.evaluator, cfg.loop.prm),
                     retrieve=retrieve)
         graph = build_graph(Nodes(deps), cfg.loop.max_repairs, checkpointer=saver)
         config = {"configurable": {"thread_id": run_id}}

@@ -53,7 +53,7 @@ def _prm(args: argparse.Namespace) -> dict[str, Any]:
 def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin: str, as_json: bool,
                     console: Console) -> int:
     from nasgraph.views import outcome_table
-    from tools.evaluator import EvalRequest, Evaluator, static_check
+    from tools.evaluator import EvalRequest, Evaluator, static_check, training_recipe
     from tools.evaluator.harness import pick_device
     from tools.hardware import hardware_info
     from tools.store import Store
@@ -61,6 +61,7 @@ def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin
     store = Store(cfg.store_path)
     hardware = hardware_info(cfg.evaluator.threads, str(pick_device(cfg.evaluator.device)))
     results, failed = [], 0
+    prm = training_recipe(cfg.evaluator, prm)
     with Evaluator(cfg.data_dir) as evaluator:
         for name, code in files:
             outcome = static_check(code)

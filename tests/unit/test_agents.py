@@ -261,6 +261,18 @@ def test_error_hints_pick_the_right_failure() -> None:
     assert key_error_line(SHAPE_ERROR).startswith("RuntimeError: mat1")
 
 
+def test_hints_carry_the_numbers_to_fix() -> None:
+    # Seen from the 1.5B model: told only "match the flattened size", it returned its code unchanged.
+    flat = error_hint("shape_error", "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x1152 and 3136x128)")
+    assert "has 1152 features" in flat and "expects 3136" in flat
+    slow = error_hint("over_budget", "too slow: projected epoch time 613.1s exceeds the budget of 180.0s "
+                                     "(from 2 timed batches)")
+    assert "3.4x over" in slow and "by about 1.8" in slow
+    big = error_hint("over_budget", "13,318,154 parameters exceed the budget of 5,000,000; 5,212,805,120 FLOPs "
+                                    "per sample exceed the budget of 1,000,000,000 (checked before training)")
+    assert "5.2x over" in big  # the worse of the two overruns
+
+
 def test_json_parse_finds_nested_object_and_skips_broken_ones() -> None:
     reply = 'Note {not json}. {"answer": {"Problem": "slow", "Modification": "use stride 2", "Expected": "faster"}}'
     found, mode = pi.parse_triple(reply)

@@ -12,8 +12,8 @@ from tests import candidates as C
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def nasgraph(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NASGRAPH_HOME": str(home)}
+def nasgraph(home: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NASGRAPH_HOME": str(home), **env_extra}
     return subprocess.run([sys.executable, "-m", "nasgraph.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -63,6 +63,9 @@ def test_eval_json_then_cache_hit_then_store(tmp_path):
     second = json.loads(nasgraph(tmp_path, "eval", str(g), *train).stdout)
     assert second["cache_hit"] and second["arch_id"] == first["arch_id"]
     assert second["accuracy"] == first["accuracy"]
+    # Another training setting is another experiment: no stale hit from the cache.
+    third = json.loads(nasgraph(tmp_path, "eval", str(g), *train, NASGRAPH_EVALUATOR__AUGMENT="true").stdout)
+    assert not third["cache_hit"] and third["arch_id"] == first["arch_id"]
 
     listing = json.loads(nasgraph(tmp_path, "store", "ls", "--json").stdout)
     assert [a["id"] for a in listing] == [first["arch_id"]]

@@ -37,7 +37,7 @@ def test_repeat_of_a_failed_module_is_repaired_until_the_bound():
 
 
 @pytest.mark.parametrize("status,expected", [("ok", "record"), ("build_error", "repair"), ("shape_error", "repair"),
-                                             ("timeout", "record"), ("nan_loss", "record"), ("over_budget", "record")])
+                                             ("timeout", "record"), ("nan_loss", "record"), ("over_budget", "repair")])
 def test_after_evaluate(status, expected):
     assert routing.after_evaluate(st(status), max_repairs=2) == expected
 

@@ -28,7 +28,8 @@ from .sandbox import EvaluatorUnavailable, WarmParent
 if TYPE_CHECKING:
     from nasgraph.config import EvaluatorConfig
 
-__all__ = ["STAGES", "EvalRequest", "Evaluator", "EvaluatorUnavailable", "Outcome", "Status", "static_check"]
+__all__ = ["STAGES", "EvalRequest", "Evaluator", "EvaluatorUnavailable", "Outcome", "Status", "static_check",
+           "training_recipe"]
 
 
 class EvalRequest(BaseModel):
@@ -66,6 +67,15 @@ class EvalRequest(BaseModel):
     def from_config(cls, cfg: "EvaluatorConfig", *, code: str, dataset: str, **overrides: Any) -> "EvalRequest":
         """Settings and budgets from the config's evaluator section; `overrides` win (epochs, prm, ...)."""
         return cls(**{**cfg.model_dump(), "code": code, "dataset": dataset, **overrides})
+
+
+def training_recipe(cfg: "EvaluatorConfig", prm: dict[str, Any]) -> dict[str, Any]:
+    """Every setting a candidate is trained with: the harness defaults, the evaluator's batch size,
+    augmentation and seed, and the task's `prm` over the defaults. Results are stored and looked up
+    under this, so a changed default or setting never returns a stale cached result."""
+    from .harness import DEFAULTS  # the harness imports torch: keep this package's import light
+
+    return {**DEFAULTS, "batch": cfg.batch_size, **prm, "augment": cfg.augment, "seed": cfg.seed}
 
 
 class Evaluator:
