@@ -119,8 +119,8 @@ class Nodes:
         outcome = state["outcome"]
         # Each further attempt samples hotter: the 1.5B model, asked at the same temperature, often
         # returned its input unchanged.
-        hotter = 0.3 if "repeat_of" in outcome.get("detail", {}) else 0.15 * state.get("repairs", 0)
-        temperature = min(1.2, self.d.cfg.llm.temperature + hotter) if hotter else None
+        hotter = 0.2 if "repeat_of" in outcome.get("detail", {}) else 0.1 * state.get("repairs", 0)
+        temperature = min(1.0, self.d.cfg.llm.temperature + hotter) if hotter else None
         gen = code_generator.repair(_llm_for(self.d, state, temperature), _task(state), state["code"],
                                     outcome["error"], outcome["status"])
         return {"code": gen.code, "repairs": state.get("repairs", 0) + 1, "outcome": None,
