@@ -34,7 +34,6 @@ class Deps:
     hardware: dict
     prm: dict = field(default_factory=dict)
     retrieve: Callable[[Task, Triple], tuple[list[str], dict]] | None = None
-    started: float = field(default_factory=time.time)
     _last_end: float | None = None
 
 
@@ -223,7 +222,10 @@ class Nodes:
             "accuracy_sum": outcome.accuracy if outcome.status == "ok" and outcome.accuracy else 0.0,
             f"status_{outcome.status}": 1.0,
         }
-        reason = stop_reason(iteration, state["max_iterations"], time.time() - self.d.started,
+        # The run's active seconds come from the checkpointed stats, so a resumed run keeps counting
+        # from where it stopped instead of starting its time budget afresh.
+        active_s = sum(state.get("stats", {}).get(f"seconds_{k}", 0.0) for k in ("llm", "train", "other"))
+        reason = stop_reason(iteration, state["max_iterations"], active_s,
                              self.d.cfg.loop.time_budget_s, best["accuracy"] if best else None,
                              self.d.cfg.loop.target_accuracy)
         return {"iteration": iteration, "history": [entry.model_dump()], "best": best, "stats": stats,

@@ -62,7 +62,7 @@ class LoopConfig(BaseModel):
     novelty_threshold: float = Field(0.1, ge=0, le=1, description="min 1-Jaccard to count as novel")
     prm: dict[str, float | int | str] = Field(default_factory=dict, description="hyperparameters for every candidate")
     target_accuracy: float | None = None
-    time_budget_s: float | None = Field(None, description="stop the run after this many seconds")
+    time_budget_s: float | None = Field(None, description="stop the run after this many active seconds, resumes included")
 
 
 class RagConfig(BaseModel):

@@ -109,3 +109,12 @@ def test_regression_repair_echoing_failed_code_is_repaired_again_not_a_duplicate
     # each distinct module trained once: the repeats never reached the evaluator again
     assert sorted(e.status for e in store.evaluations_for_run("r5")) == ["build_error", "ok"]
     store.close()
+
+
+def test_time_budget_counts_the_seconds_before_a_resume(cfg):
+    llm = ScriptedChatModel(improver=[], generator=[C.fenced(C.wide(c)) for c in range(4, 12)])
+    first = run_loop(cfg, FakeHandle(llm), run_id="r6", iterations=3)
+    spent = sum(first["seconds"].values())
+    cfg.loop.time_budget_s = spent * 0.5  # already spent before the resume: one more iteration, then stop
+    again = run_loop(cfg, FakeHandle(llm), run_id="r6", iterations=10)
+    assert again["iterations"] == 4 and again["stop_reason"] == "time_budget"
