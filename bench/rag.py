@@ -5,6 +5,9 @@ with/without.
 
     python -m bench.rag --model qwen2.5-coder-1.5b --dataset fashion-mnist --iterations 30
 
+    python -m bench.rag --against RUN_ID    # a finished run of the normal home is the "without" arm
+
+With `--against`, the "with" arm reuses that run's id, so every step draws the same LLM seed.
 The "with" arm needs a block index: `--index DIR` (default: the normal home's, built by
 `nasgraph index build`) is copied into its home; without one, an index of torchvision.models and
 torchvision.ops is built first (about two minutes).
@@ -26,11 +29,11 @@ def _config(name: str, root: Path, base, a: argparse.Namespace, rag: bool):
                        loop={"dataset": a.dataset, "iterations": a.iterations}, rag={"enabled": rag})
 
 
-def _arm(cfg, llm, name: str, iterations: int) -> dict:
+def _arm(cfg, llm, run_id: str, iterations: int | None) -> dict:
     from graph.run import run_loop
 
     t0 = time.perf_counter()
-    summary = run_loop(cfg, llm, run_id=f"bench-{name}", iterations=iterations)
+    summary = run_loop(cfg, llm, run_id=run_id, iterations=iterations)
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     return summary
 
@@ -64,6 +67,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for both arms' homes (default: <home>/bench-rag-<time>)")
     p.add_argument("--index", help="block index folder to copy (default: <home>/index/chroma)")
+    p.add_argument("--against", metavar="RUN_ID", help="a finished run of the normal home as the 'without' arm")
     a = p.parse_args()
     base = load_config()
     root = Path(a.out) if a.out else base.home / f"bench-rag-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -72,7 +76,14 @@ def main() -> None:
 
     off, on = _config("without", root, base, a, False), _config("with", root, base, a, True)
     llm = open_llm(off)  # one model for both arms: the LLM seeds itself per step, so the arms match
-    results = {"without": _arm(off, llm, "without", a.iterations), "with": _arm(on, llm, "with", a.iterations)}
+    if a.against:
+        without = _arm(base, llm, a.against, None)  # finished: only its summary is read
+        if without["iterations"] < a.iterations:
+            raise SystemExit(f"run {a.against} has {without['iterations']} iterations, fewer than {a.iterations}")
+        results = {"without": without, "with": _arm(on, llm, a.against, a.iterations)}
+    else:
+        results = {"without": _arm(off, llm, "bench-without", a.iterations),
+                   "with": _arm(on, llm, "bench-with", a.iterations)}
     keys = ("valid_first_attempt", "valid_after_repair", "best_accuracy", "mean_accuracy", "novel", "duplicates")
     print(f"{'':22}{'without':>12}{'with':>12}{'with/without':>14}")
     for k in keys:
