@@ -11,6 +11,12 @@ import re
 from agents.schemas import HistoryEntry
 
 _HINTS: list[tuple[re.Pattern[str], str]] = [(re.compile(p, re.I), h) for p, h in [
+    (r"has no attribute 'flatten'",
+     "torch.flatten is a function, not a layer: in forward write x = torch.flatten(x, 1), or define "
+     "self.flatten = nn.Flatten() in __init__."),
+    (r"cannot assign .* as child module",
+     "Only nn.Module layers can be attributes: assign modules (nn.Flatten(), nn.ReLU()), and call plain "
+     "functions such as torch.flatten or F.relu directly in forward."),
     (r"mat1 and mat2 shapes cannot be multiplied",
      "The Linear's in_features does not match the flattened size: put nn.AdaptiveAvgPool2d(1) and "
      "torch.flatten(x, 1) before the final nn.Linear and set in_features to the last conv's out_channels."),
@@ -70,7 +76,7 @@ def key_error_line(error: str) -> str:
 
 
 _OVER = re.compile(r"([\d,.]+)s? (?:parameters |FLOPs per sample )?exceeds? the budget of ([\d,.]+)")
-_MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \(\d+x(\d+) and (\d+)x\d+\)")
+_MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x\d+\)")
 
 
 def _number(text: str) -> float:
@@ -91,10 +97,11 @@ def _budget_hint(error: str) -> str:
 def error_hint(status: str, error: str) -> str:
     m = _MATMUL.search(error)
     if m:
-        got, want = m.groups()
+        rows, got, want = m.groups()
         return (f"The flattened tensor has {got} features but the nn.Linear after the flatten expects {want}. "
                 f"Best fix: nn.AdaptiveAvgPool2d(1) then torch.flatten(x, 1) before that Linear, with in_features "
-                f"= the last conv's out_channels. Else set that Linear's in_features to {got}.")
+                f"= the last conv's out_channels. Else set that Linear's in_features to {got}. If {rows} is not "
+                f"the batch size, x was never flattened: call x = torch.flatten(x, 1) before that Linear.")
     if status == "over_budget" and (hint := _budget_hint(error)):
         return hint
     for pattern, hint in _HINTS:

@@ -14,6 +14,7 @@ from agents import code_generator, prompt_improver
 from agents.schemas import BestDesign, HistoryEntry, Task, Triple
 from nasgraph.config import Config
 from tools.evaluator import EvalRequest, Evaluator, Outcome, static_check
+from tools.autofix import find_fix
 from tools.fingerprint import canonical_id
 from tools.store import Store
 
@@ -97,7 +98,7 @@ class Nodes:
                                                state.get("user_goal", ""),
                                                novelty_threshold=self.d.cfg.loop.novelty_threshold)
         event = {**_llm_event(meta), "triple": triple.model_dump(), "parse_mode": meta.parse_mode}
-        return {"triple": triple.model_dump(), "code": None, "outcome": None, "repairs": 0,
+        return {"triple": triple.model_dump(), "code": None, "outcome": None, "repairs": 0, "fixes": 0,
                 "first_status": None, "arch_id": None, "novelty": None, "nearest": None, "blocks": [],
                 "_event": event}
 
@@ -127,6 +128,14 @@ class Nodes:
                            "repairing": outcome["status"], "temperature": temperature}}
 
     # -- tools -------------------------------------------------------------------------------
+    def fix(self, state: LoopState) -> dict:
+        fix = find_fix(state["code"], state["outcome"]["error"])
+        if fix is None:  # the router only comes here when a rule applies
+            raise ValueError("fix ran without an applicable rule")
+        return {"code": fix.code, "fixes": state.get("fixes", 0) + 1, "outcome": None, "stats": {"rule_fixes": 1},
+                "_event": {"rule": fix.rule, "description": fix.description, "code_hash": _safe_id(fix.code),
+                           "code": fix.code, "repairing": state["outcome"]["status"]}}
+
     def check(self, state: LoopState) -> dict:
         code = state["code"]
         # A reply with no module (prose only) is a failed attempt to repair, not an empty architecture

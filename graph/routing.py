@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from tools.autofix import find_fix
+
 from .state import LoopState
 
 # Failures the generator can fix from the error text alone: static checks, build, and the shape check
@@ -22,22 +24,30 @@ def repairable(outcome: dict) -> bool:
         outcome["status"] == "runtime_error" and outcome.get("stage") in REPAIRABLE_STAGES)
 
 
-def _repair_or_record(state: LoopState, max_repairs: int) -> Literal["repair", "record"]:
+Attempt = Literal["fix", "repair", "record"]
+
+
+def _next_attempt(state: LoopState, max_repairs: int, max_fixes: int) -> Attempt:
+    """A rule-based fix when one applies (instant, no LLM), else an LLM repair, each within its bound."""
     outcome = state.get("outcome")
-    if outcome and repairable(outcome) and state.get("repairs", 0) < max_repairs:
+    if not outcome or not repairable(outcome):
+        return "record"
+    if state.get("fixes", 0) < max_fixes and find_fix(state.get("code") or "", outcome.get("error", "")):
+        return "fix"
+    if state.get("repairs", 0) < max_repairs:
         return "repair"
     return "record"
 
 
-def after_check(state: LoopState, max_repairs: int) -> Literal["fingerprint", "repair", "record"]:
+def after_check(state: LoopState, max_repairs: int, max_fixes: int = 0) -> Literal["fingerprint", "fix", "repair", "record"]:
     if state.get("code") is None:
         raise ValueError("check ran without a candidate")
     if _status(state) is None:
         return "fingerprint"
-    return _repair_or_record(state, max_repairs)
+    return _next_attempt(state, max_repairs, max_fixes)
 
 
-def after_fingerprint(state: LoopState, max_repairs: int) -> Literal["evaluate", "repair", "record"]:
+def after_fingerprint(state: LoopState, max_repairs: int, max_fixes: int = 0) -> Literal["evaluate", "fix", "repair", "record"]:
     if state.get("arch_id") is None:
         raise ValueError("fingerprint left no architecture id")
     status = _status(state)
@@ -46,13 +56,13 @@ def after_fingerprint(state: LoopState, max_repairs: int) -> Literal["evaluate",
     if status == "duplicate":
         return "record"
     # The exact code of an earlier failure (often a repair that echoed its input): repair it again.
-    return _repair_or_record(state, max_repairs)
+    return _next_attempt(state, max_repairs, max_fixes)
 
 
-def after_evaluate(state: LoopState, max_repairs: int) -> Literal["repair", "record"]:
+def after_evaluate(state: LoopState, max_repairs: int, max_fixes: int = 0) -> Attempt:
     if _status(state) is None:
         raise ValueError("evaluate left no outcome")
-    return _repair_or_record(state, max_repairs)
+    return _next_attempt(state, max_repairs, max_fixes)
 
 
 def after_record(state: LoopState) -> Literal["improve", "__end__"]:

@@ -75,6 +75,7 @@ def summarize(run_id: str, values: dict) -> dict:
         "valid_first_attempt": round(s.get("valid_first_attempt", 0) / fresh, 4),
         "valid_after_repair": round(ok / fresh, 4),
         "duplicates": dup,
+        "rule_fixes": int(s.get("rule_fixes", 0)),
         "novel": int(s.get("novel", 0)),
         "near_copies": int(s.get("near_copies", 0)),
         "best_accuracy": best["accuracy"] if best else None,
@@ -113,7 +114,7 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
         deps = Deps(cfg=cfg, llm=llm, evaluator=evaluator, store=store, trace=trace,
                     hardware=hardware_info(cfg.evaluator.threads, device), prm=training_recipe(cfg.evaluator, cfg.loop.prm),
                     retrieve=retrieve)
-        graph = build_graph(Nodes(deps), cfg.loop.max_repairs, checkpointer=saver)
+        graph = build_graph(Nodes(deps), cfg.loop.max_repairs, checkpointer=saver, max_fixes=cfg.loop.max_fixes)
         config = {"configurable": {"thread_id": run_id}}
         snapshot = graph.get_state(config)
         values = snapshot.values or {}
@@ -133,10 +134,10 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
         else:
             total = iterations or cfg.loop.iterations
             inputs = LoopState(run_id=run_id, max_iterations=total, task=task.model_dump(), user_goal=goal,
-                               iteration=0, step=0, history=[], best=None, stats={}, repairs=0)
+                               iteration=0, step=0, history=[], best=None, stats={}, repairs=0, fixes=0)
             paths.meta.write_text(json.dumps({"run_id": run_id, "created": time.time(),
                                               "config": json.loads(cfg.model_dump_json())}, indent=1))
-        config["recursion_limit"] = recursion_limit(total, cfg.loop.max_repairs)
+        config["recursion_limit"] = recursion_limit(total, cfg.loop.max_repairs, cfg.loop.max_fixes)
         for node, update, state in _stream(graph, inputs, config):
             if on_update:
                 on_update(node, update, state)

@@ -33,7 +33,8 @@ class LoopState(TypedDict, total=False):
     blocks: list[str]                    # retrieved blocks for this iteration (RAG node, when enabled)
     code: str | None                     # the candidate in flight
     first_status: str | None             # status of the iteration's first attempt
-    repairs: int                         # repairs spent on this iteration
+    repairs: int                         # LLM repairs spent on this iteration
+    fixes: int                           # rule-based fixes (tools.autofix) applied in this iteration
     arch_id: str | None
     novelty: float | None
     nearest: str | None

@@ -34,7 +34,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if llm:
         o["llm"] = llm
     loop: dict[str, Any] = {}
-    for key in ("dataset", "epochs", "iterations", "max_repairs", "target_accuracy"):
+    for key in ("dataset", "epochs", "iterations", "max_repairs", "max_fixes", "target_accuracy"):
         if getattr(args, key, None) is not None:
             loop[key] = getattr(args, key)
     if loop:
@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--run-id", dest="run_id", help="resume this run, or name a new one")
     rn.add_argument("--model", help="LLM name (embedded name, GGUF path, or Ollama model)")
     rn.add_argument("--backend", choices=["llamacpp", "ollama"])
-    rn.add_argument("--max-repairs", dest="max_repairs", type=int)
+    rn.add_argument("--max-repairs", dest="max_repairs", type=int, help="LLM repairs per iteration")
+    rn.add_argument("--max-fixes", dest="max_fixes", type=int, help="rule-based fixes per iteration (0: off)")
     rn.add_argument("--target-accuracy", dest="target_accuracy", type=float)
     rn.add_argument("--goal", help="free-text design goal added to the prompts")
     rn.add_argument("--rag", action=argparse.BooleanOptionalAction, help="retrieve validated blocks (needs `nasgraph index build`)")

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from tools.evaluator.sandbox import READY_TIMEOUT_S, _Lines, _rmtree, zygote_env
+from tools.evaluator.sandbox import READY_TIMEOUT_S, _Lines, _rmtree, stop_pipe_child, zygote_env
 
 WORKER_SLACK_S = 30.0   # beyond a block's timeout, how long the worker may take to report it
 
@@ -103,20 +103,8 @@ class Validator:
             return ""
 
     def _stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            if self.proc.stdin:
-                self.proc.stdin.close()
-            self.proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        if self.proc is not None:
+            stop_pipe_child(self.proc, grace_s=5)
         self.proc, self.lines = None, None
 
     def close(self) -> None:

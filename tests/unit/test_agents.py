@@ -271,6 +271,14 @@ def test_hints_carry_the_numbers_to_fix() -> None:
     big = error_hint("over_budget", "13,318,154 parameters exceed the budget of 5,000,000; 5,212,805,120 FLOPs "
                                     "per sample exceed the budget of 1,000,000,000 (checked before training)")
     assert "5.2x over" in big  # the worse of the two overruns
+    unflat = error_hint("shape_error", "RuntimeError: mat1 and mat2 shapes cannot be multiplied (896x7 and 576x1024)")
+    assert "If 896 is not the batch size" in unflat
+
+
+def test_flatten_misuse_hints() -> None:
+    assert "x = torch.flatten(x, 1)" in error_hint("runtime_error", "AttributeError: 'Net' object has no attribute 'flatten'")
+    assert "Only nn.Module layers" in error_hint(
+        "build_error", "TypeError: cannot assign 'torch._VariableFunctionsClass.flatten' as child module 'flatten'")
 
 
 def test_json_parse_finds_nested_object_and_skips_broken_ones() -> None:

@@ -72,7 +72,7 @@ def test_session_file_roundtrip_and_errors(tmp_path):
 def cfg(tmp_path, monkeypatch):
     monkeypatch.setenv("NASGRAPH_HOME", str(tmp_path))
     return load_config(home=tmp_path, evaluator={"threads": 1, "time_budget_s": 60, "batch_size": 32},
-                       loop={"dataset": "digits", "epochs": 1, "max_repairs": 1, "prm": {"lr": 0.1}})
+                       loop={"dataset": "digits", "epochs": 1, "max_repairs": 1, "max_fixes": 0, "prm": {"lr": 0.1}})
 
 
 def test_conversation_drives_the_graph(cfg, tmp_path):
@@ -140,7 +140,9 @@ def test_new_dataset_continues_in_a_new_run(cfg):
 # -- the real program through a pseudo-terminal ------------------------------------------------------------
 def spawn(home: Path, *args: str) -> tuple[pexpect.spawn, Screen]:
     env = {**os.environ, "NASGRAPH_HOME": str(home), "NASGRAPH_EVALUATOR__THREADS": "1",
-           "NASGRAPH_EVALUATOR__BATCH_SIZE": "32", "NASGRAPH_LOOP__PRM": '{"lr": 0.1}', "PYTHONPATH": str(ROOT)}
+           "NASGRAPH_EVALUATOR__BATCH_SIZE": "32", "NASGRAPH_LOOP__PRM": '{"lr": 0.1}', "NASGRAPH_LOOP__MAX_FIXES": "0",
+           "NASGRAPH_LOOP__MAX_REPAIRS": "1",
+           "PYTHONPATH": str(ROOT)}
     child = pexpect.spawn(sys.executable, [str(ROOT / "tests" / "chat_driver.py"), "chat", *args], cwd=str(ROOT),
                           env=env, encoding="utf-8", codec_errors="replace", timeout=90,
                           dimensions=(50, 160))  # Ctrl-C flushes the tty: a character may be cut

@@ -15,7 +15,8 @@ from tools.store import Store
 def cfg(tmp_path, monkeypatch):
     monkeypatch.setenv("NASGRAPH_HOME", str(tmp_path))
     return load_config(home=tmp_path, evaluator={"threads": 1, "time_budget_s": 60, "batch_size": 32},
-                       loop={"dataset": "digits", "iterations": 4, "max_repairs": 1, "epochs": 2, "prm": {"lr": 0.1}})
+                       loop={"dataset": "digits", "iterations": 4, "max_repairs": 1, "max_fixes": 0, "epochs": 2,
+                             "prm": {"lr": 0.1}})
 
 
 def test_routes_duplicates_repairs_and_failures(cfg):
@@ -118,3 +119,26 @@ def test_time_budget_counts_the_seconds_before_a_resume(cfg):
     cfg.loop.time_budget_s = spent * 0.5  # already spent before the resume: one more iteration, then stop
     again = run_loop(cfg, FakeHandle(llm), run_id="r6", iterations=10)
     assert again["iterations"] == 4 and again["stop_reason"] == "time_budget"
+
+
+def test_rule_fix_repairs_a_wrong_flatten_size_without_an_llm_call(cfg):
+    cfg.loop.max_repairs = 0  # only the rule-based fix can save this iteration
+    cfg.loop.max_fixes = 3
+    wrong = C.VALID.replace("nn.Linear(64, out_shape[0])", "nn.Linear(16 * 7 * 7, out_shape[0])")
+    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(wrong)])
+    summary = run_loop(cfg, FakeHandle(llm), run_id="r7", iterations=1)
+    assert summary["valid_after_repair"] == 1.0 and summary["valid_first_attempt"] == 0.0
+    assert summary["rule_fixes"] == 1
+    assert llm.calls.count("generator") == 1  # no LLM repair was asked for
+    events = list(read_events(RunPaths(cfg.runs_dir / "r7").trace))
+    fix = next(e for e in events if e["node"] == "fix")
+    assert fix["rule"] == "lazy_linear" and "nn.LazyLinear(out_shape[0])" in fix["code"]
+    assert [e["node"] for e in events].count("evaluate") == 2
+
+
+def test_rule_fixes_are_off_at_zero(cfg):
+    cfg.loop.max_repairs, cfg.loop.max_fixes = 0, 0
+    wrong = C.VALID.replace("nn.Linear(64, out_shape[0])", "nn.Linear(16 * 7 * 7, out_shape[0])")
+    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(wrong)])
+    summary = run_loop(cfg, FakeHandle(llm), run_id="r8", iterations=1)
+    assert summary["valid_after_repair"] == 0.0 and summary["rule_fixes"] == 0

@@ -64,3 +64,14 @@ def test_runtime_error_in_the_shape_check_is_repaired_but_not_in_training():
     # runtime_error and went unrepaired.
     assert routing.after_evaluate(st("runtime_error", stage="shape"), max_repairs=1) == "repair"
     assert routing.after_evaluate(st("runtime_error", stage="train"), max_repairs=1) == "record"
+
+
+def test_a_known_mechanical_failure_goes_to_the_rule_fix_first():
+    code = "import torch.nn as nn\nclass Net(nn.Module):\n    def __init__(self):\n        self.fc = nn.Linear(5, 2)\n"
+    err = ("RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x9 and 5x2)\n"
+           "in module 'fc' = Linear(in_features=5, out_features=2, bias=True), called with input shape (2, 9)")
+    state = {"outcome": {"status": "shape_error", "stage": "shape", "error": err}, "code": code, "repairs": 0, "fixes": 0}
+    assert routing.after_evaluate(state, max_repairs=1, max_fixes=1) == "fix"
+    assert routing.after_evaluate({**state, "fixes": 1}, max_repairs=1, max_fixes=1) == "repair"
+    assert routing.after_evaluate({**state, "fixes": 1, "repairs": 1}, max_repairs=1, max_fixes=1) == "record"
+    assert routing.after_evaluate(state, max_repairs=1, max_fixes=0) == "repair"

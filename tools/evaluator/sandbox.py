@@ -121,6 +121,23 @@ def _await_gone(pid: int, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+def stop_pipe_child(proc: subprocess.Popen, grace_s: float) -> None:
+    """End a warm parent started in its own session: closing its stdin asks it to exit; after
+    `grace_s` its whole process group is killed, so no forked candidate outlives it."""
+    try:
+        if proc.stdin:
+            proc.stdin.close()
+        proc.wait(timeout=grace_s)
+    except (OSError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+        proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
+
+
 def _rmtree(path: Path) -> None:
     def fix(func, p, _exc):  # a candidate may leave read-only dirs; as non-root we must chmod first
         try:
@@ -214,17 +231,8 @@ class WarmParent:
             return ""
 
     def _stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            if self.proc.stdin:
-                self.proc.stdin.close()
-            self.proc.wait(timeout=2)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        if self.proc is not None:
+            stop_pipe_child(self.proc, grace_s=2)
         self.proc, self.lines, self._ready = None, None, False
 
     def close(self) -> None:
