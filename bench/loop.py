@@ -17,8 +17,11 @@ from graph.trace import read_events
 from nasgraph.config import load_config
 
 
-def analyze(cfg, run_id: str) -> dict:
-    events = list(read_events(RunPaths(cfg.runs_dir / run_id).trace))
+def analyze(cfg, run_id: str, limit: int | None = None) -> dict:
+    """Figures of a run from its trace; `limit` keeps its first N iterations only (then the seconds
+    come from the trace's node timings instead of the checkpoint's totals)."""
+    events = [e for e in read_events(RunPaths(cfg.runs_dir / run_id).trace)
+              if limit is None or e["iteration"] <= limit]
     records = [e for e in events if e["node"] == "record"]
     fresh = [r for r in records if r["status"] != "duplicate"]
     ok = [r for r in records if r["status"] == "ok"]
@@ -30,21 +33,30 @@ def analyze(cfg, run_id: str) -> dict:
         return {"n_valid": len(accs), "best": max(accs) if accs else None,
                 "mean": round(statistics.mean(accs), 4) if accs else None}
 
-    stats = _state_stats(cfg, run_id)
     n = len(records)
+    if limit is None:
+        stats = _state_stats(cfg, run_id)
+        seconds = {k: stats.get(f"seconds_{k}", 0.0) for k in ("llm", "train", "other")}
+    else:
+        llm = sum(float(e.get("latency") or 0.0) for e in events)
+        train = sum(sum(v for k, v in (e.get("stage_seconds") or {}).items() if k not in ("parse", "policy"))
+                    for e in events if e["node"] == "evaluate")
+        seconds = {"llm": llm, "train": train, "other": max(0.0, sum(e["seconds"] for e in events) - llm - train)}
     return {
         "run_id": run_id,
         "iterations": n,
         "valid_first_attempt": round(sum(r.get("first_status") == "ok" for r in fresh) / max(1, len(fresh)), 3),
         "valid_after_repair": round(len(ok) / max(1, len(fresh)), 3),
         "duplicates": n - len(fresh),
+        "rule_fixes": sum(e["node"] == "fix" for e in events),
+        "llm_repairs": sum(e["node"] == "repair" for e in events),
         "near_copies": len(near),
         "near_copy_share": round(len(near) / max(1, len(ok)), 3),
         "novelty_median": statistics.median([r["novelty"] for r in ok if r.get("novelty") is not None] or [0]),
         "failures": _count(r["status"] for r in records if r["status"] != "ok"),
         "first_five": acc_stats(records[:5]),
         "whole_run": acc_stats(records),
-        "seconds_per_iteration": {k: round(stats.get(f"seconds_{k}", 0.0) / max(1, n), 2) for k in ("llm", "train", "other")},
+        "seconds_per_iteration": {k: round(v / max(1, n), 2) for k, v in seconds.items()},
     }
 
 
@@ -75,11 +87,12 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--run-id")
     p.add_argument("--analyze", metavar="RUN_ID")
+    p.add_argument("--first", type=int, help="with --analyze: only the run's first N iterations")
     p.add_argument("--rag", action="store_true")
     a = p.parse_args()
     cfg = load_config(llm={"model": a.model}, loop={"dataset": a.dataset}, rag={"enabled": a.rag})
     if a.analyze:
-        print(json.dumps(analyze(cfg, a.analyze), indent=1))
+        print(json.dumps(analyze(cfg, a.analyze, a.first), indent=1))
         return
     from agents.handle import open_llm
 

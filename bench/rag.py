@@ -29,13 +29,10 @@ def _config(name: str, root: Path, base, a: argparse.Namespace, rag: bool):
                        loop={"dataset": a.dataset, "iterations": a.iterations}, rag={"enabled": rag})
 
 
-def _arm(cfg, llm, run_id: str, iterations: int | None) -> dict:
+def _arm(cfg, llm, run_id: str, iterations: int) -> None:
     from graph.run import run_loop
 
-    t0 = time.perf_counter()
-    summary = run_loop(cfg, llm, run_id=run_id, iterations=iterations)
-    summary["wall_s"] = round(time.perf_counter() - t0, 1)
-    return summary
+    run_loop(cfg, llm, run_id=run_id, iterations=iterations)
 
 
 def _prepare_index(source: Path, target_home: Path) -> None:
@@ -74,21 +71,27 @@ def main() -> None:
     _prepare_index(Path(a.index) if a.index else base.index_dir / "chroma", root / "with")
     from agents.handle import open_llm
 
+    from bench.loop import analyze
+
     off, on = _config("without", root, base, a, False), _config("with", root, base, a, True)
     llm = open_llm(off)  # one model for both arms: the LLM seeds itself per step, so the arms match
-    if a.against:
-        without = _arm(base, llm, a.against, None)  # finished: only its summary is read
+    if a.against:  # the finished run's first N iterations against N new ones with its seeds
+        without = analyze(base, a.against, a.iterations)
         if without["iterations"] < a.iterations:
             raise SystemExit(f"run {a.against} has {without['iterations']} iterations, fewer than {a.iterations}")
-        results = {"without": without, "with": _arm(on, llm, a.against, a.iterations)}
+        _arm(on, llm, a.against, a.iterations)
+        results = {"without": without, "with": analyze(on, a.against)}
     else:
-        results = {"without": _arm(off, llm, "bench-without", a.iterations),
-                   "with": _arm(on, llm, "bench-with", a.iterations)}
-    keys = ("valid_first_attempt", "valid_after_repair", "best_accuracy", "mean_accuracy", "novel", "duplicates")
+        _arm(off, llm, "bench-without", a.iterations)
+        _arm(on, llm, "bench-with", a.iterations)
+        results = {"without": analyze(off, "bench-without"), "with": analyze(on, "bench-with")}
     print(f"{'':22}{'without':>12}{'with':>12}{'with/without':>14}")
-    for k in keys:
-        off, on = results["without"].get(k), results["with"].get(k)
-        print(f"{k:22}{str(off):>12}{str(on):>12}{str(_ratio(on, off)):>14}")
+    for k in ("valid_first_attempt", "valid_after_repair", "duplicates", "near_copies"):
+        off_v, on_v = results["without"][k], results["with"][k]
+        print(f"{k:22}{off_v!s:>12}{on_v!s:>12}{_ratio(on_v, off_v)!s:>14}")
+    for k in ("best", "mean"):
+        off_v, on_v = results["without"]["whole_run"][k], results["with"]["whole_run"][k]
+        print(f"{k + '_accuracy':22}{off_v!s:>12}{on_v!s:>12}{_ratio(on_v, off_v)!s:>14}")
     print(json.dumps({"root": str(root), **results}, default=str))
 
 
