@@ -102,21 +102,28 @@ def _unflattened(code: str, tree: ast.Module, error: str) -> Fix | None:
 
 
 def _missing_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
-    """forward uses self.flatten / self.relu / ... that __init__ never defined: define it."""
+    """self.flatten / self.relu / ... used but never defined: define the layer; self.in_shape (or
+    another __init__ argument) used but never stored: store it."""
     m = _NO_ATTR.search(error)
-    if not m or m.group(2).lower() not in _LAYER_FOR:
+    if not m:
         return None
     cls, attr = m.group(1), m.group(2)
     init = _init_of(tree, cls)
     if init is None or not init.body:
+        return None
+    if attr in {a.arg for a in init.args.args[1:]}:
+        value = attr
+    elif attr.lower() in _LAYER_FOR:
+        value = _LAYER_FOR[attr.lower()]
+    else:
         return None
     first = init.body[0]
     anchor = first if _is_super_init(first) else None
     lines = code.splitlines(keepends=True)
     at = (anchor.end_lineno if anchor else first.lineno - 1)
     indent = " " * (first.col_offset)
-    lines.insert(at, f"{indent}self.{attr} = {_LAYER_FOR[attr.lower()]}\n")
-    return Fix("".join(lines), "define_layer", f"defined self.{attr} = {_LAYER_FOR[attr.lower()]} in {cls}.__init__")
+    lines.insert(at, f"{indent}self.{attr} = {value}\n")
+    return Fix("".join(lines), "define_attribute", f"defined self.{attr} = {value} in {cls}.__init__")
 
 
 def _function_as_layer(code: str, tree: ast.Module, error: str) -> Fix | None:

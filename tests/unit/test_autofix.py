@@ -75,7 +75,7 @@ CASES = {
     "lazy_linear": (WRONG_FLATTEN, WRONG_FLATTEN_ERR, "nn.LazyLinear(32)"),
     "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_ERR, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
     "lazy_conv2d": (WRONG_CHANNELS, WRONG_CHANNELS_ERR, "nn.LazyConv2d(16, 3, padding=1)"),
-    "define_layer": (NO_FLATTEN_ATTR, NO_FLATTEN_ATTR_ERR, "super().__init__()\n        self.flatten = nn.Flatten()"),
+    "define_attribute": (NO_FLATTEN_ATTR, NO_FLATTEN_ATTR_ERR, "super().__init__()\n        self.flatten = nn.Flatten()"),
     "function_to_layer": (FUNCTION_AS_LAYER, FUNCTION_AS_LAYER_ERR, "self.flatten = nn.Flatten()"),
     "drop_groups": (BAD_GROUPS, BAD_GROUPS_ERR, "nn.Conv2d(in_shape[1], 16, 3, padding=1)  # keep this comment"),
     "drop_pool": (POOL_TOO_SMALL, POOL_TOO_SMALL_ERR, "self.pool5 = nn.Identity()"),
@@ -90,6 +90,17 @@ def test_rule_applies_and_keeps_the_rest(rule):
     assert expected in fix.code
     assert "# keep this comment" in fix.code  # a fix edits the offending layer only
     assert fix.description
+
+
+def test_an_init_argument_used_as_an_attribute_is_stored():
+    # Seen from the 1.5B model: self.in_shape read in __init__ though never assigned.
+    code = WRONG_FLATTEN.replace("self.fc1 = nn.Linear(16 * 7 * 7, 32)",
+                                 "self.fc1 = nn.Linear(16 * (self.in_shape[2] // 2) ** 2, 32)")
+    error = ('File "<candidate>", line 10, in __init__\n'
+             "AttributeError: 'Net' object has no attribute 'in_shape'")
+    fix = find_fix(code, error)
+    assert fix is not None and fix.rule == "define_attribute"
+    assert "super().__init__()\n        self.in_shape = in_shape\n" in fix.code
 
 
 def test_no_rule_for_unknown_errors_or_broken_code():
