@@ -64,7 +64,7 @@ def _lazy_input_size(code: str, tree: ast.Module, error: str) -> Fix | None:
     lazy = _LAZY[kind]
     edits = []
     for call in _layer_calls(tree, attr, kind):
-        args = call.args[1:] if call.args else call.args
+        args = call.args[1:]  # the input size, when given positionally
         keywords = [k for k in call.keywords if k.arg != _LAZY_KW[kind]]
         new = ast.Call(func=ast.parse(lazy, mode="eval").body, args=args, keywords=keywords)
         edits.append((call, ast.unparse(new)))
@@ -203,7 +203,10 @@ def _init_of(tree: ast.Module, cls: str) -> ast.FunctionDef | None:
 
 
 def _is_super_init(stmt: ast.stmt) -> bool:
-    return isinstance(stmt, ast.Expr) and "super(" in ast.unparse(stmt) and "__init__" in ast.unparse(stmt)
+    if not isinstance(stmt, ast.Expr):
+        return False
+    text = ast.unparse(stmt)
+    return "super(" in text and "__init__" in text
 
 
 def _splice(code: str, edits: list[tuple[ast.AST, str]]) -> str:
