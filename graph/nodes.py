@@ -99,8 +99,8 @@ class Nodes:
                                                novelty_threshold=self.d.cfg.loop.novelty_threshold)
         event = {**_llm_event(meta), "triple": triple.model_dump(), "parse_mode": meta.parse_mode}
         return {"triple": triple.model_dump(), "code": None, "outcome": None, "repairs": 0, "fixes": 0,
-                "first_status": None, "arch_id": None, "novelty": None, "nearest": None, "blocks": [],
-                "_event": event}
+                "first_status": None, "arch_id": None, "drafts": [], "novelty": None, "nearest": None,
+                "blocks": [], "_event": event}
 
     def retrieve(self, state: LoopState) -> dict:
         if self.d.retrieve is None:
@@ -154,8 +154,11 @@ class Nodes:
     def fingerprint(self, state: LoopState) -> dict:
         code, task = state["code"], _task(state)
         arch_id = canonical_id(code)
-        novelty, nearest = self.d.store.novelty(code)
-        update: dict = {"arch_id": arch_id, "novelty": novelty, "nearest": nearest, "outcome": None}
+        # A repair is measured against earlier designs, not against the drafts it was repaired from.
+        drafts = state.get("drafts") or []
+        novelty, nearest = self.d.store.novelty(code, exclude=drafts)
+        update: dict = {"arch_id": arch_id, "novelty": novelty, "nearest": nearest, "outcome": None,
+                        "drafts": drafts if arch_id in drafts else [*drafts, arch_id]}
         cached = self.d.store.lookup(arch_id, task.dataset, task.epochs, self.d.prm)
         status = "new"
         if cached is not None:

@@ -36,6 +36,7 @@ class LoopState(TypedDict, total=False):
     repairs: int                         # LLM repairs spent on this iteration
     fixes: int                           # rule-based fixes (tools.autofix) applied in this iteration
     arch_id: str | None
+    drafts: list[str]                    # ids of this iteration's earlier attempts (not novelty rivals)
     novelty: float | None
     nearest: str | None
     outcome: dict[str, Any] | None       # tools.evaluator.Outcome of the latest attempt

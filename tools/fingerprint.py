@@ -16,6 +16,7 @@ import hashlib
 import io
 import re
 import tokenize
+from collections.abc import Collection
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
@@ -401,21 +402,25 @@ class NoveltyIndex:
                 session.insert(key, MinHash(num_perm=self.num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME,
                                             hashvalues=self._matrix[row].astype(np.uint64), permutations=perms))
 
-    def novelty(self, code: str) -> tuple[float, str | None]:
-        """(1 - max Jaccard estimate against everything added, key of the nearest); (1.0, None) when empty."""
-        return self.novelty_of(minhash(code, self.num_perm))
+    def novelty(self, code: str, exclude: Collection[str] = ()) -> tuple[float, str | None]:
+        """(1 - max Jaccard estimate against everything added but `exclude`, key of the nearest);
+        (1.0, None) when nothing is left to compare with."""
+        return self.novelty_of(minhash(code, self.num_perm), exclude)
 
-    def novelty_of(self, m: MinHash) -> tuple[float, str | None]:
+    def novelty_of(self, m: MinHash, exclude: Collection[str] = ()) -> tuple[float, str | None]:
         n = len(self._keys)
-        if n == 0:
+        skip = sorted({self._row[k] for k in exclude if k in self._row})
+        if n - len(skip) <= 0:
             return 1.0, None
         query = np.asarray(m.hashvalues, dtype=np.uint32)
         candidates = self._lsh.query(m) if self._lsh is not None else None
+        candidates = [c for c in candidates or () if c not in exclude]
         if candidates:
             rows = np.fromiter((self._row[c] for c in candidates), dtype=np.int64, count=len(candidates))
             sims = (self._matrix[rows] == query).mean(axis=1)
             best = int(np.argmax(sims))
             return 1.0 - float(sims[best]), self._keys[int(rows[best])]
         sims = (self._matrix[:n] == query).mean(axis=1)
+        sims[skip] = -1.0
         best = int(np.argmax(sims))
         return 1.0 - float(sims[best]), self._keys[best]

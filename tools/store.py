@@ -18,7 +18,7 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -309,11 +309,12 @@ class Store:
         except (sqlite3.Error, ValueError) as e:
             raise StoreError(f"store {self.path}: cannot load MinHash signatures: {e}") from e
 
-    def novelty(self, code: str) -> tuple[float, str | None]:
-        """(1 - max Jaccard estimate against every stored architecture, nearest id); (1.0, None) if empty."""
+    def novelty(self, code: str, exclude: Collection[str] = ()) -> tuple[float, str | None]:
+        """(1 - max Jaccard estimate against every stored architecture but `exclude`, nearest id);
+        (1.0, None) if there is none."""
         with self._lock:
             self._refresh_index()
-            return self._index.novelty_of(fp.minhash(code))
+            return self._index.novelty_of(fp.minhash(code), exclude)
 
     def _insert_architecture(self, c: sqlite3.Connection, arch_id: str, code: str, origin: str) -> bool:
         """Inside a write transaction: inserts the architecture unless present. Returns is_new."""
