@@ -2,8 +2,10 @@
 
 Small local models are unreliable at strict JSON, so the prompt asks for three labelled lines and the
 parser accepts those loosely (markdown, synonyms, multi-line values) as well as JSON. When nothing
-usable comes back, a deterministic triple derived from the outcome keeps the loop moving: fix the
-error on failure, otherwise the next move from a rotating list of architectural changes.
+usable comes back, a deterministic triple derived from the outcome keeps the loop moving: the next
+move from a rotating list of architectural changes (after a failure, with the error to avoid). The same
+list is offered in the prompt: left to itself, the 1.5B improver proposed layers that do not exist
+(nn.GlobalAvgPool2d) or generic advice ("use a different block type") in half of a 30-iteration run.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ MOVES = (
     "use Inception-style blocks: parallel 1x1, 3x3 (padding=1) and 5x5 (padding=2) conv branches on the "
     "same input joined by torch.cat(..., dim=1); the next layer takes the summed channel count",
     "replace max-pooling with stride-2 convolutions and add one more conv stage with doubled channels",
-    "use a wide shallow network: two stages of 3x3 convs with 64 and 128 channels, BatchNorm and GELU",
+    "use a wide shallow network: two stages of 3x3 convs with 48 and 96 channels, BatchNorm and GELU, "
+    "each stage ending in a stride-2 max-pool",
     "use dense connectivity: in a stage, each 3x3 conv takes torch.cat of the stage input and all previous "
     "conv outputs, so its in_channels is the sum of theirs",
 )
@@ -128,13 +131,18 @@ def parse_triple(reply: str) -> tuple[dict[str, str], str]:
     return {}, "fallback"
 
 
+def _untried_moves(history: list[HistoryEntry]) -> list[str]:
+    tried = " ".join(e.triple.modification for e in history).lower()
+    return [m for m in MOVES if m.lower() not in tried]
+
+
 def _next_move(history: list[HistoryEntry], last: HistoryEntry | None) -> str:
     """The next move in the rotation, skipping moves the window already tried."""
-    tried = " ".join(e.triple.modification for e in history).lower()
+    untried = _untried_moves(history)
     start = (last.iteration + 1) if last else len(history)
     for i in range(len(MOVES)):
         move = MOVES[(start + i) % len(MOVES)]
-        if move.lower() not in tried:
+        if move in untried:
             return move
     return MOVES[start % len(MOVES)]
 
@@ -156,7 +164,8 @@ def fallback_triple(last: HistoryEntry | None, history: list[HistoryEntry], best
         first = key_error_line(last.error) or last.status
         hint = error_hint(last.status, last.error)
         return Triple(problem=f"the last model failed with {last.status}: {first}",
-                      modification=f"fix the {last.status} error: {first}. {hint}".strip(),
+                      modification=f"{_next_move(history, last)}. Avoid the last model's error ({first}). "
+                                   f"{hint}".strip(),
                       expected_effect="a model that builds, runs and trains within the budget")
     acc = f"{last.accuracy:.3f}" if last.accuracy is not None else "unknown"
     ref = f"; best so far {best.accuracy:.3f}" if best is not None else ""
@@ -172,8 +181,11 @@ def _directive(last: HistoryEntry | None, explore: bool) -> str:
         return ("The last model repeated an earlier design. Propose a structurally different architecture "
                 "(another block type, depth or layout), not a small tweak.")
     if last.status != "ok":
+        # Its repairs are spent and the generator never sees its code again: asking to "fix" it made
+        # the 1.5B improver repeat one error's fix for many iterations.
         hint = error_hint(last.status, last.error)
-        return ("The last model failed. Diagnose the error and propose the fix; the rest of the design may stay."
+        return ("The last model failed even after repairs and is dropped. Say what caused the error, then "
+                "propose the next design to build, one that cannot hit that error."
                 + (f" Hint: {hint}" if hint else ""))
     return ("Propose one change likely to raise accuracy within the budget. "
             "Do not repeat a change already listed in the history.")
@@ -203,7 +215,8 @@ def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: 
     # The last entry is shown in full under "Last result"; don't spend tokens on it twice.
     earlier = [e for e in history if last is None or e.iteration != last.iteration]
     user = render("prompt_improver.user", **values, history=history_block(earlier, novelty_threshold),
-                  best=best_text, last=_last_text(last, novelty_threshold), directive=_directive(last, explore))
+                  best=best_text, last=_last_text(last, novelty_threshold), directive=_directive(last, explore),
+                  moves="\n".join(f"- {m}" for m in _untried_moves(history)) or "- (all tried: propose your own)")
     reply = call(llm, system, user, "prompt_improver")
 
     found, mode = parse_triple(reply.text)

@@ -203,10 +203,12 @@ def test_improve_falls_back_on_garbage_after_a_failure() -> None:
     llm = recording("I think the model could be improved in many ways.")
     triple, meta = pi.improve(llm, TASK, last, [last], None)
     assert meta.parse_mode == "fallback" and not meta.parsed
-    assert triple.modification.startswith("fix the shape_error error: RuntimeError: mat1 and mat2")
+    assert triple.modification.startswith(pi.MOVES[5])  # the next design, not a fix of dropped code
+    assert "Avoid the last model's error (RuntimeError: mat1 and mat2" in triple.modification
     assert "AdaptiveAvgPool2d(1)" in triple.modification
     user = llm.seen[0][1].content
-    assert "Error (last lines):" in user and "Diagnose the error" in user
+    assert "Error (last lines):" in user and "cannot hit that error" in user
+    assert pi.MOVES[0] in user  # the untried moves are offered
 
 
 def test_fallback_after_success_rotates_and_skips_tried_moves() -> None:
