@@ -30,10 +30,13 @@ Attempt = Literal["fix", "repair", "record"]
 def _next_attempt(state: LoopState, max_repairs: int, max_fixes: int) -> Attempt:
     """A rule-based fix when one applies (instant, no LLM), else an LLM repair, each within its bound."""
     outcome = state.get("outcome")
-    if not outcome or not repairable(outcome):
+    if not outcome:
         return "record"
+    # A rule knows its error exactly, whatever the stage (an in-place op fails only in the first backward).
     if state.get("fixes", 0) < max_fixes and find_fix(state.get("code") or "", outcome.get("error", "")):
         return "fix"
+    if not repairable(outcome):
+        return "record"
     if state.get("repairs", 0) < max_repairs:
         return "repair"
     return "record"

@@ -3,15 +3,21 @@
 Measured on the 1.5B generator (Fashion-MNIST runs): most failures were a wrong flatten size, a
 forward that never flattened, a conv or BatchNorm given the wrong channel count, a `self.flatten` never
 defined (or assigned a function), `groups` that does not divide the channels, and a pooling layer on a
-1x1 map. The LLM, shown the error, often returned its code unchanged; each of these has one obvious
-edit. A fix touches only the offending layer or line (the rest of the text, comments included, is kept)
-and returns None when the error is not one it knows or the code does not have the expected shape, so
-the LLM repair still handles everything else. `find_fix` is pure: routers may call it.
+1x1 map; then a layer torch does not have (nn.GlobalAvgPool2d, F.swish), `self.device` read in a
+helper block that never stored one, a layer's input size read from a layer without that attribute
+(pool.out_features), an in-place op autograd still needed, and a model too wide for its parameter,
+FLOP or epoch-time budget. The LLM, shown the error, often returned its code unchanged; each of these
+has one obvious edit. A fix touches only the offending layers or lines (the rest of the text, comments
+included, is kept) and returns None when the error is not one it knows or the code does not have the
+expected shape, so the LLM repair still handles everything else. `find_fix` is pure: routers may call it.
 """
 from __future__ import annotations
 
 import ast
+import math
 import re
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 _MODULE = re.compile(r"in module '([\w.]+)' = (\w+)\(.*called with input shape \(([\d, ]+)\)")
@@ -22,6 +28,10 @@ _ASSIGN_FN = re.compile(r"cannot assign '[\w.]*?(\w+)' as child module '(\w+)'")
 _GROUPS = re.compile(r"(in|out)_channels must be divisible by groups")
 _TOO_SMALL = re.compile(r"Output size is too small|Kernel size can't be greater than actual input size", re.I)
 _LINE = re.compile(r'File "<candidate>", line (\d+)')
+_NO_MODULE_ATTR = re.compile(r"module '(torch\.nn(?:\.functional)?)' has no attribute '(\w+)'")
+_INPLACE = re.compile(r"modified by an inplace operation")
+_OVER = re.compile(r"([\d,]+) (parameters|FLOPs) (?:per sample )?exceed the budget of ([\d,]+)")
+_SLOW = re.compile(r"projected epoch time ([\d.]+)s exceeds the budget of ([\d.]+)s")
 
 # Layers that stand in for a function or name the generator forgot to define.
 _LAYER_FOR = {"flatten": "nn.Flatten()", "relu": "nn.ReLU()", "gelu": "nn.GELU()", "silu": "nn.SiLU()",
@@ -31,6 +41,33 @@ _LAYER_FOR = {"flatten": "nn.Flatten()", "relu": "nn.ReLU()", "gelu": "nn.GELU()
 _LAZY = {"Linear": "nn.LazyLinear", "Conv2d": "nn.LazyConv2d", "BatchNorm2d": "nn.LazyBatchNorm2d"}
 _LAZY_KW = {"Linear": "in_features", "Conv2d": "in_channels", "BatchNorm2d": "num_features"}
 _POOLS = ("MaxPool2d", "AvgPool2d")
+# Names the generator invents, none of them in torch (checked against torch 2.x), and what to write
+# instead: a bare name renames the attribute (arguments kept); a call replaces the whole call, with {m}
+# the module as the code spells it and {0} the call's first argument.
+_ALIASES = {
+    "torch.nn": {"GlobalAvgPool2d": "{m}.AdaptiveAvgPool2d(1)", "GlobalAveragePooling2D": "{m}.AdaptiveAvgPool2d(1)",
+                 "GlobalMaxPool2d": "{m}.AdaptiveMaxPool2d(1)", "BatchNorm2": "BatchNorm2d", "BatchNorm": "BatchNorm2d",
+                 "BatchNorm2D": "BatchNorm2d", "Conv2D": "Conv2d", "MaxPool2D": "MaxPool2d", "AvgPool2D": "AvgPool2d",
+                 "Swish": "SiLU", "HardSwish": "Hardswish", "Relu": "ReLU", "LeakyRelu": "LeakyReLU", "Gelu": "GELU"},
+    # global pooling as Keras means it: (batch, channels)
+    "torch.nn.functional": {"flatten": "torch.flatten({0}, 1)", "swish": "silu",
+                            "global_avg_pool2d": "{m}.adaptive_avg_pool2d({0}, 1).flatten(1)",
+                            "global_max_pool2d": "{m}.adaptive_max_pool2d({0}, 1).flatten(1)"},
+}
+_SIZE_ATTRS = {"out_features", "out_channels", "in_features", "in_channels", "num_features"}
+_INPLACE_FIRST = {"ReLU", "ReLU6", "SiLU", "Hardswish", "Hardsigmoid", "Mish", "SELU"}  # inplace: 1st argument
+_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+# Channel widths: the leading positional parameters of torch layers (as torch names them) and of the
+# code's own blocks, of which those with a width-like name (and no size-like one) are scaled.
+_LAYER_PARAMS = {**dict.fromkeys(("Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d"), ("in_channels", "out_channels")),
+                 "Linear": ("in_features", "out_features"), "LazyLinear": ("out_features",),
+                 "LazyConv2d": ("out_channels",), "LayerNorm": ("normalized_shape",),
+                 "GroupNorm": ("num_groups", "num_channels"),
+                 **dict.fromkeys(("BatchNorm1d", "BatchNorm2d", "InstanceNorm2d"), ("num_features",))}
+_TORCH_WIDTHS = {p for names in _LAYER_PARAMS.values() for p in names} - {"num_groups"}
+_WIDTH = re.compile(r"chan|feat|plane|width|dim|filter|hidden|^(c_?)?(in|out)(_|$)|^inp$|^oup$", re.I)
+_NOT_WIDTH = re.compile(r"kernel|stride|pad|dilation|group|size|shape|class", re.I)
+MIN_WIDTH = 16  # smaller literals are kernel sizes, strides, spatial sizes ... rather than widths
 
 
 @dataclass(frozen=True)
@@ -46,11 +83,19 @@ def find_fix(code: str, error: str) -> Fix | None:
         tree = ast.parse(code)
     except (SyntaxError, ValueError):
         return None
-    for rule in (_unflattened, _lazy_input_size, _missing_layer, _function_as_layer, _groups, _pool_too_small):
+    for rule in (_unflattened, _lazy_input_size, _missing_layer, _function_as_layer, _groups, _pool_too_small,
+                 _unknown_layer, _helper_device, _lazy_from_attribute, _inplace, _shrink_widths):
         fix = rule(code, tree, error)
-        if fix is not None and fix.code != code:
+        if fix is not None and fix.code != code and _parses(fix.code):
             return fix
     return None
+
+
+def budget_excess(error: str) -> dict[str, tuple[float, float]]:
+    """{'parameters' | 'FLOPs' | 'epoch time': (measured, budget)} for each budget the error says was exceeded."""
+    found = {what: (float(a.replace(",", "")), float(b.replace(",", ""))) for a, what, b in _OVER.findall(error)}
+    found.update({"epoch time": (float(a), float(b)) for a, b in _SLOW.findall(error)})
+    return found
 
 
 # ---------------------------------------------------------------- rules
@@ -61,17 +106,11 @@ def _lazy_input_size(code: str, tree: ast.Module, error: str) -> Fix | None:
     if not m or m.group(2) not in _LAZY or not (_MATMUL.search(error) or _CHANNELS.search(error)):
         return None
     attr, kind = m.group(1).rsplit(".", 1)[-1], m.group(2)
-    lazy = _LAZY[kind]
-    edits = []
-    for call in _layer_calls(tree, attr, kind):
-        args = call.args[1:]  # the input size, when given positionally
-        keywords = [k for k in call.keywords if k.arg != _LAZY_KW[kind]]
-        new = ast.Call(func=ast.parse(lazy, mode="eval").body, args=args, keywords=keywords)
-        edits.append((call, ast.unparse(new)))
+    edits = [(call, _lazy_call(call, kind)) for call in _layer_calls(tree, attr, kind)]
     if not edits:
         return None
     return Fix(_splice(code, edits), f"lazy_{kind.lower()}",
-               f"self.{attr}: {kind} -> {lazy} (input size inferred at the first forward)")
+               f"self.{attr}: {kind} -> {_LAZY[kind]} (input size inferred at the first forward)")
 
 
 def _unflattened(code: str, tree: ast.Module, error: str) -> Fix | None:
@@ -168,7 +207,290 @@ def _pool_too_small(code: str, tree: ast.Module, error: str) -> Fix | None:
     return Fix(_splice(code, edits), "drop_pool", f"self.{attr}: {m.group(2)} on a too-small map -> nn.Identity()")
 
 
+def _unknown_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """A layer or function torch does not have (nn.GlobalAvgPool2d, F.swish): the real one, everywhere."""
+    m = _NO_MODULE_ATTR.search(error)
+    if not m or m.group(2) not in _ALIASES[m.group(1)]:
+        return None
+    module, name = m.groups()
+    new = _ALIASES[module][name]
+    imports = _imports(tree)
+    calls = {id(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    edits: list[tuple[ast.AST, str]] = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and node.attr == name and _module(node.value, imports) == module):
+            continue
+        spelling, call = ast.get_source_segment(code, node.value), calls.get(id(node))
+        if "(" not in new:
+            edits.append((node, f"{spelling}.{new}"))
+        elif call is not None and (call.args or "{0}" not in new):
+            first = ast.get_source_segment(code, call.args[0]) if call.args else ""
+            edits.append((call, new.format(first, m=spelling)))
+    if not edits:
+        return None
+    return Fix(_splice(code, edits), "unknown_layer",
+               f"{module} has no {name}: -> {edits[0][1]} ({len(edits)} place{'s' * (len(edits) > 1)})")
+
+
+def _helper_device(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """self.device read in a block never given a device: its __init__ drops it, forward uses its input's."""
+    m = _NO_ATTR.search(error)
+    if not m or m.group(2) != "device":
+        return None
+    init = _init_of(tree, m.group(1))
+    if init is None or "device" in {a.arg for a in init.args.args}:
+        return None  # an __init__ argument read as an attribute is _missing_layer's
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == m.group(1))
+    edits: list[tuple[ast.AST, str]] = []
+    notes: set[str] = set()
+    for method in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
+        args = [a.arg for a in method.args.args[1:]]
+        if method is not init and args:
+            found = [(n, f"{args[0]}.device") for n in ast.walk(method) if _is_self_attr(n, "device")]
+            edits += found
+            notes |= {f"self.device -> {args[0]}.device in {method.name}"} if found else set()
+            continue
+        dropped = set()
+        for node in ast.walk(method):  # breadth first: a statement before its call
+            if isinstance(node, ast.Expr) and _to_device(node.value) and isinstance(node.value.func.value, ast.Name):
+                edits.append((_lines(node), ""))  # `self.to(self.device)` does nothing without it
+                dropped.add(id(node.value))
+                notes.add(f"dropped {ast.get_source_segment(code, node)}")
+            elif _to_device(node) and id(node) not in dropped:
+                edits.append((node, ast.get_source_segment(code, node.func.value)))
+                notes.add("dropped .to(self.device)")
+            elif isinstance(node, ast.Call) and any(_is_self_attr(k.value, "device") for k in node.keywords):
+                edits += [(_keyword_span(node, k), "") for k in node.keywords if _is_self_attr(k.value, "device")]
+                notes.add("dropped device=self.device")
+    if not edits or len(edits) != sum(_is_self_attr(n, "device") for n in ast.walk(cls)):
+        return None  # self.device also read some other way
+    return Fix(_splice(code, edits), "helper_device", f"{cls.name} never stores a device: " + "; ".join(sorted(notes)))
+
+
+def _lazy_from_attribute(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """A layer's input size read from a layer without that attribute (pool.out_features): infer it instead."""
+    m, line = _NO_ATTR.search(error), _candidate_line(error)
+    if not m or m.group(2) not in _SIZE_ATTRS or line is None:
+        return None
+    edits = []
+    for node in ast.walk(tree):
+        kind = _call_name(node)
+        if kind in _LAZY and node.lineno <= line <= (node.end_lineno or node.lineno):
+            size = [*node.args[:1], *(k.value for k in node.keywords if k.arg == _LAZY_KW[kind])]
+            if any(isinstance(n, ast.Attribute) and n.attr == m.group(2) for arg in size for n in ast.walk(arg)):
+                edits.append((node, _lazy_call(node, kind)))
+    if not edits:
+        return None
+    return Fix(_splice(code, edits), "lazy_from_attribute",
+               f"line {line} read .{m.group(2)} of a {m.group(1)}, which has none: "
+               + ", ".join(f"{_call_name(n)} -> {_LAZY[_call_name(n)]}" for n, _ in edits)
+               + " (input size inferred at the first forward)")
+
+
+def _inplace(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """An in-place op overwrote a tensor autograd needed: inplace=False, F.relu_ -> F.relu, x += y -> x = x + y."""
+    if not _INPLACE.search(error):
+        return None
+    edits: list[tuple[ast.AST, str]] = []
+    done: Counter[str] = Counter()
+    for node in ast.walk(tree):  # nn.ReLU(inplace=True), nn.ReLU(True)
+        flags = [node.value] if isinstance(node, ast.keyword) and node.arg == "inplace" else \
+            node.args[:1] if isinstance(node, ast.Call) and _call_name(node) in _INPLACE_FIRST else []
+        for flag in filter(_is_true, flags):
+            edits.append((flag, "False"))
+            done["inplace=True -> False"] += 1
+    imports = _imports(tree)
+    for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "forward"):
+        statements = {id(n.value) for n in ast.walk(fn) if isinstance(n, ast.Expr)}
+        for node in ast.walk(fn):
+            if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) and type(node.op) in _OPS:
+                name, value = node.target.id, node.value
+                wrap = not isinstance(value, (ast.Name, ast.Attribute, ast.Call, ast.Subscript, ast.Constant))
+                edits.append((_at(node.lineno, node.col_offset, value.lineno, value.col_offset),
+                              f"{name} = {name} {_OPS[type(node.op)]} " + "(" * wrap))
+                edits += [(_at(value.end_lineno or value.lineno, value.end_col_offset or 0), ")")] * wrap
+                done["x += y -> x = x + y"] += 1
+            elif _underscore_call(node):
+                module = _module(node.func.value, imports)
+                if module.startswith("torch.") and module != "torch.nn.functional":
+                    continue  # nn.init.*_ and the like
+                result = node.args[0] if module in ("torch", "torch.nn.functional") and node.args else node.func.value
+                if id(node) in statements:  # `F.relu_(x)` alone: keep its result, `x = F.relu(x)`
+                    if not isinstance(result, ast.Name):
+                        continue
+                    edits.append((_at(node.lineno, node.col_offset), f"{result.id} = "))
+                edits.append((node.func, ast.get_source_segment(code, node.func)[:-1]))
+                done["op_() -> op()"] += 1
+    if not edits:
+        return None
+    return Fix(_splice(code, edits), "inplace", "made in-place operations out-of-place: "
+               + ", ".join(f"{what} ({n}x)" for what, n in done.items()))
+
+
+def _shrink_widths(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """Over a parameter / FLOP / epoch-time budget: scale every literal channel width by one factor."""
+    excess = budget_excess(error)
+    if not excess:
+        return None
+    what, (measured, budget) = min(excess.items(), key=lambda kv: kv[1][1] / kv[1][0])
+    f = 0.9 * math.sqrt(budget / measured)  # cost grows about with width squared
+    if f >= 1:
+        return None
+    widths, inner = _width_literals(tree)
+    mapping = {v: max(8, int(v * f) // 8 * 8) for v in {n.value for n in widths}}
+    mapping = {v: w for v, w in mapping.items() if w != v}
+    if not mapping:
+        return None
+    edits = {id(n): (n, str(mapping[n.value])) for n in widths + inner if n.value in mapping}
+    over = f"{measured:g}s > {budget:g}s" if what == "epoch time" else f"{_short(measured)} > {_short(budget)}"
+    return Fix(_splice(code, list(edits.values())), "shrink_widths",
+               f"scaled channel widths by {f:.2f} ({what} {over}): "
+               + ", ".join(f"{v}->{w}" for v, w in sorted(mapping.items())))
+
+
 # ---------------------------------------------------------------- helpers
+
+def _width_literals(tree: ast.Module) -> tuple[list[ast.Constant], list[ast.Constant]]:
+    """The int literals >= MIN_WIDTH given as channel widths (arguments of layers and of the code's own
+    blocks, their defaults, width lists, width-named variables), and every int literal inside a width
+    argument (`64 * 7 * 7`; a depthwise conv's groups), to follow them. A Linear's sizes count only where
+    the value is a width elsewhere too: a lone one is the input size (784) or the class count."""
+    blocks = {n.name: _params(n) for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name != "__init__"}
+    blocks |= {n.name: _params(init) for n in ast.walk(tree)
+               if isinstance(n, ast.ClassDef) and (init := _init_of(tree, n.name))}
+    direct: list[ast.expr] = []
+    linear: list[ast.expr] = []
+    inner: list[ast.expr] = []
+    for node in ast.walk(tree):
+        name = _call_name(node)
+        if isinstance(node, ast.Call) and (name in blocks or name in _LAYER_PARAMS):
+            own = name in blocks
+            first = ast.dump(node.args[0]) if node.args else None
+            for param, arg in [*zip(blocks[name] if own else _LAYER_PARAMS[name], node.args),
+                               *((k.arg, k.value) for k in node.keywords)]:
+                if param == "groups" and name.startswith("Conv") and ast.dump(arg) == first:
+                    inner.append(arg)  # depthwise: stays equal to in_channels
+                elif param and (_is_width(param) if own else param in _TORCH_WIDTHS):
+                    (linear if param in ("in_features", "out_features") else direct).append(arg)
+                    inner.append(arg)
+        elif isinstance(node, ast.FunctionDef):
+            positional = node.args.posonlyargs + node.args.args
+            pairs = [*zip(positional[len(positional) - len(node.args.defaults):], node.args.defaults),
+                     *zip(node.args.kwonlyargs, node.args.kw_defaults)]
+            direct += [default for a, default in pairs if default is not None and _is_width(a.arg)]
+        elif isinstance(node, ast.For) or isinstance(node, ast.Assign) and len(node.targets) == 1:
+            loop = isinstance(node, ast.For)
+            target, value = (node.target, node.iter) if isinstance(node, ast.For) else (node.targets[0], node.value)
+            names = [n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(target)
+                     if isinstance(n, (ast.Name, ast.Attribute))]
+            simple = isinstance(target, (ast.Name, ast.Attribute))
+            if any(_NOT_WIDTH.search(n) for n in names):
+                continue
+            if loop or simple and isinstance(value, (ast.List, ast.Tuple)):  # `channels = [32, 64]`, `for c in (...)`
+                direct += [e for n in ast.walk(value) if isinstance(n, (ast.List, ast.Tuple)) for e in n.elts]
+            elif simple and _WIDTH.search(names[0]):  # `hidden_dim = 256`
+                direct.append(value)
+    widths, sizes = _ints(direct), _ints(linear)
+    seen = Counter(n.value for n in widths + sizes)
+    return widths + [n for n in sizes if seen[n.value] > 1], _ints(n for e in inner for n in ast.walk(e))
+
+
+def _ints(nodes: Iterable[ast.AST]) -> list[ast.Constant]:
+    return [n for n in nodes if isinstance(n, ast.Constant) and type(n.value) is int and n.value >= MIN_WIDTH]
+
+
+def _is_width(param: str) -> bool:
+    return bool(_WIDTH.search(param)) and not _NOT_WIDTH.search(param)
+
+
+def _params(fn: ast.FunctionDef) -> tuple[str, ...]:
+    names = [a.arg for a in fn.args.posonlyargs + fn.args.args]
+    return tuple(names[1:] if names[:1] in (["self"], ["cls"]) else names)
+
+
+def _short(n: float) -> str:
+    """2325256192 -> '2.3G'."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}".removesuffix(".0") + unit
+    return f"{n:g}"
+
+
+def _lazy_call(call: ast.Call, kind: str) -> str:
+    """nn.Linear(a, b, ...) as nn.LazyLinear(b, ...): the same layer without its input size."""
+    keywords = [k for k in call.keywords if k.arg != _LAZY_KW[kind]]
+    args = call.args[1:]  # the input size, when given positionally
+    return ast.unparse(ast.Call(func=ast.parse(_LAZY[kind], mode="eval").body, args=args, keywords=keywords))
+
+
+def _call_name(node: ast.AST) -> str:
+    """`Conv2d` for nn.Conv2d(...) or Conv2d(...), `block` for self.block(...); '' for anything but a call."""
+    if not isinstance(node, ast.Call):
+        return ""
+    return node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+
+
+def _imports(tree: ast.Module) -> dict[str, str]:
+    """Local name -> the module it is bound to (`F` -> 'torch.nn.functional')."""
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.asname or a.name.split(".")[0]: a.name if a.asname else a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out |= {a.asname or a.name: f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def _module(expr: ast.expr, imports: dict[str, str]) -> str:
+    """The dotted module an expression such as `nn` or `nn.functional` names, through the imports."""
+    head, _, rest = ast.unparse(expr).partition(".")
+    return imports.get(head, head) + (f".{rest}" if rest else "")
+
+
+def _to_device(node: ast.AST) -> bool:
+    """`<x>.to(self.device)`."""
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "to" \
+        and len(node.args) == 1 and _is_self_attr(node.args[0], "device")
+
+
+def _underscore_call(node: ast.AST) -> bool:
+    """`F.relu_(x)`, `x.add_(y)`: an in-place op."""
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+        and node.func.attr.endswith("_") and not node.func.attr.startswith("_")
+
+
+def _is_true(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is True
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def _at(line: int, col: int, end_line: int | None = None, end_col: int | None = None) -> ast.AST:
+    """A span for _splice (empty without an end: an insertion point)."""
+    return ast.Pass(lineno=line, col_offset=col, end_lineno=line if end_line is None else end_line,
+                    end_col_offset=col if end_col is None else end_col)
+
+
+def _lines(stmt: ast.stmt) -> ast.AST:
+    """A statement's whole lines, line break included."""
+    return _at(stmt.lineno, 0, (stmt.end_lineno or stmt.lineno) + 1, 0)
+
+
+def _keyword_span(call: ast.Call, keyword: ast.keyword) -> ast.AST:
+    """A keyword argument with the comma that joins it to the argument before it."""
+    at = (keyword.lineno, keyword.col_offset)
+    before = [a for a in [*call.args, *call.keywords] if (a.lineno, a.col_offset) < at]
+    if not before:
+        return keyword
+    last = max(before, key=lambda a: (a.end_lineno or a.lineno, a.end_col_offset or 0))
+    return _at(last.end_lineno or last.lineno, last.end_col_offset or 0, keyword.end_lineno, keyword.end_col_offset)
+
 
 def _candidate_line(error: str) -> int | None:
     found = _LINE.findall(error)
@@ -194,7 +516,7 @@ def _layer_calls(tree: ast.Module, attr: str, kind: str) -> list[ast.Call]:
 
 
 def _init_of(tree: ast.Module, cls: str) -> ast.FunctionDef | None:
-    for node in tree.body:
+    for node in ast.walk(tree):  # a block may be defined inside Net.__init__
         if isinstance(node, ast.ClassDef) and node.name == cls:
             for item in node.body:
                 if isinstance(item, ast.FunctionDef) and item.name == "__init__":

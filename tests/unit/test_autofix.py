@@ -1,9 +1,12 @@
 """Rule-based fixes on the failures the 1.5B generator made in real runs (errors as the evaluator
 reports them), and the fixed code through the real sandboxed evaluator."""
+import importlib
+import re
+
 import pytest
 
 from nasgraph.config import load_config
-from tools.autofix import find_fix
+from tools.autofix import _ALIASES, find_fix
 from tools.evaluator import EvalRequest, Evaluator
 
 HEAD = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n"
@@ -71,6 +74,100 @@ POOL_TOO_SMALL_ERR = '''File "<candidate>", line 16, in forward
 RuntimeError: Given input size: (16x14x14). Calculated output size: (16x0x0). Output size is too small
 in module 'pool5' = MaxPool2d(kernel_size=32, stride=32, padding=0, dilation=1, ceil_mode=False), called with input shape (2, 16, 14, 14)'''
 
+UNKNOWN_LAYER = WRONG_FLATTEN.replace("self.fc1 = nn.Linear(16 * 7 * 7, 32)",
+                                      "self.gap = nn.GlobalAvgPool2d()\n        self.fc1 = nn.Linear(16, 32)") \
+    .replace("x = torch.flatten(x, 1)", "x = torch.flatten(self.gap(x), 1)")
+UNKNOWN_LAYER_ERR = """File "<candidate>", line 10, in __init__
+    self.gap = nn.GlobalAvgPool2d()
+AttributeError: module 'torch.nn' has no attribute 'GlobalAvgPool2d'"""
+
+HELPER_DEVICE = HEAD + '''class Block(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, device=self.device)
+        self.bn = nn.BatchNorm2d(c_out).to(self.device)
+        self.to(self.device)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x))) + torch.zeros(1, device=self.device)
+
+
+''' + WRONG_FLATTEN.removeprefix(HEAD).replace("nn.Conv2d(in_shape[1], 16, 3, padding=1)", "Block(in_shape[1], 16)") \
+    .replace("16 * 7 * 7", "16 * 14 * 14")
+HELPER_DEVICE_ERR = """File "<candidate>", line 19, in __init__
+    self.conv1 = Block(in_shape[1], 16)  # keep this comment
+File "<candidate>", line 8, in __init__
+    self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, device=self.device)
+AttributeError: 'Block' object has no attribute 'device'"""
+
+LAZY_FROM_ATTRIBUTE = WRONG_FLATTEN.replace("nn.Linear(16 * 7 * 7, 32)", "nn.Linear(self.pool.out_features, 32)")
+LAZY_FROM_ATTRIBUTE_ERR = """File "<candidate>", line 10, in __init__
+    self.fc1 = nn.Linear(self.pool.out_features, 32)
+AttributeError: 'MaxPool2d' object has no attribute 'out_features'"""
+
+INPLACE = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
+    "        self.pool = nn.MaxPool2d(2)\n",
+    "        self.pool = nn.MaxPool2d(2)\n        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)\n"
+    "        self.act = nn.ReLU(inplace=True)\n") \
+    .replace("        x = torch.flatten(x, 1)\n",
+             "        y = torch.sigmoid(self.conv2(x))\n        y += x\n        x = torch.flatten(self.act(y), 1)\n")
+INPLACE_ERR = ("RuntimeError: one of the variables needed for gradient computation has been modified by an inplace "
+               "operation: [torch.FloatTensor [128, 16, 14, 14]], which is output 0 of Sigmoid, is at version 2; "
+               "expected version 0 instead. Hint: enable anomaly detection to find the operation that failed to "
+               "compute its gradient, with torch.autograd.set_detect_anomaly(True, check_nan=False).")
+
+WIDE = HEAD + '''class DepthwiseBlock(nn.Module):
+    def __init__(self, channels=256):
+        super().__init__()
+        self.dw = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.dw(x)))
+
+
+class Net(nn.Module):
+    def __init__(self, in_shape, out_shape, prm, device):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_shape[1], 128, kernel_size=3, padding=1)  # keep this comment
+        self.bn1 = nn.BatchNorm2d(128)
+        self.conv2 = nn.Conv2d(128, 256, kernel_size=3, padding=1)
+        self.bn2 = nn.BatchNorm2d(256)
+        self.block = DepthwiseBlock()
+        self.dw = nn.Conv2d(256, 256, kernel_size=3, padding=1, groups=256)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(256 * 7 * 7, 512)
+        self.bn3 = nn.BatchNorm1d(512)
+        self.fc2 = nn.Linear(512, out_shape[0])
+        self.to(device)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.pool(F.relu(self.bn2(self.conv2(x))))
+        x = self.pool(self.dw(self.block(x)))
+        x = torch.flatten(x, 1)
+        return self.fc2(F.relu(self.bn3(self.fc1(x))))
+'''
+WIDE_ERR = ("6,732,042 parameters exceed the budget of 5,000,000; 478,889,984 FLOPs per sample exceed the budget of "
+            "60,000,000 (checked before training)")
+
+CHANNEL_LIST = HEAD + '''class Net(nn.Module):
+    def __init__(self, in_shape, out_shape, prm, device):
+        super().__init__()
+        channels = [128, 256, 512]  # keep this comment
+        layers, prev = [], in_shape[1]
+        for c in channels:
+            layers += [nn.Conv2d(prev, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]
+            prev = c
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(512 * 3 * 3, out_shape[0])
+        self.to(device)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.features(x), 1))
+'''
+TOO_SLOW_ERR = "too slow: projected epoch time 250.7s exceeds the budget of 180.0s (from 3 timed batches)"
+
 CASES = {
     "lazy_linear": (WRONG_FLATTEN, WRONG_FLATTEN_ERR, "nn.LazyLinear(32)"),
     "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_ERR, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
@@ -79,6 +176,11 @@ CASES = {
     "function_to_layer": (FUNCTION_AS_LAYER, FUNCTION_AS_LAYER_ERR, "self.flatten = nn.Flatten()"),
     "drop_groups": (BAD_GROUPS, BAD_GROUPS_ERR, "nn.Conv2d(in_shape[1], 16, 3, padding=1)  # keep this comment"),
     "drop_pool": (POOL_TOO_SMALL, POOL_TOO_SMALL_ERR, "self.pool5 = nn.Identity()"),
+    "unknown_layer": (UNKNOWN_LAYER, UNKNOWN_LAYER_ERR, "self.gap = nn.AdaptiveAvgPool2d(1)"),
+    "helper_device": (HELPER_DEVICE, HELPER_DEVICE_ERR, "nn.Conv2d(c_in, c_out, 3, padding=1)\n"
+                      "        self.bn = nn.BatchNorm2d(c_out)\n\n    def forward(self, x):\n"
+                      "        return F.relu(self.bn(self.conv(x))) + torch.zeros(1, device=x.device)"),
+    "lazy_from_attribute": (LAZY_FROM_ATTRIBUTE, LAZY_FROM_ATTRIBUTE_ERR, "self.fc1 = nn.LazyLinear(32)"),
 }
 
 
@@ -110,6 +212,90 @@ def test_no_rule_for_unknown_errors_or_broken_code():
     assert find_fix(WRONG_FLATTEN.replace("self.fc1 =", "self.head ="), WRONG_FLATTEN_ERR) is None
 
 
+def test_unknown_names_are_replaced_everywhere_through_the_imports():
+    code = WRONG_FLATTEN.replace("import torch.nn.functional as F", "from torch.nn import functional as G") \
+        .replace("F.relu", "G.swish").replace("x = torch.flatten(x, 1)", "x = G.flatten(x, start_dim=1)")
+    error = "AttributeError: module 'torch.nn.functional' has no attribute 'swish'"
+    fix = find_fix(code, error)
+    assert fix is not None and fix.rule == "unknown_layer" and "G.swish" not in fix.code
+    assert fix.code.count("G.silu(") == 2
+    fix = find_fix(fix.code, error.replace("swish", "flatten"))
+    assert fix is not None and "x = torch.flatten(x, 1)" in fix.code
+    # a name with no known replacement is left to the LLM
+    assert find_fix(code, error.replace("swish", "gelu2")) is None
+
+
+def test_aliases_replace_names_torch_lacks_by_names_it_has():
+    torch = importlib.import_module("torch")
+    for module_name, aliases in _ALIASES.items():
+        module = importlib.import_module(module_name)
+        for bad, good in aliases.items():
+            assert not hasattr(module, bad), bad
+            name = re.match(r"(?:\{m\}\.|torch\.)?(\w+)", good).group(1)
+            assert hasattr(torch if good.startswith("torch.") else module, name), good
+
+
+def test_helper_device_read_some_other_way_is_left_alone():
+    code = HELPER_DEVICE.replace("        self.to(self.device)\n", "        self.on_gpu = self.device == 'cuda'\n")
+    assert find_fix(code, HELPER_DEVICE_ERR) is None
+
+
+def test_a_block_defined_inside_init_gets_its_argument_stored():
+    # Seen from the 1.5B model: a residual block class defined in Net.__init__, reading self.stride in forward.
+    code = HEAD + '''class Net(nn.Module):
+    def __init__(self, in_shape, out_shape, prm, device):
+        super().__init__()
+
+        class Block(nn.Module):
+            def __init__(self, channels, stride=1):
+                super().__init__()
+                self.conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1)
+
+            def forward(self, x):
+                return self.conv(x) if self.stride == 1 else x
+'''
+    fix = find_fix(code, "AttributeError: 'Block' object has no attribute 'stride'")
+    assert fix is not None and "super().__init__()\n                self.stride = stride\n" in fix.code
+
+
+def test_inplace_ops_become_out_of_place():
+    fix = find_fix(INPLACE, INPLACE_ERR)
+    assert fix is not None and fix.rule == "inplace"
+    assert "self.act = nn.ReLU(inplace=False)" in fix.code and "        y = y + x\n" in fix.code
+    assert "# keep this comment" in fix.code
+    # a lone in-place call keeps its result; one inside an expression loses its underscore
+    code = INPLACE.replace("        y += x\n", "        F.relu_(y)\n        y *= x + 1\n        y = y.add_(x) * 2\n")
+    fix = find_fix(code, INPLACE_ERR)
+    assert fix is not None
+    assert "        y = F.relu(y)\n        y = y * (x + 1)\n        y = y.add(x) * 2\n" in fix.code
+    assert find_fix(WRONG_FLATTEN, INPLACE_ERR) is None  # nothing in-place to change
+
+
+def test_widths_scale_together_and_nothing_else_does():
+    fix = find_fix(CHANNEL_LIST.replace("out_shape[0])", "100)"), TOO_SLOW_ERR)
+    assert fix is not None and fix.rule == "shrink_widths"
+    assert fix.description == "scaled channel widths by 0.76 (epoch time 250.7s > 180s): 128->96, 256->192, 512->384"
+    assert "channels = [96, 192, 384]  # keep this comment" in fix.code  # the list the loop reads
+    assert "nn.Linear(384 * 3 * 3, 100)" in fix.code  # the flatten size follows; the class count stays
+    assert "nn.Conv2d(prev, c, 3, padding=1)" in fix.code and "nn.MaxPool2d(2)" in fix.code
+
+
+def test_the_worst_budget_sets_the_factor_for_every_width():
+    fix = find_fix(WIDE, WIDE_ERR)
+    assert fix is not None and fix.rule == "shrink_widths"
+    assert fix.description == "scaled channel widths by 0.32 (FLOPs 478.9M > 60M): 128->40, 256->80, 512->160"
+    for kept in ("def __init__(self, channels=80):", "groups=channels)", "nn.Conv2d(in_shape[1], 40, kernel_size=3",
+                 "nn.Conv2d(80, 80, kernel_size=3, padding=1, groups=80)", "nn.Linear(80 * 7 * 7, 160)",
+                 "nn.BatchNorm1d(160)", "nn.Linear(160, out_shape[0])"):
+        assert kept in fix.code, kept
+    # a lone Linear size is the input size or the class count: it stays
+    fix = find_fix(HEAD + "fc1 = nn.Linear(784, 512)\nfc2 = nn.Linear(512, 100)\n", WIDE_ERR)
+    assert fix is not None and "nn.Linear(784, 160)\nfc2 = nn.Linear(160, 100)" in fix.code
+    # no literal widths, or no budget in the error: nothing to scale
+    assert find_fix(WIDE.replace("128", "w1").replace("256", "w2").replace("512", "w3"), WIDE_ERR) is None
+    assert find_fix(WIDE, "over_budget") is None
+
+
 @pytest.fixture(scope="module")
 def evaluator(tmp_path_factory):
     cfg = load_config(home=tmp_path_factory.mktemp("home"), evaluator={"threads": 1})
@@ -128,3 +314,26 @@ def test_fixed_code_builds_runs_and_is_measured(rule, evaluator):
     after = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=fixed, dataset="mnist-5k", max_flops=1))
     assert after.status == "over_budget" and after.stage == "measure", after.error
     assert after.params and after.params > 0
+
+
+def test_fixed_inplace_code_trains(evaluator):
+    cfg, ev = evaluator
+    before = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=INPLACE, dataset="mnist-5k", epochs=1))
+    assert before.status == "runtime_error" and "inplace operation" in before.error
+    fixed = find_fix(INPLACE, before.error).code
+    after = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=fixed, dataset="mnist-5k", epochs=1))
+    assert after.ok, after.error
+
+
+@pytest.mark.parametrize("code", [WIDE, CHANNEL_LIST], ids=["wide", "channel_list"])
+def test_shrunk_model_fits_the_flop_budget(code, evaluator):
+    cfg, ev = evaluator
+    budget = 60_000_000
+    before = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=code, dataset="mnist-5k", max_flops=budget))
+    assert before.status == "over_budget" and "FLOPs per sample exceed" in before.error
+    fixed = find_fix(code, before.error).code
+    # A parameter budget of 1 stops the candidate right after measuring it, before training.
+    after = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=fixed, dataset="mnist-5k", max_flops=budget,
+                                                max_params=1))
+    assert after.status == "over_budget" and after.stage == "measure" and "FLOPs" not in after.error, after.error
+    assert after.flops is not None and after.flops <= budget

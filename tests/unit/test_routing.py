@@ -75,3 +75,13 @@ def test_a_known_mechanical_failure_goes_to_the_rule_fix_first():
     assert routing.after_evaluate({**state, "fixes": 1}, max_repairs=1, max_fixes=1) == "repair"
     assert routing.after_evaluate({**state, "fixes": 1, "repairs": 1}, max_repairs=1, max_fixes=1) == "record"
     assert routing.after_evaluate(state, max_repairs=1, max_fixes=0) == "repair"
+
+
+def test_a_training_failure_a_rule_knows_is_fixed_but_never_sent_to_the_llm():
+    code = "import torch.nn as nn\nclass Net(nn.Module):\n    def __init__(self):\n        self.a = nn.ReLU(inplace=True)\n"
+    err = ("RuntimeError: one of the variables needed for gradient computation has been modified by an "
+           "inplace operation: [torch.FloatTensor [128, 64, 7, 7]], which is output 0 of ReluBackward0")
+    state = {"outcome": {"status": "runtime_error", "stage": "train", "error": err}, "code": code,
+             "repairs": 0, "fixes": 0}
+    assert routing.after_evaluate(state, max_repairs=1, max_fixes=1) == "fix"
+    assert routing.after_evaluate({**state, "fixes": 1}, max_repairs=1, max_fixes=1) == "record"
