@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from difflib import SequenceMatcher
 
 from langchain_core.language_models import BaseChatModel
 
@@ -131,6 +132,15 @@ def parse_triple(reply: str) -> tuple[dict[str, str], str]:
     return {}, "fallback"
 
 
+def _repeats(modification: str, history: list[HistoryEntry], ratio: float = 0.8) -> bool:
+    """The modification is (nearly) one the window already holds: the 1.5B improver asked for the same
+    change five iterations in a row, whatever the prompt said."""
+    def norm(text: str) -> str:
+        return " ".join(text.replace(EXPLORE, "").lower().split())[:200]
+    new = norm(modification)
+    return any(SequenceMatcher(None, new, norm(e.triple.modification)).ratio() >= ratio for e in history)
+
+
 def _untried_moves(history: list[HistoryEntry]) -> list[str]:
     tried = " ".join(e.triple.modification for e in history).lower()
     return [m for m in MOVES if m.lower() not in tried]
@@ -221,11 +231,12 @@ def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: 
 
     found, mode = parse_triple(reply.text)
     fallback = fallback_triple(last, history, best, novelty_threshold)
+    repeated = mode != "fallback" and _repeats(found["modification"], history)
     if mode == "fallback":
         triple = fallback
     else:
         triple = Triple(problem=found.get("problem") or fallback.problem,
-                        modification=found["modification"],
+                        modification=_next_move(history, last) if repeated else found["modification"],
                         expected_effect=found.get("expected_effect", ""))
         if explore and "different" not in triple.modification.lower():
             # The small model tends to propose a tweak of what it just repeated; insist on a new design.
@@ -233,6 +244,6 @@ def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: 
     meta = Improvement(
         prompt_name=user.name, prompt_sha=pair_sha(system, user), tokens_in=reply.tokens_in,
         tokens_out=reply.tokens_out, tokens_estimated=reply.estimated, seconds=round(reply.seconds, 3),
-        reply=reply.text, prompt=user.text, parse_mode=mode, explore=explore,
+        reply=reply.text, prompt=user.text, parse_mode=mode, explore=explore, repeated=repeated,
     )
     return triple, meta

@@ -80,6 +80,8 @@ class Generation(CallMeta):
 class Improvement(CallMeta):
     parse_mode: Literal["labelled", "json", "fallback"]
     explore: bool = Field(False, description="the triple was pushed towards a structurally different design")
+    repeated: bool = Field(False, description="the reply repeated a modification of the window; the next "
+                                              "untried move replaced it")
 
     @computed_field  # type: ignore[prop-decorator]
     @property

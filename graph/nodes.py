@@ -97,7 +97,8 @@ class Nodes:
         triple, meta = prompt_improver.improve(_llm_for(self.d, state), _task(state), last, window, _best(state),
                                                state.get("user_goal", ""),
                                                novelty_threshold=self.d.cfg.loop.novelty_threshold)
-        event = {**_llm_event(meta), "triple": triple.model_dump(), "parse_mode": meta.parse_mode}
+        event = {**_llm_event(meta), "triple": triple.model_dump(), "parse_mode": meta.parse_mode,
+                 "repeated": meta.repeated}
         return {"triple": triple.model_dump(), "code": None, "outcome": None, "repairs": 0, "fixes": 0,
                 "first_status": None, "arch_id": None, "drafts": [], "novelty": None, "nearest": None,
                 "blocks": [], "_event": event}

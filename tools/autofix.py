@@ -3,7 +3,8 @@
 Measured on the 1.5B generator (Fashion-MNIST runs): most failures were a wrong flatten size, a
 forward that never flattened, a conv or BatchNorm given the wrong channel count, a `self.flatten` never
 defined (or assigned a function), `groups` that does not divide the channels, and a pooling layer on a
-1x1 map; then a layer torch does not have (nn.GlobalAvgPool2d, F.swish), `self.device` read in a
+1x1 map; then a layer torch does not have (nn.GlobalAvgPool2d, F.swish) or one named without `nn.`
+(`Identity()`), `self.device` read in a
 helper block that never stored one, a layer's input size read from a layer without that attribute
 (pool.out_features), an in-place op autograd still needed, and a model too wide for its parameter,
 FLOP or epoch-time budget. The LLM, shown the error, often returned its code unchanged; each of these
@@ -30,6 +31,7 @@ _TOO_SMALL = re.compile(r"Output size is too small|Kernel size can't be greater 
 _LINE = re.compile(r'File "<candidate>", line (\d+)')
 _NO_MODULE_ATTR = re.compile(r"module '(torch\.nn(?:\.functional)?)' has no attribute '(\w+)'")
 _INPLACE = re.compile(r"modified by an inplace operation")
+_UNDEFINED = re.compile(r"NameError: name '(\w+)' is not defined")
 _OVER = re.compile(r"([\d,]+) (parameters|FLOPs) (?:per sample )?exceed the budget of ([\d,]+)")
 _SLOW = re.compile(r"projected epoch time ([\d.]+)s exceeds the budget of ([\d.]+)s")
 
@@ -54,6 +56,12 @@ _ALIASES = {
                             "global_avg_pool2d": "{m}.adaptive_avg_pool2d({0}, 1).flatten(1)",
                             "global_max_pool2d": "{m}.adaptive_max_pool2d({0}, 1).flatten(1)"},
 }
+# torch.nn layers the generator names without `nn.` (checked against torch by a unit test).
+_NN_LAYERS = frozenset({
+    "Identity", "Conv1d", "Conv2d", "ConvTranspose2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm",
+    "ReLU", "ReLU6", "GELU", "SiLU", "ELU", "PReLU", "LeakyReLU", "Mish", "Hardswish", "Sigmoid", "Tanh",
+    "Softmax", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Dropout", "Dropout2d",
+    "Linear", "LazyLinear", "Flatten", "Sequential", "ModuleList", "Upsample"})
 _SIZE_ATTRS = {"out_features", "out_channels", "in_features", "in_channels", "num_features"}
 _INPLACE_FIRST = {"ReLU", "ReLU6", "SiLU", "Hardswish", "Hardsigmoid", "Mish", "SELU"}  # inplace: 1st argument
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
@@ -84,7 +92,7 @@ def find_fix(code: str, error: str) -> Fix | None:
     except (SyntaxError, ValueError):
         return None
     for rule in (_unflattened, _lazy_input_size, _missing_layer, _function_as_layer, _groups, _pool_too_small,
-                 _unknown_layer, _helper_device, _lazy_from_attribute, _inplace, _shrink_widths):
+                 _unknown_layer, _bare_torch_name, _helper_device, _lazy_from_attribute, _inplace, _shrink_widths):
         fix = rule(code, tree, error)
         if fix is not None and fix.code != code and _parses(fix.code):
             return fix
@@ -180,19 +188,44 @@ def _function_as_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
 
 
 def _groups(code: str, tree: ast.Module, error: str) -> Fix | None:
-    """groups that do not divide the channels: drop `groups` from that conv."""
+    """groups that do not divide the channels: drop `groups` from that conv, and from every other conv
+    whose literal groups visibly does not divide its literal channels (seen: four in one module, and
+    one fix per error would spend the fix budget on them)."""
     line_no = _candidate_line(error)
     if not _GROUPS.search(error) or line_no is None:
         return None
-    edits = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and node.lineno <= line_no <= (node.end_lineno or node.lineno) \
-                and any(k.arg == "groups" for k in node.keywords):
-            new = ast.Call(func=node.func, args=node.args, keywords=[k for k in node.keywords if k.arg != "groups"])
-            edits.append((node, ast.unparse(new)))
-    if len(edits) != 1:
+    at_line = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and any(k.arg == "groups" for k in n.keywords)
+               and n.lineno <= line_no <= (n.end_lineno or n.lineno)]
+    if len(at_line) != 1:
         return None
-    return Fix(_splice(code, edits), "drop_groups", f"removed groups from the conv on line {line_no}")
+    broken = [n for n in ast.walk(tree) if _call_name(n).startswith("Conv") and _groups_break(n) and n not in at_line]
+    edits = [(n, ast.unparse(ast.Call(func=n.func, args=n.args, keywords=[k for k in n.keywords if k.arg != "groups"])))
+             for n in at_line + broken]
+    lines = ", ".join(str(n.lineno) for n in sorted(at_line + broken, key=lambda n: n.lineno))
+    return Fix(_splice(code, edits), "drop_groups", f"removed groups from the conv(s) on line(s) {lines}")
+
+
+def _groups_break(call: ast.Call) -> bool:
+    """nn.Conv2d(32, 64, 3, groups=64): literal groups that do not divide a literal channel count."""
+    groups = next((k.value for k in call.keywords if k.arg == "groups"), None)
+    if not (isinstance(groups, ast.Constant) and type(groups.value) is int and groups.value > 1):
+        return False
+    channels = [*call.args[:2], *(k.value for k in call.keywords if k.arg in ("in_channels", "out_channels"))]
+    return any(isinstance(c, ast.Constant) and type(c.value) is int and c.value % groups.value for c in channels)
+
+
+def _bare_torch_name(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """A torch.nn layer named without its module (`Identity()`, NameError): `nn.Identity()`."""
+    m = _UNDEFINED.search(error)
+    alias = next((local for local, module in _imports(tree).items() if module == "torch.nn"), None)
+    if not m or m.group(1) not in _NN_LAYERS or alias is None:
+        return None
+    name = m.group(1)
+    edits = [(n, f"{alias}.{name}") for n in ast.walk(tree)
+             if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)]
+    if not edits:
+        return None
+    return Fix(_splice(code, edits), "bare_torch_name", f"{name} -> {alias}.{name} ({len(edits)}x)")
 
 
 def _pool_too_small(code: str, tree: ast.Module, error: str) -> Fix | None:

@@ -211,6 +211,18 @@ def test_improve_falls_back_on_garbage_after_a_failure() -> None:
     assert pi.MOVES[0] in user  # the untried moves are offered
 
 
+def test_a_repeated_modification_gives_way_to_the_next_untried_move() -> None:
+    # Seen from the 1.5B improver: "Replace the Flatten layer with a Sequential ..." five times running.
+    asked = "Replace the `Flatten` layer with a `Sequential` layer that only contains `nn.Flatten`."
+    history = [entry(3, mod=asked), entry(4, mod="add a conv stage")]
+    reply = "PROBLEM: flatten\nMODIFICATION: Replace the Flatten layer with a Sequential layer containing only nn.Flatten\n"
+    triple, meta = pi.improve(recording(reply + "EXPECTED: ok"), TASK, history[-1], history, None)
+    assert meta.repeated and meta.parsed and triple.modification in pi.MOVES
+    fresh = "MODIFICATION: add squeeze-excitation to every stage, reduction 4\n"
+    triple, meta = pi.improve(recording(fresh), TASK, history[-1], history, None)
+    assert not meta.repeated and triple.modification == "add squeeze-excitation to every stage, reduction 4"
+
+
 def test_fallback_after_success_rotates_and_skips_tried_moves() -> None:
     seen = {pi.fallback_triple(entry(i), [entry(i)], None).modification for i in range(len(pi.MOVES))}
     assert seen == set(pi.MOVES)

@@ -168,6 +168,12 @@ CHANNEL_LIST = HEAD + '''class Net(nn.Module):
 '''
 TOO_SLOW_ERR = "too slow: projected epoch time 250.7s exceeds the budget of 180.0s (from 3 timed batches)"
 
+BARE_NAME = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace("self.pool = nn.MaxPool2d(2)", "self.pool = nn.MaxPool2d(2)\n        self.skip = Identity()") \
+    .replace("x = torch.flatten(x, 1)", "x = torch.flatten(self.skip(x), 1)")
+BARE_NAME_ERR = '''File "<candidate>", line 10, in __init__
+    self.skip = Identity()
+NameError: name 'Identity' is not defined'''
+
 CASES = {
     "lazy_linear": (WRONG_FLATTEN, WRONG_FLATTEN_ERR, "nn.LazyLinear(32)"),
     "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_ERR, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
@@ -175,6 +181,7 @@ CASES = {
     "define_attribute": (NO_FLATTEN_ATTR, NO_FLATTEN_ATTR_ERR, "super().__init__()\n        self.flatten = nn.Flatten()"),
     "function_to_layer": (FUNCTION_AS_LAYER, FUNCTION_AS_LAYER_ERR, "self.flatten = nn.Flatten()"),
     "drop_groups": (BAD_GROUPS, BAD_GROUPS_ERR, "nn.Conv2d(in_shape[1], 16, 3, padding=1)  # keep this comment"),
+    "bare_torch_name": (BARE_NAME, BARE_NAME_ERR, "self.skip = nn.Identity()"),
     "drop_pool": (POOL_TOO_SMALL, POOL_TOO_SMALL_ERR, "self.pool5 = nn.Identity()"),
     "unknown_layer": (UNKNOWN_LAYER, UNKNOWN_LAYER_ERR, "self.gap = nn.AdaptiveAvgPool2d(1)"),
     "helper_device": (HELPER_DEVICE, HELPER_DEVICE_ERR, "nn.Conv2d(c_in, c_out, 3, padding=1)\n"
@@ -203,6 +210,23 @@ def test_an_init_argument_used_as_an_attribute_is_stored():
     fix = find_fix(code, error)
     assert fix is not None and fix.rule == "define_attribute"
     assert "super().__init__()\n        self.in_shape = in_shape\n" in fix.code
+
+
+def test_every_broken_groups_goes_in_one_fix_and_sound_ones_stay():
+    # Seen from the 1.5B model: four convs with groups = out_channels; one fix per error ran out.
+    code = BAD_GROUPS.replace("self.pool = nn.MaxPool2d(2)\n", "self.pool = nn.MaxPool2d(2)\n"
+                              "        self.c2 = nn.Conv2d(16, 32, 3, groups=32)\n"
+                              "        self.c3 = nn.Conv2d(32, 32, 3, groups=32)\n")
+    fix = find_fix(code, BAD_GROUPS_ERR)
+    assert fix is not None and fix.rule == "drop_groups" and "line(s) 8, 10" in fix.description
+    assert "nn.Conv2d(16, 32, 3)" in fix.code and "nn.Conv2d(32, 32, 3, groups=32)" in fix.code
+
+
+def test_bare_names_are_real_torch_layers():
+    import torch.nn
+    from tools.autofix import _NN_LAYERS
+    assert all(isinstance(getattr(torch.nn, n, None), type) for n in _NN_LAYERS)
+    assert find_fix(BARE_NAME, BARE_NAME_ERR.replace("'Identity'", "'Residual'")) is None  # not torch's
 
 
 def test_no_rule_for_unknown_errors_or_broken_code():
