@@ -1,9 +1,10 @@
 """Code Generator agent: writes (or repairs) one complete LEMUR-style model module.
 
 No example model is put in the prompt: measured on the 1.5B model, a skeleton example was copied
-35% of the time and the requested design ignored. The best design so far is shown as a list of its
-layers, not as code: shown its code, the 1.5B model returned it with a small tweak (9 of 10 valid designs
-in a 30-iteration run were near-copies). The system prompt gives rules against the measured failure
+35% of the time and the requested design ignored. The best design so far is shown as its score and
+the kinds of layer it uses, not as code: shown its code, the 1.5B model returned it with a small tweak
+(6 of 10 valid designs in a 30-iteration run were near-copies); shown its layers with their widths, it
+rebuilt the same network (5 of 6 valid designs had the best's exact parameter and FLOP counts). The system prompt gives rules against the measured failure
 modes instead, and the user prompt insists on the instruction.
 The prompt is kept within a character budget because the model has a 4096-token context and needs
 ~1200 of it for the reply.
@@ -11,6 +12,7 @@ The prompt is kept within a character budget because the model has a 4096-token 
 from __future__ import annotations
 
 import ast
+from collections import Counter
 from collections.abc import Sequence
 
 from langchain_core.language_models import BaseChatModel
@@ -21,13 +23,12 @@ from agents.llm_call import AgentError, call
 from agents.prompts import RenderedPrompt, pair_sha, render
 from agents.schemas import BestDesign, Generation, HistoryEntry, Task
 
-__all__ = ["AgentError", "Generation", "Task", "build_prompt", "compact_code", "generate", "layer_summary", "repair",
+__all__ = ["AgentError", "Generation", "Task", "build_prompt", "compact_code", "generate", "layer_kinds", "repair",
            "task_values"]
 
 # ~2.9k tokens are left for the prompt in a 4096 context with a 1200-token reply; the system prompt
 # takes ~500, so the user part gets about 6000 characters (code runs ~3 characters per token).
 USER_CHAR_BUDGET = 6000
-BEST_SUMMARY_CHARS = 900
 BLOCK_CHARS = 1400  # a retrieved block longer than this is not shown (the retriever skips it)
 REPAIR_CODE_CHARS = 5000
 ERROR_CHARS = 600
@@ -83,36 +84,26 @@ def compact_code(code: str, max_chars: int) -> str:
     return "\n".join(out)
 
 
-def _layer(call: ast.Call) -> str:
-    return ast.unparse(call).removeprefix("nn.").removeprefix("torch.nn.")
-
-
-def layer_summary(code: str, max_chars: int) -> str:
-    """The layers each class of a module builds, one line per class ('Net: conv1=Conv2d(...), ...'),
-    cut to `max_chars`; '' when the code does not parse."""
+def layer_kinds(code: str) -> str:
+    """'Conv2d x5, BatchNorm2d x5, Linear x2': the torch.nn layers a module builds, by kind and without
+    widths; '' when the code does not parse."""
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError):
         return ""
-    lines = []
-    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
-        parts = [f"{t.attr}={_layer(a.value)}" for a in ast.walk(cls)
-                 if isinstance(a, ast.Assign) and isinstance(a.value, ast.Call) and len(a.targets) == 1
-                 and isinstance(t := a.targets[0], ast.Attribute) and isinstance(t.value, ast.Name)
-                 and t.value.id == "self"]
-        if parts:
-            lines.append(f"{cls.name}: " + ", ".join(parts))
-    text = "\n".join(lines)
-    return text if len(text) <= max_chars else text[: max_chars - 4].rstrip() + " ..."
+    kinds = Counter(n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call)
+                    and isinstance(n.func, ast.Attribute) and n.func.attr[:1].isupper()
+                    and ast.unparse(n.func.value) in ("nn", "torch.nn"))
+    return ", ".join(f"{name} x{count}" for name, count in kinds.most_common())
 
 
-def _best_section(best: BestDesign | None, max_chars: int) -> str:
+def _best_section(best: BestDesign | None) -> str:
     if best is None:
         return ""
-    layers = layer_summary(best.code, max_chars)
+    kinds = layer_kinds(best.code)
     return (f"Best design so far: accuracy {best.accuracy:.3f}, {human(best.params)} parameters"
-            + (f", built from these layers:\n{layers}\n" if layers else ".\n")
-            + "Write the new design as a fresh module of your own; do not rewrite this one with a small tweak.\n")
+            + (f", built from {kinds}" if kinds else "")
+            + ". Write the new design as a fresh module of your own, not a rebuild of this one.\n")
 
 
 def _blocks_section(blocks: Sequence[str], max_blocks: int) -> str:
@@ -136,21 +127,19 @@ def _generation(llm: BaseChatModel, system: RenderedPrompt, user: RenderedPrompt
 
 def build_prompt(task: Task, instruction: str, history: list[HistoryEntry], best: BestDesign | None,
                  blocks: Sequence[str] = (), novelty_threshold: float = 0.1) -> RenderedPrompt:
-    """The user prompt, shrunk (blocks first, then the best design's summary) to fit the budget."""
+    """The user prompt, shrunk (blocks first, then the history) to fit the budget."""
     instruction = instruction.strip() or "Design a sound, efficient convolutional network for this task."
-    best_chars, n_blocks, n_history = BEST_SUMMARY_CHARS, len(blocks), 8
+    n_blocks, n_history = len(blocks), 8
     while True:
         user = render(
             "code_generator.user", **task_values(task), instruction=instruction,
             history=history_block(history, novelty_threshold, limit=n_history),
-            best=_best_section(best, best_chars), blocks=_blocks_section(blocks, n_blocks),
+            best=_best_section(best), blocks=_blocks_section(blocks, n_blocks),
         )
         if len(user.text) <= USER_CHAR_BUDGET:
             return user
         if n_blocks > 0:
             n_blocks -= 1
-        elif best is not None and best_chars > 300:
-            best_chars -= 300
         elif n_history > 2:
             n_history -= 2
         else:

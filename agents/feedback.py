@@ -151,7 +151,8 @@ def human(n: int | float | None) -> str:
 
 
 def is_near_copy(entry: HistoryEntry, threshold: float) -> bool:
-    return entry.status == "duplicate" or (entry.novelty is not None and entry.novelty < threshold)
+    return entry.status == "duplicate" or entry.same_as is not None or (
+        entry.novelty is not None and entry.novelty < threshold)
 
 
 def _clip(text: str, n: int) -> str:
@@ -164,7 +165,9 @@ def outcome_text(e: HistoryEntry, threshold: float = 0.1) -> str:
     if e.status == "ok":
         text = f"ok acc={e.accuracy:.3f}" if e.accuracy is not None else "ok"
         text += f" params={human(e.params)}"
-        if e.novelty is not None and e.novelty < threshold:
+        if e.same_as is not None:
+            text += f" SAME NETWORK AS #{e.same_as}"
+        elif e.novelty is not None and e.novelty < threshold:
             text += f" NEAR-COPY(novelty={e.novelty:.2f})"
         return text
     if e.status == "duplicate":

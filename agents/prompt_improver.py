@@ -166,7 +166,8 @@ def fallback_triple(last: HistoryEntry | None, history: list[HistoryEntry], best
                                    "ReLU and stride-2 downsampling, then global average pooling and a Linear",
                       expected_effect="a valid, fast baseline to improve on")
     if is_near_copy(last, novelty_threshold):
-        what = "a duplicate" if last.status == "duplicate" else f"a near copy (novelty {last.novelty:.2f})"
+        what = "a duplicate" if last.status == "duplicate" else f"the same network as #{last.same_as}" \
+            if last.same_as is not None else f"a near copy (novelty {last.novelty:.2f})"
         return Triple(problem=f"the last design was {what} of an earlier one",
                       modification=f"{_next_move(history, last)}. {EXPLORE}",
                       expected_effect="a genuinely new design, so the search explores instead of repeating")

@@ -50,6 +50,8 @@ class HistoryEntry(BaseModel):
     error: str = ""
     arch_id: str = ""
     novelty: float | None = Field(None, description="MinHash 1-Jaccard distance to the closest earlier design")
+    same_as: int | None = Field(None, description="an earlier iteration whose valid design had the same "
+                                                  "parameter and FLOP counts (the same network, other code)")
 
 
 class BestDesign(BaseModel):

@@ -26,17 +26,19 @@ def analyze(cfg, run_id: str, limit: int | None = None) -> dict:
     fresh = [r for r in records if r["status"] != "duplicate"]
     ok = [r for r in records if r["status"] == "ok"]
     threshold = cfg.loop.novelty_threshold
-    near = [r for r in ok if r.get("novelty") is not None and r["novelty"] < threshold]
+    minhash_near = [r for r in ok if r.get("novelty") is not None and r["novelty"] < threshold]
     # MinHash compares code text; a design rewritten with other names but the same layers is caught
-    # here instead: same parameter and FLOP counts as an earlier valid design of the run.
+    # by its size instead: the same parameter and FLOP counts as an earlier valid design of the run.
     sizes = {e["iteration"]: (e.get("params"), e.get("flops")) for e in events
              if e["node"] == "evaluate" and e["status"] == "ok"}
     seen: set = set()
-    same_size = 0
+    same_size = []
     for r in ok:
         size = sizes.get(r["iteration"])
-        same_size += size in seen
+        if size in seen:
+            same_size.append(r)
         seen.add(size)
+    near = {r["iteration"] for r in minhash_near + same_size}
 
     def acc_stats(rows: list[dict]) -> dict:
         accs = [r["accuracy"] for r in rows if r["status"] == "ok" and r.get("accuracy") is not None]
@@ -62,7 +64,8 @@ def analyze(cfg, run_id: str, limit: int | None = None) -> dict:
         "llm_repairs": sum(e["node"] == "repair" for e in events),
         "near_copies": len(near),
         "near_copy_share": round(len(near) / max(1, len(ok)), 3),
-        "same_size_as_earlier": same_size,
+        "near_copies_minhash": len(minhash_near),
+        "same_size_as_earlier": len(same_size),
         "novelty_median": statistics.median([r["novelty"] for r in ok if r.get("novelty") is not None] or [0]),
         "failures": _count(r["status"] for r in records if r["status"] != "ok"),
         "first_five": acc_stats(records[:5]),

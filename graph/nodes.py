@@ -215,16 +215,20 @@ class Nodes:
         iteration = state.get("iteration", 0) + 1
         cached_ok = outcome.status == "duplicate" and outcome.detail.get("cached_status") == "ok"
         valid = outcome.status == "ok" or cached_ok
+        same_as = self.d.store.same_size(state["run_id"], iteration, outcome.params, outcome.flops) \
+            if outcome.status == "ok" and outcome.params is not None and outcome.flops is not None else None
         entry = HistoryEntry(iteration=iteration, triple=Triple(**state["triple"]), status=outcome.status,
                              accuracy=outcome.accuracy if valid else None, params=outcome.params,
-                             error=outcome.error, arch_id=state.get("arch_id") or "", novelty=state.get("novelty"))
+                             error=outcome.error, arch_id=state.get("arch_id") or "", novelty=state.get("novelty"),
+                             same_as=same_as)
         best = state.get("best")
         if outcome.status == "ok" and outcome.accuracy is not None and (
                 best is None or outcome.accuracy > best["accuracy"]):
             best = BestDesign(arch_id=state["arch_id"], code=state["code"], accuracy=outcome.accuracy,
                               params=outcome.params).model_dump()
         threshold = self.d.cfg.loop.novelty_threshold
-        novel = outcome.status == "ok" and (state.get("novelty") is None or state["novelty"] >= threshold)
+        novel = outcome.status == "ok" and same_as is None and (
+            state.get("novelty") is None or state["novelty"] >= threshold)
         stats = {
             "valid_first_attempt": float(state.get("first_status") == "ok"),
             "valid_after_repair": float(outcome.status == "ok"),
@@ -246,6 +250,7 @@ class Nodes:
                 "_event": {"status": outcome.status, "accuracy": outcome.accuracy, "params": outcome.params,
                            "code_hash": state.get("arch_id"), "novelty": state.get("novelty"),
                            "first_status": state.get("first_status"), "repairs": state.get("repairs", 0),
+                           "same_as": same_as,
                            "error": outcome.error, "stop_reason": reason}}
 
 

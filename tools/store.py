@@ -499,6 +499,13 @@ class Store:
                           (run_id,))
         return [self._record(r) for r in rows]
 
+    def same_size(self, run_id: str, iteration: int, params: int, flops: int) -> int | None:
+        """The earliest iteration of the run before `iteration` with a valid design of exactly these
+        parameter and FLOP counts (almost always the same network written differently), or None."""
+        row = self._read("SELECT MIN(iteration) FROM evaluations WHERE run_id = ? AND iteration < ? "
+                         "AND status = 'ok' AND params = ? AND flops = ?", (run_id, iteration, params, flops))
+        return row[0][0] if row and row[0][0] is not None else None
+
     def evaluations(self, *, dataset: str | None = None, status: str | None = None) -> list[EvaluationRecord]:
         """All evaluations, oldest first, optionally filtered (used by export and reports)."""
         where, args = [], []

@@ -138,6 +138,18 @@ def test_rule_fix_repairs_a_wrong_flatten_size_without_an_llm_call(cfg):
     assert [e["novelty"] for e in events if e["node"] == "fingerprint"] == [1.0, 1.0]
 
 
+def test_the_same_network_in_other_code_is_told_to_the_improver_and_not_novel(cfg):
+    # Seen from the 1.5B model: one network rebuilt with other attribute names, iteration after iteration.
+    renamed = C.VALID.replace("self.conv", "self.stem").replace("self.bn", "self.norm").replace("self.fc", "self.head")
+    llm = ScriptedChatModel(improver=[C.TRIPLE] * 3, generator=[C.fenced(C.VALID), C.fenced(renamed), C.fenced(C.wide(5))])
+    summary = run_loop(cfg, FakeHandle(llm), run_id="r8", iterations=3)
+    events = list(read_events(RunPaths(cfg.runs_dir / "r8").trace))
+    assert [e["same_as"] for e in events if e["node"] == "record"] == [None, 1, None]
+    assert summary["near_copies"] == 1
+    third = [e for e in events if e["node"] == "improve"][2]
+    assert "SAME NETWORK AS #1" in third["prompt_text"] and "repeated an earlier design" in third["prompt_text"]
+
+
 def test_rule_fixes_are_off_at_zero(cfg):
     cfg.loop.max_repairs, cfg.loop.max_fixes = 0, 0
     wrong = C.VALID.replace("nn.Linear(64, out_shape[0])", "nn.Linear(16 * 7 * 7, out_shape[0])")
