@@ -2,7 +2,9 @@
 
 Handled: ```python / ```py / bare ``` fences, an unclosed fence (reply cut at max_tokens), several
 fences (the one defining `class Net` wins, else the longest), prose around the code, no fences at all,
-`<think>` sections, and imports dropped by the model while the names are still used.
+`<think>` sections, imports dropped by the model while the names are still used, and an "example
+usage" script after the module (data loading, training, `if __name__ == ...`), which the harness
+does itself and the policy forbids.
 """
 from __future__ import annotations
 
@@ -160,6 +162,21 @@ def ensure_imports(code: str) -> tuple[str, list[str]]:
     return "\n".join(lines[:at] + missing + lines[at:]), missing
 
 
+def drop_usage_script(code: str) -> str:
+    """The module without the top-level statements that follow `class Net` (other than classes,
+    functions and comments): seen from the 1.5B model as a torchvision training script, often cut off
+    at max_tokens, which failed a module that was complete without it."""
+    lines = code.splitlines()
+    net = next((i for i, ln in enumerate(lines) if _DEFINES_NET.match(ln) and not ln[:1].isspace()), None)
+    if net is None:
+        return code
+    for i in range(net + 1, len(lines)):
+        ln = lines[i]
+        if ln.strip() and not ln[:1].isspace() and not re.match(r"(class|def)\s|@|#|\)|\]|\}", ln):
+            return "\n".join(lines[:i]).rstrip() + "\n"
+    return code
+
+
 def extract(reply: str) -> Extracted:
     text = _THINK.sub("", reply or "")
     blocks = _fenced_blocks(text)
@@ -176,7 +193,7 @@ def extract(reply: str) -> Extracted:
         code = body if _parses(body) or not _strip_prose(body) else _strip_prose(body)
     else:
         code, source = _strip_prose(text), "bare"
-    code = code.strip("\n")
+    code = drop_usage_script(code.strip("\n")).strip("\n")
     if not code.strip():
         return Extracted(code="", source="empty")
     code, added = ensure_imports(code)

@@ -155,3 +155,15 @@ def test_regression_bare_code_then_stray_fence_then_prose():
              "Fix the error and reply with the complete corrected module in one block.")
     got = extract(reply)
     assert "class Net(nn.Module)" in got.code and "Fix the error" not in got.code
+
+
+def test_regression_usage_script_after_the_module_is_dropped() -> None:
+    # Seen from the 1.5B model: a torchvision training script after the module, cut at max_tokens.
+    script = ("\n# Example usage\nimport torch\nfrom torchvision import datasets, transforms\n\n"
+              "transform = transforms.Compose([\n    transforms.ToTensor(),\n])\n"
+              "model = Net((1, 1, 28, 28), (10,), {}, torch.device('cpu'))\nfor epoch in range(3):\n    optimizer.")
+    _same_module(extract_code(f"```python\n{MODULE}{script}"))
+    _same_module(extract_code(f"```python\n{MODULE}\nif __name__ == '__main__':\n    print(Net)\n```"))
+    # helper blocks and functions after Net are part of the module
+    helper = "\n\nclass Block(nn.Module):\n    pass\n\n\ndef supported_hyperparameters():\n    return {'lr'}\n"
+    assert extract_code(f"```python\n{MODULE}{helper}```").endswith("return {'lr'}\n")
