@@ -4,7 +4,7 @@ Measured on the 1.5B generator (Fashion-MNIST runs): most failures were a wrong 
 forward that never flattened, a conv or BatchNorm given the wrong channel count, a `self.flatten` never
 defined (or assigned a function), `groups` that does not divide the channels, and a pooling layer on a
 1x1 map; then a layer torch does not have (nn.GlobalAvgPool2d, F.swish) or one named without `nn.`
-(`Identity()`), `self.device` read in a
+(`Identity()`), a forbidden import nothing uses (`import torchvision`), `self.device` read in a
 helper block that never stored one, a layer's input size read from a layer without that attribute
 (pool.out_features), an in-place op autograd still needed, and a model too wide for its parameter,
 FLOP or epoch-time budget. The LLM, shown the error, often returned its code unchanged; each of these
@@ -31,6 +31,7 @@ _TOO_SMALL = re.compile(r"Output size is too small|Kernel size can't be greater 
 _LINE = re.compile(r'File "<candidate>", line (\d+)')
 _NO_MODULE_ATTR = re.compile(r"module '(torch\.nn(?:\.functional)?)' has no attribute '(\w+)'")
 _INPLACE = re.compile(r"modified by an inplace operation")
+_FORBIDDEN_MODULE = re.compile(r"forbidden: line (\d+): [\w.]+: module '[\w.]+' is not allowed")
 _UNDEFINED = re.compile(r"NameError: name '(\w+)' is not defined")
 _OVER = re.compile(r"([\d,]+) (parameters|FLOPs) (?:per sample )?exceed the budget of ([\d,]+)")
 _SLOW = re.compile(r"projected epoch time ([\d.]+)s exceeds the budget of ([\d.]+)s")
@@ -92,7 +93,8 @@ def find_fix(code: str, error: str) -> Fix | None:
     except (SyntaxError, ValueError):
         return None
     for rule in (_unflattened, _lazy_input_size, _missing_layer, _function_as_layer, _groups, _pool_too_small,
-                 _unknown_layer, _bare_torch_name, _helper_device, _lazy_from_attribute, _inplace, _shrink_widths):
+                 _unknown_layer, _bare_torch_name, _unused_forbidden_import, _helper_device, _lazy_from_attribute,
+                 _inplace, _shrink_widths):
         fix = rule(code, tree, error)
         if fix is not None and fix.code != code and _parses(fix.code):
             return fix
@@ -263,6 +265,23 @@ def _unknown_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
         return None
     return Fix(_splice(code, edits), "unknown_layer",
                f"{module} has no {name}: -> {edits[0][1]} ({len(edits)} place{'s' * (len(edits) > 1)})")
+
+
+def _unused_forbidden_import(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """`import torchvision` / `import torch.utils.data as td` that nothing in the module uses (left from a
+    data-loading script): drop the import. Any forbidden module actually used keeps the LLM repair."""
+    lines = {int(n) for n in _FORBIDDEN_MODULE.findall(error)}
+    if not lines:
+        return None
+    imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) and n.lineno in lines]
+    if len(imports) != len(lines):
+        return None
+    bound = {(a.asname or a.name).split(".")[0] for n in imports for a in n.names}
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    if bound & used:
+        return None
+    return Fix(_splice(code, [(_lines(n), "") for n in imports]), "drop_unused_import",
+               "dropped unused forbidden import(s): " + "; ".join(ast.unparse(n) for n in imports))
 
 
 def _helper_device(code: str, tree: ast.Module, error: str) -> Fix | None:

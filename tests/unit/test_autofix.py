@@ -222,6 +222,21 @@ def test_every_broken_groups_goes_in_one_fix_and_sound_ones_stay():
     assert "nn.Conv2d(16, 32, 3)" in fix.code and "nn.Conv2d(32, 32, 3, groups=32)" in fix.code
 
 
+def test_unused_forbidden_imports_are_dropped_used_ones_kept():
+    # Seen from the 1.5B model: data-loading imports left at the top of an otherwise sound module.
+    code = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
+        "import torch.nn.functional as F\n", "import torch.nn.functional as F\nimport torch.utils.data as td\n"
+        "from torchvision import datasets, transforms\n")
+    error = ("forbidden: line 4: torch.utils.data: module 'torch.utils.data' is not allowed; allowed: torch\n"
+             "  line 4: import torch.utils.data as td\n"
+             "forbidden: line 5: torchvision: module 'torchvision' is not allowed; allowed: torch\n"
+             "  line 5: from torchvision import datasets, transforms")
+    fix = find_fix(code, error)
+    assert fix is not None and fix.rule == "drop_unused_import"
+    assert fix.code == WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14")
+    assert find_fix(code.replace("self.pool = nn.MaxPool2d(2)", "self.pool = transforms.Resize(14)"), error) is None
+
+
 def test_bare_names_are_real_torch_layers():
     import torch.nn
     from tools.autofix import _NN_LAYERS
