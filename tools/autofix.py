@@ -4,13 +4,14 @@ Measured on the 1.5B generator (Fashion-MNIST runs): most failures were a wrong 
 forward that never flattened, a conv or BatchNorm given the wrong channel count, a `self.flatten` never
 defined (or assigned a function), `groups` that does not divide the channels, and a pooling layer on a
 1x1 map; then a layer torch does not have (nn.GlobalAvgPool2d, F.swish) or one named without `nn.`
-(`Identity()`), a forbidden import nothing uses (`import torchvision`), `self.device` read in a
-helper block that never stored one, a layer's input size read from a layer without that attribute
-(pool.out_features), an in-place op autograd still needed, and a model too wide for its parameter,
-FLOP or epoch-time budget. The LLM, shown the error, often returned its code unchanged; each of these
-has one obvious edit. A fix touches only the offending layers or lines (the rest of the text, comments
-included, is kept) and returns None when the error is not one it knows or the code does not have the
-expected shape, so the LLM repair still handles everything else. `find_fix` is pure: routers may call it.
+(`Identity()`), a forbidden import nothing uses (`import torchvision`), `device=` given to a layer that
+takes none (`nn.ReLU(device=device)`), `self.device` read in a helper block that never stored one, a
+layer's input size read from a layer without that attribute (pool.out_features), an in-place op
+autograd still needed, and a model too wide for its parameter, FLOP or epoch-time budget. The LLM,
+shown the error, often returned its code unchanged; each of these has one obvious edit. A fix touches
+only the offending layers or lines (the rest of the text, comments included, is kept) and returns None
+when the error is not one it knows or the code does not have the expected shape, so the LLM repair
+still handles everything else. `find_fix` is pure: routers may call it.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ _LINE = re.compile(r'File "<candidate>", line (\d+)')
 _NO_MODULE_ATTR = re.compile(r"module '(torch\.nn(?:\.functional)?)' has no attribute '(\w+)'")
 _INPLACE = re.compile(r"modified by an inplace operation")
 _FORBIDDEN_MODULE = re.compile(r"forbidden: line (\d+): [\w.]+: module '[\w.]+' is not allowed")
+_DEVICE_KW = re.compile(r"got an unexpected keyword argument 'device'")
 _UNDEFINED = re.compile(r"NameError: name '(\w+)' is not defined")
 _OVER = re.compile(r"([\d,]+) (parameters|FLOPs) (?:per sample )?exceed the budget of ([\d,]+)")
 _SLOW = re.compile(r"projected epoch time ([\d.]+)s exceeds the budget of ([\d.]+)s")
@@ -44,6 +46,8 @@ _LAYER_FOR = {"flatten": "nn.Flatten()", "relu": "nn.ReLU()", "gelu": "nn.GELU()
 _LAZY = {"Linear": "nn.LazyLinear", "Conv2d": "nn.LazyConv2d", "BatchNorm2d": "nn.LazyBatchNorm2d"}
 _LAZY_KW = {"Linear": "in_features", "Conv2d": "in_channels", "BatchNorm2d": "num_features"}
 _POOLS = ("MaxPool2d", "AvgPool2d")
+# torch layers with weights, whose constructors take device= (activations, pools and dropout do not)
+_WEIGHTED = ("Conv", "Linear", "Lazy", "BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "Embedding", "PReLU")
 # Names the generator invents, none of them in torch (checked against torch 2.x), and what to write
 # instead: a bare name renames the attribute (arguments kept); a call replaces the whole call, with {m}
 # the module as the code spells it and {0} the call's first argument.
@@ -94,7 +98,7 @@ def find_fix(code: str, error: str) -> Fix | None:
         return None
     for rule in (_unflattened, _lazy_input_size, _missing_layer, _function_as_layer, _groups, _pool_too_small,
                  _unknown_layer, _bare_torch_name, _unused_forbidden_import, _helper_device, _lazy_from_attribute,
-                 _inplace, _shrink_widths):
+                 _inplace, _shrink_widths, _device_keyword):
         fix = rule(code, tree, error)
         if fix is not None and fix.code != code and _parses(fix.code):
             return fix
@@ -398,6 +402,29 @@ def _shrink_widths(code: str, tree: ast.Module, error: str) -> Fix | None:
     return Fix(_splice(code, list(edits.values())), "shrink_widths",
                f"scaled channel widths by {f:.2f} ({what} {over}): "
                + ", ".join(f"{v}->{w}" for v, w in sorted(mapping.items())))
+
+
+def _device_keyword(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """`nn.ReLU(device=device)`, `self.block(c, device=device)`: drop `device=` wherever the callee takes
+    none (every torch layer but those with weights; the module's own functions and classes without a
+    `device` parameter). Seen six times in one 30-iteration run, on several lines of each module."""
+    if not _DEVICE_KW.search(error):
+        return None
+    own = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    own |= {n.name: init for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and (init := _init_of(tree, n.name))}
+
+    def takes_device(call: ast.Call) -> bool:
+        name = _call_name(call)
+        if name in own:
+            args = own[name].args
+            return args.kwarg is not None or "device" in {a.arg for a in args.args + args.kwonlyargs}
+        return name.startswith(_WEIGHTED) or not name[:1].isupper()  # tensors' .to(device=...) etc.
+
+    edits = [(_keyword_span(n, k), "") for n in ast.walk(tree) if isinstance(n, ast.Call) and not takes_device(n)
+             for k in n.keywords if k.arg == "device"]
+    if not edits:
+        return None
+    return Fix(_splice(code, edits), "drop_device_keyword", f"dropped device= from {len(edits)} call(s) that take none")
 
 
 # ---------------------------------------------------------------- helpers

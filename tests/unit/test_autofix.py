@@ -174,6 +174,15 @@ BARE_NAME_ERR = '''File "<candidate>", line 10, in __init__
     self.skip = Identity()
 NameError: name 'Identity' is not defined'''
 
+DEVICE_KW = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
+    "self.pool = nn.MaxPool2d(2)", "self.pool = nn.MaxPool2d(2, device=device)\n"
+    "        self.act = nn.ReLU(device=device)\n        self.extra = self._conv(16, device=device)") \
+    .replace("self.fc2 = nn.Linear(32, out_shape[0])", "self.fc2 = nn.Linear(32, out_shape[0], device=device)") \
+    .replace("    def forward(self, x):", "    def _conv(self, c):\n        return nn.Conv2d(c, c, 1)\n\n"
+             "    def forward(self, x):")
+DEVICE_KW_ERR = ('File "<candidate>", line 9, in __init__\n    self.pool = nn.MaxPool2d(2, device=device)\n'
+                 "TypeError: _MaxPoolNd.__init__() got an unexpected keyword argument 'device'")
+
 CASES = {
     "lazy_linear": (WRONG_FLATTEN, WRONG_FLATTEN_ERR, "nn.LazyLinear(32)"),
     "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_ERR, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
@@ -181,6 +190,7 @@ CASES = {
     "define_attribute": (NO_FLATTEN_ATTR, NO_FLATTEN_ATTR_ERR, "super().__init__()\n        self.flatten = nn.Flatten()"),
     "function_to_layer": (FUNCTION_AS_LAYER, FUNCTION_AS_LAYER_ERR, "self.flatten = nn.Flatten()"),
     "drop_groups": (BAD_GROUPS, BAD_GROUPS_ERR, "nn.Conv2d(in_shape[1], 16, 3, padding=1)  # keep this comment"),
+    "drop_device_keyword": (DEVICE_KW, DEVICE_KW_ERR, "self.act = nn.ReLU()"),
     "bare_torch_name": (BARE_NAME, BARE_NAME_ERR, "self.skip = nn.Identity()"),
     "drop_pool": (POOL_TOO_SMALL, POOL_TOO_SMALL_ERR, "self.pool5 = nn.Identity()"),
     "unknown_layer": (UNKNOWN_LAYER, UNKNOWN_LAYER_ERR, "self.gap = nn.AdaptiveAvgPool2d(1)"),
@@ -235,6 +245,14 @@ def test_unused_forbidden_imports_are_dropped_used_ones_kept():
     assert fix is not None and fix.rule == "drop_unused_import"
     assert fix.code == WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14")
     assert find_fix(code.replace("self.pool = nn.MaxPool2d(2)", "self.pool = transforms.Resize(14)"), error) is None
+
+
+def test_device_keyword_is_dropped_where_the_callee_takes_none():
+    # Seen six times in one 1.5B run: nn.ReLU(device=device), nn.MaxPool2d(2, device=device), own helpers.
+    fix = find_fix(DEVICE_KW, DEVICE_KW_ERR)
+    assert fix is not None and fix.rule == "drop_device_keyword" and "3 call(s)" in fix.description
+    assert "nn.MaxPool2d(2)\n" in fix.code and "nn.ReLU()\n" in fix.code and "self._conv(16)\n" in fix.code
+    assert "nn.Linear(32, out_shape[0], device=device)" in fix.code  # a layer with weights takes it
 
 
 def test_bare_names_are_real_torch_layers():
