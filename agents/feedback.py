@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from agents.schemas import HistoryEntry
+from tools.autofix import budget_excess
 
 _HINTS: list[tuple[re.Pattern[str], str]] = [(re.compile(p, re.I), h) for p, h in [
     (r"has no attribute 'flatten'",
@@ -75,17 +76,12 @@ def key_error_line(error: str) -> str:
     return (exc[-1] if exc else lines[0])[:300]
 
 
-_OVER = re.compile(r"([\d,.]+)s? (?:parameters |FLOPs per sample )?exceeds? the budget of ([\d,.]+)")
 _MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x\d+\)")
-
-
-def _number(text: str) -> float:
-    return float(text.replace(",", "").rstrip("s"))
 
 
 def _budget_hint(error: str) -> str:
     """How far over budget, and the width cut that fixes it (cost grows with width squared)."""
-    ratios = [_number(a) / _number(b) for a, b in _OVER.findall(error) if _number(b) > 0]
+    ratios = [measured / budget for measured, budget in budget_excess(error).values() if budget > 0]
     if not ratios:
         return ""
     r = max(ratios)

@@ -587,9 +587,7 @@ def _layer_calls(tree: ast.Module, attr: str, kind: str) -> list[ast.Call]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and _is_self_attr(node.targets[0], attr) \
                 and isinstance(node.value, ast.Call):
-            func = node.value.func
-            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if name == kind:
+            if _call_name(node.value) == kind:
                 out.append(node.value)
     return out
 
