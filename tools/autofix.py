@@ -36,6 +36,8 @@ _FORBIDDEN_MODULE = re.compile(r"forbidden: line (\d+): [\w.]+: module '[\w.]+' 
 _DEVICE_KW = re.compile(r"got an unexpected keyword argument 'device'")
 _UNDEFINED = re.compile(r"NameError: name '(\w+)' is not defined")
 _OVER = re.compile(r"([\d,]+) (parameters|FLOPs) (?:per sample )?exceed the budget of ([\d,]+)")
+_FORMAT_ATTR = re.compile(r"self\.(\w*\{\w+\}\w*)")
+_FORMAT_ASSIGN = re.compile(r"^(\s*)self\.(\w*\{\w+\}\w*)\s*=\s*(.+?)\s*$")
 _SLOW = re.compile(r"projected epoch time ([\d.]+)s exceeds the budget of ([\d.]+)s")
 
 # Layers that stand in for a function or name the generator forgot to define.
@@ -95,8 +97,9 @@ def find_fix(code: str, error: str) -> Fix | None:
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError):
-        return None
-    for rule in (_unflattened, _lazy_input_size, _missing_layer, _function_as_layer, _groups, _pool_too_small,
+        fix = _format_attribute(code, error)  # the only rule for code that does not parse
+        return fix if fix is not None and _parses(fix.code) else None
+    for rule in (_unflattened, _shared_layer, _lazy_input_size, _missing_layer, _function_as_layer, _groups, _pool_too_small,
                  _unknown_layer, _bare_torch_name, _unused_forbidden_import, _helper_device, _lazy_from_attribute,
                  _inplace, _shrink_widths, _device_keyword):
         fix = rule(code, tree, error)
@@ -119,12 +122,55 @@ def _lazy_input_size(code: str, tree: ast.Module, error: str) -> Fix | None:
     m = _MODULE.search(error)
     if not m or m.group(2) not in _LAZY or not (_MATMUL.search(error) or _CHANNELS.search(error)):
         return None
-    attr, kind = m.group(1).rsplit(".", 1)[-1], m.group(2)
-    edits = [(call, _lazy_call(call, kind)) for call in _layer_calls(tree, attr, kind)]
+    path, kind = m.group(1), m.group(2)
+    edits = [(call, _lazy_call(call, kind)) for call in _layer_calls(tree, path, kind)]
     if not edits:
         return None
     return Fix(_splice(code, edits), f"lazy_{kind.lower()}",
-               f"self.{attr}: {kind} -> {_LAZY[kind]} (input size inferred at the first forward)")
+               f"self.{path}: {kind} -> {_LAZY[kind]} (input size inferred at the first forward)")
+
+
+def _shared_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """One layer applied at several places to inputs of different sizes (self.conv1 on the image, then on
+    a 128-channel map): every place after the first gets its own copy, and all infer their input size."""
+    m = _MODULE.search(error)
+    if not m or m.group(2) not in _LAZY or not (_MATMUL.search(error) or _CHANNELS.search(error)):
+        return None
+    attr, kind = m.group(1).rsplit(".", 1)[-1], m.group(2)
+    built = [(cls, n) for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef) for n in ast.walk(cls)
+             if isinstance(n, ast.Assign) and len(n.targets) == 1 and _is_self_attr(n.targets[0], attr)
+             and _call_name(n.value) in (kind, _LAZY[kind][3:])]
+    if len(built) != 1:
+        return None
+    cls, assign = built[0]  # the uses in that class only: another class may have its own self.<attr>
+    uses = sorted((n for n in ast.walk(cls) if isinstance(n, ast.Call) and _is_self_attr(n.func, attr)),
+                  key=lambda n: (n.lineno, n.col_offset))
+    if len(uses) < 2:
+        return None
+    layer = ast.unparse(assign.value) if _call_name(assign.value).startswith("Lazy") else _lazy_call(assign.value, kind)
+    names, k = [], 2
+    while len(names) < len(uses) - 1:
+        if not re.search(rf"\b{attr}_{k}\b", code):
+            names.append(f"{attr}_{k}")
+        k += 1
+    indent = " " * assign.col_offset
+    edits = [(assign.value, layer), (_at((assign.end_lineno or assign.lineno) + 1, 0),
+                                      "".join(f"{indent}self.{name} = {layer}\n" for name in names))]
+    edits += [(use.func, f"self.{name}") for use, name in zip(uses[1:], names)]
+    return Fix(_splice(code, edits), "unshare_layer",
+               f"self.{attr} was applied at {len(uses)} places to different input sizes; each later place gets "
+               f"its own {layer}: {', '.join('self.' + n for n in names)}")
+
+
+def _format_attribute(code: str, error: str) -> Fix | None:
+    """`self.conv{i} = ...` (an attribute name written like an f-string, a syntax error): setattr/getattr."""
+    if "SyntaxError" not in error or not _FORMAT_ATTR.search(code):
+        return None
+    lines = []
+    for line in code.splitlines():
+        line = _FORMAT_ASSIGN.sub(lambda a: f'{a[1]}setattr(self, f"{a[2]}", {a[3]})', line)
+        lines.append(_FORMAT_ATTR.sub(lambda a: f'getattr(self, f"{a[1]}")', line) + "\n")
+    return Fix("".join(lines), "format_attribute", "self.name{i} -> setattr(self, f\"name{i}\", ...) / getattr(self, f\"name{i}\")")
 
 
 def _unflattened(code: str, tree: ast.Module, error: str) -> Fix | None:
@@ -239,11 +285,10 @@ def _pool_too_small(code: str, tree: ast.Module, error: str) -> Fix | None:
     m = _MODULE.search(error)
     if not _TOO_SMALL.search(error) or not m or m.group(2) not in _POOLS:
         return None
-    attr = m.group(1).rsplit(".", 1)[-1]
-    edits = [(call, "nn.Identity()") for call in _layer_calls(tree, attr, m.group(2))]
+    edits = [(call, "nn.Identity()") for call in _layer_calls(tree, m.group(1), m.group(2))]
     if not edits:
         return None
-    return Fix(_splice(code, edits), "drop_pool", f"self.{attr}: {m.group(2)} on a too-small map -> nn.Identity()")
+    return Fix(_splice(code, edits), "drop_pool", f"self.{m.group(1)}: {m.group(2)} on a too-small map -> nn.Identity()")
 
 
 def _unknown_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
@@ -581,15 +626,36 @@ def _is_self_attr(target: ast.expr, attr: str) -> bool:
         isinstance(target.value, ast.Name) and target.value.id == "self"
 
 
-def _layer_calls(tree: ast.Module, attr: str, kind: str) -> list[ast.Call]:
-    """The calls building `self.<attr> = nn.<kind>(...)`, wherever they are."""
+def _layer_calls(tree: ast.Module, path: str, kind: str) -> list[ast.Call]:
+    """The calls building the module at `path` as torch names it: `self.conv1 = nn.<kind>(...)` for
+    `conv1` or `block.conv1`, and the element of `self.features = nn.Sequential(...)` (or ModuleList) for
+    `features.0`, wherever they are."""
+    parts = path.split(".")
+    named = [i for i, part in enumerate(parts) if not part.isdigit()]
+    if not named:
+        return []
+    attr, indexes = parts[named[-1]], [int(p) for p in parts[named[-1] + 1:]]
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and _is_self_attr(node.targets[0], attr) \
                 and isinstance(node.value, ast.Call):
-            if _call_name(node.value) == kind:
-                out.append(node.value)
+            call = _element(node.value, indexes)
+            if call is not None and _call_name(call) == kind:
+                out.append(call)
     return out
+
+
+def _element(call: ast.Call, indexes: list[int]) -> ast.Call | None:
+    """The layer at `indexes` inside nested nn.Sequential(a, b, ...) / nn.ModuleList([a, b, ...])."""
+    for i in indexes:
+        name = _call_name(call)
+        items = call.args if name == "Sequential" else \
+            call.args[0].elts if name == "ModuleList" and call.args and isinstance(call.args[0], ast.List) else []
+        if any(isinstance(item, ast.Starred) for item in items[: i + 1]) or i >= len(items) \
+                or not isinstance(items[i], ast.Call):
+            return None
+        call = items[i]
+    return call
 
 
 def _init_of(tree: ast.Module, cls: str) -> ast.FunctionDef | None:

@@ -183,6 +183,29 @@ DEVICE_KW = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
 DEVICE_KW_ERR = ('File "<candidate>", line 9, in __init__\n    self.pool = nn.MaxPool2d(2, device=device)\n'
                  "TypeError: _MaxPoolNd.__init__() got an unexpected keyword argument 'device'")
 
+# Seen from the 1.5B model (fm15-k): one conv applied to the image and again to its own output.
+SHARED = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14") \
+    .replace("x = self.pool(F.relu(self.conv1(x)))", "x = F.relu(self.conv1(x))\n        x = self.pool(F.relu(self.conv1(x)))")
+SHARED_ERR = """File "<candidate>", line 15, in forward
+    x = self.pool(F.relu(self.conv1(x)))
+RuntimeError: Given groups=1, weight of size [16, 1, 3, 3], expected input[2, 16, 28, 28] to have 1 channels, but got 16 channels instead
+in module 'conv1' = Conv2d(1, 16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)), called with input shape (2, 16, 28, 28)"""
+
+# Seen twice in fm15-k: an attribute name written like an f-string.
+FORMAT_ATTR = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
+    "        self.pool = nn.MaxPool2d(2)\n",
+    "        self.pool = nn.MaxPool2d(2)\n        for i in range(2, 4):\n"
+    "            self.conv{i} = nn.Conv2d(16, 16, 3, padding=1)\n") \
+    .replace("        x = torch.flatten(x, 1)\n",
+             "        for i in range(2, 4):\n            x = F.relu(self.conv{i}(x))\n        x = torch.flatten(x, 1)\n")
+FORMAT_ATTR_ERR = """SyntaxError: invalid syntax (line 11, column 22)
+  line 11: self.conv{i} = nn.Conv2d(16, 16, 3, padding=1)"""
+
+# A layer inside nn.Sequential, named by its index (fm15-g…k: `fc_block.0`, `se1.excitation.0`).
+IN_SEQUENTIAL = WRONG_FLATTEN.replace("self.fc1 = nn.Linear(16 * 7 * 7, 32)",
+                                      "self.fc1 = nn.Sequential(nn.Dropout(0.1), nn.Sequential(nn.Linear(16 * 7 * 7, 32)))")
+IN_SEQUENTIAL_ERR = WRONG_FLATTEN_ERR.replace("in module 'fc1'", "in module 'fc1.1.0'")
+
 CASES = {
     "lazy_linear": (WRONG_FLATTEN, WRONG_FLATTEN_ERR, "nn.LazyLinear(32)"),
     "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_ERR, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
@@ -197,6 +220,8 @@ CASES = {
     "helper_device": (HELPER_DEVICE, HELPER_DEVICE_ERR, "nn.Conv2d(c_in, c_out, 3, padding=1)\n"
                       "        self.bn = nn.BatchNorm2d(c_out)\n\n    def forward(self, x):\n"
                       "        return F.relu(self.bn(self.conv(x))) + torch.zeros(1, device=x.device)"),
+    "unshare_layer": (SHARED, SHARED_ERR, "# keep this comment\n        self.conv1_2 = nn.LazyConv2d(16, 3, padding=1)\n"),
+    "format_attribute": (FORMAT_ATTR, FORMAT_ATTR_ERR, 'setattr(self, f"conv{i}", nn.Conv2d(16, 16, 3, padding=1))'),
     "lazy_from_attribute": (LAZY_FROM_ATTRIBUTE, LAZY_FROM_ATTRIBUTE_ERR, "self.fc1 = nn.LazyLinear(32)"),
 }
 
@@ -209,6 +234,28 @@ def test_rule_applies_and_keeps_the_rest(rule):
     assert expected in fix.code
     assert "# keep this comment" in fix.code  # a fix edits the offending layer only
     assert fix.description
+
+
+def test_shared_layer_gets_a_copy_at_its_later_uses_only():
+    fix = find_fix(SHARED, SHARED_ERR)
+    assert "self.conv1 = nn.LazyConv2d(16, 3, padding=1)" in fix.code
+    assert "x = F.relu(self.conv1(x))\n        x = self.pool(F.relu(self.conv1_2(x)))" in fix.code
+    # A layer used once is not shared: the plain input-size rule handles it.
+    assert find_fix(WRONG_CHANNELS, WRONG_CHANNELS_ERR).rule == "lazy_conv2d"
+
+
+def test_format_attributes_are_read_with_getattr():
+    fix = find_fix(FORMAT_ATTR, FORMAT_ATTR_ERR)
+    assert 'x = F.relu(getattr(self, f"conv{i}")(x))' in fix.code
+    assert find_fix(FORMAT_ATTR, "RuntimeError: boom") is None  # only for the syntax error
+
+
+def test_a_layer_inside_sequential_is_found_by_its_index():
+    fix = find_fix(IN_SEQUENTIAL, IN_SEQUENTIAL_ERR)
+    assert fix.rule == "lazy_linear"
+    assert "nn.Sequential(nn.Dropout(0.1), nn.Sequential(nn.LazyLinear(32)))" in fix.code
+    for path in ("fc1.0", "fc1.1.1", "fc1.2", "fc1"):  # a dropout, past the end, the container itself
+        assert find_fix(IN_SEQUENTIAL, IN_SEQUENTIAL_ERR.replace("'fc1.1.0'", f"'{path}'")) is None, path
 
 
 def test_an_init_argument_used_as_an_attribute_is_stored():
@@ -371,6 +418,13 @@ def test_fixed_code_builds_runs_and_is_measured(rule, evaluator):
     after = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=fixed, dataset="mnist-5k", max_flops=1))
     assert after.status == "over_budget" and after.stage == "measure", after.error
     assert after.params and after.params > 0
+
+
+def test_fixed_sequential_layer_builds(evaluator):
+    cfg, ev = evaluator
+    fixed = find_fix(IN_SEQUENTIAL, IN_SEQUENTIAL_ERR).code
+    after = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=fixed, dataset="mnist-5k", max_flops=1))
+    assert after.status == "over_budget" and after.stage == "measure", after.error
 
 
 def test_fixed_inplace_code_trains(evaluator):
