@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from tools.autofix.edit import parses
+
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S | re.I)
 _FENCE = re.compile(r"^\s*(```|~~~)\s*([\w+\-.]*)\s*$")
 _DEFINES_NET = re.compile(r"^\s*class\s+Net\b", re.M)
@@ -64,14 +66,6 @@ def _fenced_blocks(text: str) -> list[tuple[str, str, bool]]:
     return blocks
 
 
-def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-        return True
-    except (SyntaxError, ValueError):
-        return False
-
-
 def _pick(blocks: list[tuple[str, str, bool]]) -> tuple[str, bool]:
     py = [b for b in blocks if b[0] in _PY_LANGS and b[1].strip()] or [b for b in blocks if b[1].strip()]
     if not py:
@@ -80,7 +74,7 @@ def _pick(blocks: list[tuple[str, str, bool]]) -> tuple[str, bool]:
     if with_net:
         # When a reply shows a module twice (before/after a fix), the later one is the answer,
         # unless only an earlier one is valid Python (the later one may be cut off).
-        parsing = [b for b in with_net if _parses(b[1])]
+        parsing = [b for b in with_net if parses(b[1])]
         lang, body, closed = (parsing or with_net)[-1]
     else:
         lang, body, closed = max(py, key=lambda b: len(b[1]))
@@ -109,7 +103,7 @@ def _strip_prose(text: str) -> str:
     if start is None:
         return _indented_code(lines)
     lines = lines[start:]
-    while lines and not _parses("\n".join(lines)):
+    while lines and not parses("\n".join(lines)):
         last = lines[-1]
         if last.strip() and (last[0].isspace() or _CODE_LINE.match(last)):
             break  # broken code, not prose: leave it for the evaluator to report
@@ -190,7 +184,7 @@ def extract(reply: str) -> Extracted:
     if blocks:
         source: Source = "fence" if closed else "unclosed_fence"
         # A fence holding prose plus code (rare) is cleaned the same way as an unfenced reply.
-        code = body if _parses(body) or not _strip_prose(body) else _strip_prose(body)
+        code = body if parses(body) or not _strip_prose(body) else _strip_prose(body)
     else:
         code, source = _strip_prose(text), "bare"
     code = drop_usage_script(code.strip("\n")).strip("\n")

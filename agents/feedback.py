@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from agents.schemas import HistoryEntry
-from tools.autofix import budget_excess
+from tools.evaluator.messages import MATMUL, budget_excess
 
 _HINTS: list[tuple[re.Pattern[str], str]] = [(re.compile(p, re.I), h) for p, h in [
     (r"has no attribute 'flatten'",
@@ -76,9 +76,6 @@ def key_error_line(error: str) -> str:
     return (exc[-1] if exc else lines[0])[:300]
 
 
-_MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x\d+\)")
-
-
 def _budget_hint(error: str) -> str:
     """How far over budget, and the width cut that fixes it (cost grows with width squared)."""
     ratios = [measured / budget for measured, budget in budget_excess(error).values() if budget > 0]
@@ -91,7 +88,7 @@ def _budget_hint(error: str) -> str:
 
 
 def error_hint(status: str, error: str) -> str:
-    m = _MATMUL.search(error)
+    m = MATMUL.search(error)
     if m:
         rows, got, want = m.groups()
         return (f"The flattened tensor has {got} features but the nn.Linear after the flatten expects {want}. "

@@ -6,7 +6,8 @@ import re
 import pytest
 
 from nasgraph.config import load_config
-from tools.autofix import _ALIASES, find_fix
+from tools.autofix import find_fix
+from tools.autofix.names import ALIASES, NN_LAYERS
 from tools.evaluator import EvalRequest, Evaluator
 
 HEAD = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n"
@@ -304,8 +305,7 @@ def test_device_keyword_is_dropped_where_the_callee_takes_none():
 
 def test_bare_names_are_real_torch_layers():
     import torch.nn
-    from tools.autofix import _NN_LAYERS
-    assert all(isinstance(getattr(torch.nn, n, None), type) for n in _NN_LAYERS)
+    assert all(isinstance(getattr(torch.nn, n, None), type) for n in NN_LAYERS)
     assert find_fix(BARE_NAME, BARE_NAME_ERR.replace("'Identity'", "'Residual'")) is None  # not torch's
 
 
@@ -331,7 +331,7 @@ def test_unknown_names_are_replaced_everywhere_through_the_imports():
 
 def test_aliases_replace_names_torch_lacks_by_names_it_has():
     torch = importlib.import_module("torch")
-    for module_name, aliases in _ALIASES.items():
+    for module_name, aliases in ALIASES.items():
         module = importlib.import_module(module_name)
         for bad, good in aliases.items():
             assert not hasattr(module, bad), bad

@@ -1,0 +1,154 @@
+"""Rules for layers built for the wrong input size: wrong flatten sizes and channel counts, a layer
+shared by inputs of different sizes, `groups` that do not divide the channels, a pool on a too-small map."""
+from __future__ import annotations
+
+import ast
+import re
+
+from tools.evaluator import messages as msg
+
+from .edit import Fix, call_name, is_self_attr, layer_calls, splice, span
+
+
+# Layers whose input size can be inferred at the first forward (the harness runs one before training).
+_LAZY = {"Linear": "nn.LazyLinear", "Conv2d": "nn.LazyConv2d", "BatchNorm2d": "nn.LazyBatchNorm2d"}
+_LAZY_KW = {"Linear": "in_features", "Conv2d": "in_channels", "BatchNorm2d": "num_features"}
+_POOLS = ("MaxPool2d", "AvgPool2d")
+_SIZE_ATTRS = {"out_features", "out_channels", "in_features", "in_channels", "num_features"}
+
+
+def fix_unflattened(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """A Linear fed a 4-D map: flatten before it, and let the Linear infer its input size."""
+    m = msg.MODULE.search(error)
+    if not m or m.group(2) != "Linear" or not msg.MATMUL.search(error):
+        return None
+    shape = [int(s) for s in m.group(3).split(",") if s.strip()]
+    if len(shape) <= 2:
+        return None
+    attr = m.group(1).rsplit(".", 1)[-1]
+    line_no = msg.candidate_line(error)
+    lines = code.splitlines(keepends=True)
+    if line_no is None or not (1 <= line_no <= len(lines)):
+        return None
+    line = lines[line_no - 1]
+    call = re.search(rf"self\.{re.escape(attr)}\((\w+)\)", line)
+    if not call:
+        return None
+    var = call.group(1)
+    indent = line[: len(line) - len(line.lstrip())]
+    lines.insert(line_no - 1, f"{indent}{var} = torch.flatten({var}, 1)\n")
+    flattened = "".join(lines)
+    lazy = fix_lazy_input_size(flattened, ast.parse(flattened), error)
+    return Fix(lazy.code if lazy else flattened, "flatten_before_linear",
+               f"flatten {var} before self.{attr} (it was called on a {len(shape)}-D tensor)"
+               + ("; " + lazy.description if lazy else ""))
+
+
+def fix_shared_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """One layer applied at several places to inputs of different sizes (self.conv1 on the image, then on
+    a 128-channel map): every place after the first gets its own copy, and all infer their input size."""
+    m = msg.MODULE.search(error)
+    if not m or m.group(2) not in _LAZY or not (msg.MATMUL.search(error) or msg.CHANNELS.search(error)):
+        return None
+    attr, kind = m.group(1).rsplit(".", 1)[-1], m.group(2)
+    built = [(cls, n) for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef) for n in ast.walk(cls)
+             if isinstance(n, ast.Assign) and len(n.targets) == 1 and is_self_attr(n.targets[0], attr)
+             and call_name(n.value) in (kind, _LAZY[kind][3:])]
+    if len(built) != 1:
+        return None
+    cls, assign = built[0]  # the uses in that class only: another class may have its own self.<attr>
+    uses = sorted((n for n in ast.walk(cls) if isinstance(n, ast.Call) and is_self_attr(n.func, attr)),
+                  key=lambda n: (n.lineno, n.col_offset))
+    if len(uses) < 2:
+        return None
+    layer = ast.unparse(assign.value) if call_name(assign.value).startswith("Lazy") else _lazy_call(assign.value, kind)
+    names, k = [], 2
+    while len(names) < len(uses) - 1:
+        if not re.search(rf"\b{attr}_{k}\b", code):
+            names.append(f"{attr}_{k}")
+        k += 1
+    indent = " " * assign.col_offset
+    edits = [(assign.value, layer), (span((assign.end_lineno or assign.lineno) + 1, 0),
+                                      "".join(f"{indent}self.{name} = {layer}\n" for name in names))]
+    edits += [(use.func, f"self.{name}") for use, name in zip(uses[1:], names)]
+    return Fix(splice(code, edits), "unshare_layer",
+               f"self.{attr} was applied at {len(uses)} places to different input sizes; each later place gets "
+               f"its own {layer}: {', '.join('self.' + n for n in names)}")
+
+
+def fix_lazy_input_size(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """Linear / Conv2d / BatchNorm2d built for the wrong input size: let it infer the size instead."""
+    m = msg.MODULE.search(error)
+    if not m or m.group(2) not in _LAZY or not (msg.MATMUL.search(error) or msg.CHANNELS.search(error)):
+        return None
+    path, kind = m.group(1), m.group(2)
+    edits = [(call, _lazy_call(call, kind)) for call in layer_calls(tree, path, kind)]
+    if not edits:
+        return None
+    return Fix(splice(code, edits), f"lazy_{kind.lower()}",
+               f"self.{path}: {kind} -> {_LAZY[kind]} (input size inferred at the first forward)")
+
+
+def fix_groups(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """groups that do not divide the channels: drop `groups` from that conv, and from every other conv
+    whose literal groups visibly does not divide its literal channels (seen: four in one module, and
+    one fix per error would spend the fix budget on them)."""
+    line_no = msg.candidate_line(error)
+    if not msg.GROUPS.search(error) or line_no is None:
+        return None
+    at_line = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and any(k.arg == "groups" for k in n.keywords)
+               and n.lineno <= line_no <= (n.end_lineno or n.lineno)]
+    if len(at_line) != 1:
+        return None
+    broken = [n for n in ast.walk(tree) if call_name(n).startswith("Conv") and _groups_break(n) and n not in at_line]
+    edits = [(n, ast.unparse(ast.Call(func=n.func, args=n.args, keywords=[k for k in n.keywords if k.arg != "groups"])))
+             for n in at_line + broken]
+    lines = ", ".join(str(n.lineno) for n in sorted(at_line + broken, key=lambda n: n.lineno))
+    return Fix(splice(code, edits), "drop_groups", f"removed groups from the conv(s) on line(s) {lines}")
+
+
+def _groups_break(call: ast.Call) -> bool:
+    """nn.Conv2d(32, 64, 3, groups=64): literal groups that do not divide a literal channel count."""
+    groups = next((k.value for k in call.keywords if k.arg == "groups"), None)
+    if not (isinstance(groups, ast.Constant) and type(groups.value) is int and groups.value > 1):
+        return False
+    channels = [*call.args[:2], *(k.value for k in call.keywords if k.arg in ("in_channels", "out_channels"))]
+    return any(isinstance(c, ast.Constant) and type(c.value) is int and c.value % groups.value for c in channels)
+
+
+def fix_pool_too_small(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """A pooling layer applied to a map smaller than its kernel: drop that pooling step."""
+    m = msg.MODULE.search(error)
+    if not msg.TOO_SMALL.search(error) or not m or m.group(2) not in _POOLS:
+        return None
+    edits = [(call, "nn.Identity()") for call in layer_calls(tree, m.group(1), m.group(2))]
+    if not edits:
+        return None
+    return Fix(splice(code, edits), "drop_pool", f"self.{m.group(1)}: {m.group(2)} on a too-small map -> nn.Identity()")
+
+
+def fix_lazy_from_attribute(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """A layer's input size read from a layer without that attribute (pool.out_features): infer it instead."""
+    m, line = msg.NO_ATTR.search(error), msg.candidate_line(error)
+    if not m or m.group(2) not in _SIZE_ATTRS or line is None:
+        return None
+    edits = []
+    for node in ast.walk(tree):
+        kind = call_name(node)
+        if kind in _LAZY and node.lineno <= line <= (node.end_lineno or node.lineno):
+            size = [*node.args[:1], *(k.value for k in node.keywords if k.arg == _LAZY_KW[kind])]
+            if any(isinstance(n, ast.Attribute) and n.attr == m.group(2) for arg in size for n in ast.walk(arg)):
+                edits.append((node, _lazy_call(node, kind)))
+    if not edits:
+        return None
+    return Fix(splice(code, edits), "lazy_from_attribute",
+               f"line {line} read .{m.group(2)} of a {m.group(1)}, which has none: "
+               + ", ".join(f"{call_name(n)} -> {_LAZY[call_name(n)]}" for n, _ in edits)
+               + " (input size inferred at the first forward)")
+
+
+def _lazy_call(call: ast.Call, kind: str) -> str:
+    """nn.Linear(a, b, ...) as nn.LazyLinear(b, ...): the same layer without its input size."""
+    keywords = [k for k in call.keywords if k.arg != _LAZY_KW[kind]]
+    args = call.args[1:]  # the input size, when given positionally
+    return ast.unparse(ast.Call(func=ast.parse(_LAZY[kind], mode="eval").body, args=args, keywords=keywords))
