@@ -13,6 +13,7 @@ The prompt is kept within a character budget because the model has a 4096-token 
 from __future__ import annotations
 
 import ast
+import re
 from collections import Counter
 from collections.abc import Sequence
 
@@ -25,7 +26,7 @@ from agents.prompts import RenderedPrompt, pair_sha, render
 from agents.schemas import BestDesign, Generation, HistoryEntry, Task
 
 __all__ = ["AgentError", "Generation", "Task", "build_prompt", "compact_code", "generate", "layer_kinds", "repair",
-           "task_values"]
+           "shorten", "task_values"]
 
 # ~2.9k tokens are left for the prompt in a 4096 context with a 1200-token reply; the system prompt
 # takes ~500, so the user part gets about 6000 characters (code runs ~3 characters per token).
@@ -33,6 +34,7 @@ USER_CHAR_BUDGET = 6000
 BLOCK_CHARS = 1400  # a retrieved block longer than this is not shown (the retriever skips it)
 REPAIR_CODE_CHARS = 5000
 ERROR_CHARS = 600
+_DESIGN = re.compile(r"#\s*design\s*:\s*(.+)", re.I)  # the `# Design: ...` line the system prompt asks for
 
 
 def task_values(task: Task) -> dict[str, object]:
@@ -122,7 +124,7 @@ def _generation(llm: BaseChatModel, system: RenderedPrompt, user: RenderedPrompt
     return Generation(
         code=ex.code, extract_source=ex.source, added_imports=ex.added_imports, reply=reply.text,
         prompt=user.text, prompt_name=user.name, prompt_sha=pair_sha(system, user), tokens_in=reply.tokens_in,
-        tokens_out=reply.tokens_out, tokens_estimated=reply.estimated, seconds=round(reply.seconds, 3),
+        tokens_out=reply.tokens_out, tokens_estimated=reply.estimated, seconds=round(reply.seconds, 3), cut=reply.cut,
     )
 
 
@@ -176,5 +178,21 @@ def repair(llm: BaseChatModel, task: Task, code: str, error: str, status: str) -
     user = render(
         "code_generator.repair", in_shape=tuple(task.in_shape), classes=task.classes, status=status,
         error=_short_error(error), line=f"Offending {line}" if line else "", hint=hint, code=code.rstrip(),
+    )
+    return _generation(llm, system, user)
+
+
+def shorten(llm: BaseChatModel, task: Task, code: str) -> Generation:
+    """Ask again, much shorter, for a design whose reply was cut at the token limit. Shown the unfinished
+    code and its error, the 1.5B model wrote the same long module and was cut again: in fm15-i and fm15-k,
+    all 7 iterations whose first reply was cut failed, and 9 of their 14 repairs were cut too. So the prompt
+    names the design and its layers, not the code."""
+    design = next((m.group(1) for ln in code.splitlines() if (m := _DESIGN.match(ln.strip()))), "")
+    kinds = layer_kinds(code)
+    system = render("code_generator.system")
+    user = render(
+        "code_generator.shorten", in_shape=tuple(task.in_shape), classes=task.classes, lines=len(code.splitlines()),
+        design=f"Its design: {design}\n" if design else "",
+        kinds=f"Its layers so far: {kinds}\n" if kinds else "",
     )
     return _generation(llm, system, user)

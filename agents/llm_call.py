@@ -21,6 +21,7 @@ class Reply:
     tokens_out: int
     estimated: bool
     seconds: float
+    cut: bool = False  # stopped at the token limit, not at its end
 
 
 def _text(message: BaseMessage) -> str:
@@ -45,6 +46,12 @@ def _usage(message: BaseMessage) -> tuple[int, int] | None:
     return None
 
 
+def _cut(message: BaseMessage) -> bool:
+    """Whether the backend stopped the reply at its token limit (OpenAI-style finish_reason, Ollama's done_reason)."""
+    meta = getattr(message, "response_metadata", None) or {}
+    return "length" in (meta.get("finish_reason"), meta.get("done_reason"))
+
+
 def estimate_tokens(text: str) -> int:
     # ~4 characters per token for English and Python with a BPE vocabulary; only used for traces
     # when the backend reports nothing (LangChain's own counter would download a tokenizer).
@@ -62,5 +69,6 @@ def call(llm: BaseChatModel, system: RenderedPrompt, user: RenderedPrompt, agent
     text = _text(message)
     usage = _usage(message)
     if usage is None:
-        return Reply(text, estimate_tokens(system.text + user.text), estimate_tokens(text), True, seconds)
-    return Reply(text, usage[0], usage[1], False, seconds)
+        return Reply(text, estimate_tokens(system.text + user.text), estimate_tokens(text), True, seconds,
+                     _cut(message))
+    return Reply(text, usage[0], usage[1], False, seconds, _cut(message))

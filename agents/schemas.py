@@ -76,6 +76,7 @@ class CallMeta(BaseModel):
 class Generation(CallMeta):
     code: str
     extract_source: str = Field("", description="fence / unclosed_fence / bare / empty")
+    cut: bool = Field(False, description="the reply stopped at the token limit, so the module is unfinished")
     added_imports: list[str] = Field(default_factory=list)
 
 

@@ -45,6 +45,10 @@ def analyze(cfg, run_id: str, limit: int | None = None) -> dict:
         return {"n_valid": len(accs), "best": max(accs) if accs else None,
                 "mean": round(statistics.mean(accs), 4) if accs else None}
 
+    # Replies stopped at the token limit; runs traced before the `cut` flag count a reply of the
+    # configured max_tokens as cut.
+    replies = [e for e in events if e["node"] in ("generate", "repair")]
+    cut = [e for e in replies if e.get("cut", (e.get("tokens_out") or 0) >= cfg.llm.max_tokens - 1)]
     n = len(records)
     if limit is None:
         stats = _state_stats(cfg, run_id)
@@ -62,6 +66,8 @@ def analyze(cfg, run_id: str, limit: int | None = None) -> dict:
         "duplicates": n - len(fresh),
         "rule_fixes": sum(e["node"] == "fix" for e in events),
         "llm_repairs": sum(e["node"] == "repair" for e in events),
+        "replies_cut": f"{len(cut)}/{len(replies)}",
+        "iterations_failed_after_a_cut": len({e["iteration"] for e in cut} - {r["iteration"] for r in ok}),
         "near_copies": len(near),
         "near_copy_share": round(len(near) / max(1, len(ok)), 3),
         "near_copies_minhash": len(minhash_near),

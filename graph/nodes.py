@@ -99,7 +99,7 @@ class Nodes:
                                                novelty_threshold=self.d.cfg.loop.novelty_threshold)
         event = {**_llm_event(meta), "triple": triple.model_dump(), "parse_mode": meta.parse_mode,
                  "repeated": meta.repeated}
-        return {"triple": triple.model_dump(), "code": None, "outcome": None, "repairs": 0, "fixes": 0,
+        return {"triple": triple.model_dump(), "code": None, "cut": False, "outcome": None, "repairs": 0, "fixes": 0,
                 "first_status": None, "arch_id": None, "drafts": [], "novelty": None, "nearest": None,
                 "blocks": [], "_event": event}
 
@@ -114,7 +114,8 @@ class Nodes:
         gen = code_generator.generate(_llm_for(self.d, state), _task(state), Triple(**state["triple"]).as_instruction(),
                                       window, _best(state), state.get("blocks") or [],
                                       novelty_threshold=self.d.cfg.loop.novelty_threshold)
-        return {"code": gen.code, "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code}}
+        return {"code": gen.code, "cut": gen.cut,
+                "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code, "cut": gen.cut}}
 
     def repair(self, state: LoopState) -> dict:
         outcome = state["outcome"]
@@ -122,11 +123,15 @@ class Nodes:
         # returned its input unchanged.
         hotter = 0.2 if "repeat_of" in outcome.get("detail", {}) else 0.1 * state.get("repairs", 0)
         temperature = min(1.0, self.d.cfg.llm.temperature + hotter) if hotter else None
-        gen = code_generator.repair(_llm_for(self.d, state, temperature), _task(state), state["code"],
-                                    outcome["error"], outcome["status"])
-        return {"code": gen.code, "repairs": state.get("repairs", 0) + 1, "outcome": None,
-                "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code,
-                           "repairing": outcome["status"], "temperature": temperature}}
+        llm = _llm_for(self.d, state, temperature)
+        if state.get("cut"):  # an unfinished module: ask for the design again, shorter, not for a fix
+            gen = code_generator.shorten(llm, _task(state), state["code"])
+        else:
+            gen = code_generator.repair(llm, _task(state), state["code"], outcome["error"], outcome["status"])
+        return {"code": gen.code, "cut": gen.cut, "repairs": state.get("repairs", 0) + 1, "outcome": None,
+                "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code, "cut": gen.cut,
+                           "repairing": outcome["status"], "shortening": bool(state.get("cut")),
+                           "temperature": temperature}}
 
     # -- tools -------------------------------------------------------------------------------
     def fix(self, state: LoopState) -> dict:

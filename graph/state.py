@@ -32,6 +32,7 @@ class LoopState(TypedDict, total=False):
     triple: dict[str, Any] | None        # the Prompt Improver's current triple
     blocks: list[str]                    # retrieved blocks for this iteration (RAG node, when enabled)
     code: str | None                     # the candidate in flight
+    cut: bool                            # the reply behind it stopped at the token limit (code unfinished)
     first_status: str | None             # status of the iteration's first attempt
     repairs: int                         # LLM repairs spent on this iteration
     fixes: int                           # rule-based fixes (tools.autofix) applied in this iteration

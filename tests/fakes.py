@@ -11,6 +11,9 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 
+CUT = "<<cut>>"  # a scripted reply that starts with this stops at the token limit, as a backend reports it
+
+
 class ScriptedChatModel(BaseChatModel):
     improver: list[str] = []
     generator: list[str] = []
@@ -27,8 +30,11 @@ class ScriptedChatModel(BaseChatModel):
         self.calls.append(role)
         text = queue.pop(0) if queue else (
             "PROBLEM: none\nMODIFICATION: widen the first conv\nEXPECTED: better" if role == "improver" else "")
+        cut = text.startswith(CUT)
+        text = text.removeprefix(CUT)
         msg = AIMessage(content=text, usage_metadata={"input_tokens": 10, "output_tokens": len(text) // 4,
-                                                      "total_tokens": 10 + len(text) // 4})
+                                                      "total_tokens": 10 + len(text) // 4},
+                        response_metadata={"finish_reason": "length" if cut else "stop"})
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
 

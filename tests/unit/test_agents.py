@@ -156,6 +156,20 @@ def test_repair_puts_error_line_and_hint_in_prompt_and_restores_imports() -> Non
     assert broken.strip() in user
 
 
+def test_a_cut_reply_is_flagged_and_asked_again_by_design_not_code() -> None:
+    cut = AIMessage(content="```python\n# Design: six conv stages\n" + GOOD.split("def forward")[0],
+                    response_metadata={"finish_reason": "length"})
+    gen = cg.generate(recording(cut), TASK, "six conv stages", [], None)
+    assert gen.cut and not cg.generate(recording(f"```python\n{GOOD}```"), TASK, "x", [], None).cut
+    llm = recording(f"```python\n{GOOD}```")
+    again = cg.shorten(llm, TASK, gen.code)
+    assert again.prompt_name == "code_generator.shorten" and not again.cut
+    user = llm.seen[0][1].content
+    assert "Its design: Design: six conv stages" not in user and "Its design: six conv stages" in user
+    assert "Its layers so far: Conv2d x1, AdaptiveAvgPool2d x1, Linear x1" in user
+    assert "self.conv" not in user  # the design is named, not shown: shown, it came back as long
+
+
 def test_llm_failure_is_a_clear_agent_error() -> None:
     with pytest.raises(cg.AgentError, match="code_generator: the LLM call failed: ConnectionError"):
         cg.generate(Broken(responses=["x"]), TASK, "x", [], None)

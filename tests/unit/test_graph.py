@@ -7,7 +7,7 @@ from graph.run import RunPaths, run_loop
 from graph.trace import read_events
 from nasgraph.config import load_config
 from tests import candidates as C
-from tests.fakes import FakeHandle, ScriptedChatModel
+from tests.fakes import CUT, FakeHandle, ScriptedChatModel
 from tools.store import Store
 
 
@@ -86,6 +86,21 @@ def test_regression_prose_only_reply_is_repaired_not_a_duplicate(cfg):
     events = list(read_events(RunPaths(cfg.runs_dir / "r4").trace))
     assert [e["status"] for e in events if e["node"] == "record"] == ["ok", "build_error"]
     assert not any(e["node"] == "fingerprint" and e["code_hash"] == "e3b0c44298fc1c14" for e in events)
+
+
+def test_a_reply_cut_at_the_token_limit_is_asked_again_shorter(cfg):
+    # Seen from the 1.5B model: a reply cut at the token limit, repaired from its unfinished code, was
+    # written out as long again and cut again.
+    reply = C.fenced(C.VALID)
+    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[CUT + reply[: len(reply) * 2 // 3], C.fenced(C.wide(6))])
+    summary = run_loop(cfg, FakeHandle(llm), run_id="r-cut", iterations=1)
+    assert summary["valid_after_repair"] == 1.0
+    events = list(read_events(RunPaths(cfg.runs_dir / "r-cut").trace))
+    gen = next(e for e in events if e["node"] == "generate")
+    again = next(e for e in events if e["node"] == "repair")
+    assert gen["cut"] is True and again["cut"] is False
+    assert again["prompt"] == "code_generator.shorten" and again["shortening"] is True
+    assert "cut off at the length limit" in again["prompt_text"] and "class Net" not in again["prompt_text"]
 
 
 def test_regression_repair_echoing_failed_code_is_repaired_again_not_a_duplicate(cfg):
