@@ -259,6 +259,17 @@ def test_a_layer_inside_sequential_is_found_by_its_index():
         assert find_fix(IN_SEQUENTIAL, IN_SEQUENTIAL_ERR.replace("'fc1.1.0'", f"'{path}'")) is None, path
 
 
+@pytest.mark.parametrize("attr, layer", [("pool2", "nn.MaxPool2d(2)"), ("avgpool", "nn.AdaptiveAvgPool2d(1)"),
+                                         ("relu_1", "nn.ReLU()")])
+def test_a_numbered_layer_never_defined_is_defined(attr, layer):
+    # Seen from the 1.5B model (fm15-l): forward used self.pool2, __init__ never built it.
+    code = WRONG_FLATTEN.replace("x = self.pool(F.relu(self.conv1(x)))", f"x = self.{attr}(F.relu(self.conv1(x)))")
+    error = NO_FLATTEN_ATTR_ERR.replace("'flatten'", f"'{attr}'")
+    fix = find_fix(code, error)
+    assert fix.rule == "define_attribute" and f"super().__init__()\n        self.{attr} = {layer}\n" in fix.code
+    assert find_fix(code.replace(attr, "conv2"), error.replace(attr, "conv2")) is None  # a width it cannot guess
+
+
 def test_an_init_argument_used_as_an_attribute_is_stored():
     # Seen from the 1.5B model: self.in_shape read in __init__ though never assigned.
     code = WRONG_FLATTEN.replace("self.fc1 = nn.Linear(16 * 7 * 7, 32)",

@@ -12,10 +12,15 @@ from .edit import (Fix, call_name, import_map, init_of, is_self_attr, is_super_i
                    splice, span, whole_lines)
 
 
-# Layers that stand in for a function or name the generator forgot to define.
+# Layers that stand in for a function or name the generator forgot to define: only layers without
+# widths, so the guess cannot break a shape. Global pools are named as torchvision names them (avgpool).
 _LAYER_FOR = {"flatten": "nn.Flatten()", "relu": "nn.ReLU()", "gelu": "nn.GELU()", "silu": "nn.SiLU()",
               "sigmoid": "nn.Sigmoid()", "tanh": "nn.Tanh()", "softmax": "nn.Softmax(dim=1)",
-              "dropout": "nn.Dropout(0.2)", "identity": "nn.Identity()"}
+              "dropout": "nn.Dropout(0.2)", "identity": "nn.Identity()",
+              **dict.fromkeys(("pool", "maxpool", "max_pool"), "nn.MaxPool2d(2)"),
+              **dict.fromkeys(("avgpool", "avg_pool", "gap", "global_pool", "global_avg_pool", "adaptive_pool",
+                               "adaptive_avg_pool"), "nn.AdaptiveAvgPool2d(1)")}
+_NUMBERED = re.compile(r"_?\d+$")  # pool2, relu_1: numbered copies of the same layer
 # torch layers with weights, whose constructors take device= (activations, pools and dropout do not)
 _WEIGHTED = ("Conv", "Linear", "Lazy", "BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "Embedding", "PReLU")
 # Names the generator invents, none of them in torch (checked against torch 2.x), and what to write
@@ -44,7 +49,7 @@ _FORMAT_ASSIGN = re.compile(r"^(\s*)self\.(\w*\{\w+\}\w*)\s*=\s*(.+?)\s*$")
 
 
 def fix_missing_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
-    """self.flatten / self.relu / ... used but never defined: define the layer; self.in_shape (or
+    """self.flatten / self.relu / self.pool2 ... used but never defined: define the layer; self.in_shape (or
     another __init__ argument) used but never stored: store it."""
     m = msg.NO_ATTR.search(error)
     if not m:
@@ -55,8 +60,8 @@ def fix_missing_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
         return None
     if attr in {a.arg for a in init.args.args[1:]}:
         value = attr
-    elif attr.lower() in _LAYER_FOR:
-        value = _LAYER_FOR[attr.lower()]
+    elif _NUMBERED.sub("", attr.lower()) in _LAYER_FOR:
+        value = _LAYER_FOR[_NUMBERED.sub("", attr.lower())]
     else:
         return None
     first = init.body[0]
