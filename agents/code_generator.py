@@ -25,8 +25,8 @@ from agents.llm_call import AgentError, call
 from agents.prompts import RenderedPrompt, pair_sha, render
 from agents.schemas import BestDesign, Generation, HistoryEntry, Task
 
-__all__ = ["AgentError", "Generation", "Task", "build_prompt", "compact_code", "generate", "layer_kinds", "repair",
-           "shorten", "task_values"]
+__all__ = ["AgentError", "Generation", "Task", "build_prompt", "compact_code", "generate", "layer_kinds", "redraft",
+           "repair", "shorten", "task_values"]
 
 # ~2.9k tokens are left for the prompt in a 4096 context with a 1200-token reply; the system prompt
 # takes ~500, so the user part gets about 6000 characters (code runs ~3 characters per token).
@@ -196,3 +196,14 @@ def shorten(llm: BaseChatModel, task: Task, code: str) -> Generation:
         kinds=f"Its layers so far: {kinds}\n" if kinds else "",
     )
     return _generation(llm, system, user)
+
+
+def redraft(llm: BaseChatModel, task: Task, instruction: str, history: list[HistoryEntry], best: BestDesign | None,
+            error: str, status: str, blocks: Sequence[str] = (), novelty_threshold: float = 0.1) -> Generation:
+    """A new draft of the same design, told how the last draft failed. Shown its failed code to fix, the
+    1.5B model returned it unchanged in 24 of 38 repairs in fm15-k, and none of the 38 gave a valid
+    design; fresh drafts, after the rule fixes, were valid in 11 of 30 iterations."""
+    hint = error_hint(status, error)
+    told = (f"{instruction.strip()}\nThe last draft of this design failed ({status}: {key_error_line(error)})."
+            + (f" {hint}" if hint else "") + " Write a new draft that cannot hit that error.")
+    return generate(llm, task, told, history, best, blocks, novelty_threshold)

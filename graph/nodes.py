@@ -124,14 +124,20 @@ class Nodes:
         hotter = 0.2 if "repeat_of" in outcome.get("detail", {}) else 0.1 * state.get("repairs", 0)
         temperature = min(1.0, self.d.cfg.llm.temperature + hotter) if hotter else None
         llm = _llm_for(self.d, state, temperature)
-        if state.get("cut"):  # an unfinished module: ask for the design again, shorter, not for a fix
+        # An unfinished module (cut at the token limit) is asked for again, shorter, whatever the mode.
+        mode = "shorten" if state.get("cut") else self.d.cfg.loop.repair
+        if mode == "shorten":
             gen = code_generator.shorten(llm, _task(state), state["code"])
+        elif mode == "redraft":
+            window = prompt_improver.window(_history(state), self.d.cfg.loop.history_k)
+            gen = code_generator.redraft(llm, _task(state), Triple(**state["triple"]).as_instruction(), window,
+                                         _best(state), outcome["error"], outcome["status"], state.get("blocks") or [],
+                                         novelty_threshold=self.d.cfg.loop.novelty_threshold)
         else:
             gen = code_generator.repair(llm, _task(state), state["code"], outcome["error"], outcome["status"])
         return {"code": gen.code, "cut": gen.cut, "repairs": state.get("repairs", 0) + 1, "outcome": None,
                 "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code, "cut": gen.cut,
-                           "repairing": outcome["status"], "shortening": bool(state.get("cut")),
-                           "temperature": temperature}}
+                           "repairing": outcome["status"], "mode": mode, "temperature": temperature}}
 
     # -- tools -------------------------------------------------------------------------------
     def fix(self, state: LoopState) -> dict:

@@ -59,6 +59,9 @@ class LoopConfig(BaseModel):
     iterations: int = Field(30, ge=1)
     history_k: int = Field(5, ge=1)
     max_repairs: int = Field(2, ge=0)
+    repair: Literal["redraft", "edit"] = Field(
+        "redraft", description="how an LLM repair asks: a new draft of the same design, told the error (redraft), "
+                               "or the failed code with the error to fix (edit)")
     max_fixes: int = Field(3, ge=0, description="rule-based fixes per iteration (tools.autofix); 0 turns them off")
     novelty_threshold: float = Field(0.1, ge=0, le=1, description="min 1-Jaccard to count as novel")
     prm: dict[str, float | int | str] = Field(default_factory=dict, description="hyperparameters for every candidate")

@@ -99,14 +99,25 @@ def test_a_reply_cut_at_the_token_limit_is_asked_again_shorter(cfg):
     gen = next(e for e in events if e["node"] == "generate")
     again = next(e for e in events if e["node"] == "repair")
     assert gen["cut"] is True and again["cut"] is False
-    assert again["prompt"] == "code_generator.shorten" and again["shortening"] is True
+    assert again["prompt"] == "code_generator.shorten" and again["mode"] == "shorten"
     assert "cut off at the length limit" in again["prompt_text"] and "class Net" not in again["prompt_text"]
+
+
+def test_a_redraft_is_told_the_error_and_not_shown_the_failed_code(cfg):
+    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(C.BUILD_ERROR), C.fenced(C.wide(6))])
+    summary = run_loop(cfg, FakeHandle(llm), run_id="r-redraft", iterations=1)
+    assert summary["valid_after_repair"] == 1.0
+    events = list(read_events(RunPaths(cfg.runs_dir / "r-redraft").trace))
+    again = next(e for e in events if e["node"] == "repair")
+    assert again["mode"] == "redraft" and again["prompt"] == "code_generator.user"
+    assert "The last draft of this design failed (build_error: " in again["prompt_text"]
+    assert "class Net" not in again["prompt_text"]
 
 
 def test_regression_repair_echoing_failed_code_is_repaired_again_not_a_duplicate(cfg):
     # Seen from the 1.5B model: a repair returned its failing input unchanged; the cache then called
     # it a "duplicate" and the iteration ended without a second try.
-    cfg.loop.max_repairs = 2
+    cfg.loop.max_repairs, cfg.loop.repair = 2, "edit"
     handle = FakeHandle(ScriptedChatModel(
         improver=[C.TRIPLE] * 2,
         generator=[C.fenced(C.BUILD_ERROR), C.fenced(C.BUILD_ERROR), C.fenced(C.wide(7)),   # 1: fixed at last
