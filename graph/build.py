@@ -33,5 +33,5 @@ def build_graph(nodes: Nodes, max_repairs: int, checkpointer=None, max_fixes: in
 
 def recursion_limit(iterations: int, max_repairs: int, max_fixes: int = 0) -> int:
     # Worst case per iteration: improve, retrieve, generate, then (check, fingerprint, evaluate, repair
-    # or fix) per attempt, then record.
-    return iterations * (4 + 4 * (max_repairs + max_fixes + 1)) + 50
+    # or fix) per attempt, then record; each of the 1 + max_repairs drafts gets up to max_fixes fixes.
+    return iterations * (4 + 4 * (max_repairs + 1) * (max_fixes + 1)) + 50

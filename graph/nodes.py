@@ -135,7 +135,8 @@ class Nodes:
                                          novelty_threshold=self.d.cfg.loop.novelty_threshold)
         else:
             gen = code_generator.repair(llm, _task(state), state["code"], outcome["error"], outcome["status"])
-        return {"code": gen.code, "cut": gen.cut, "repairs": state.get("repairs", 0) + 1, "outcome": None,
+        # A new draft gets its own rule fixes: a redraft needs them as much as the first draft did.
+        return {"code": gen.code, "cut": gen.cut, "repairs": state.get("repairs", 0) + 1, "fixes": 0, "outcome": None,
                 "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code, "cut": gen.cut,
                            "repairing": outcome["status"], "mode": mode, "temperature": temperature}}
 

@@ -35,7 +35,7 @@ class LoopState(TypedDict, total=False):
     cut: bool                            # the reply behind it stopped at the token limit (code unfinished)
     first_status: str | None             # status of the iteration's first attempt
     repairs: int                         # LLM repairs spent on this iteration
-    fixes: int                           # rule-based fixes (tools.autofix) applied in this iteration
+    fixes: int                           # rule-based fixes (tools.autofix) applied to the current draft
     arch_id: str | None
     drafts: list[str]                    # ids of this iteration's earlier attempts (not novelty rivals)
     novelty: float | None

@@ -138,6 +138,19 @@ def test_regression_repair_echoing_failed_code_is_repaired_again_not_a_duplicate
     store.close()
 
 
+def test_each_draft_gets_its_own_rule_fixes(cfg):
+    # Seen in fm15-m: the first draft spent the iteration's fixes, and the redrafts, which needed a rule
+    # fix as much, failed on errors a rule knew.
+    cfg.loop.max_repairs, cfg.loop.max_fixes = 1, 1
+    wrong = C.VALID.replace("nn.Linear(64, out_shape[0])", "nn.Linear(16 * 7 * 7, out_shape[0])")
+    both = C.BUILD_ERROR.replace("nn.Linear(64, out_shape[0])", "nn.Linear(16 * 7 * 7, out_shape[0])")
+    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(both), C.fenced(wrong)])
+    summary = run_loop(cfg, FakeHandle(llm), run_id="r-fixes", iterations=1)
+    assert summary["valid_after_repair"] == 1.0 and summary["rule_fixes"] == 2
+    events = list(read_events(RunPaths(cfg.runs_dir / "r-fixes").trace))
+    assert [e["node"] for e in events if e["node"] in ("generate", "fix", "repair")] == ["generate", "fix", "repair", "fix"]
+
+
 def test_time_budget_counts_the_seconds_before_a_resume(cfg):
     llm = ScriptedChatModel(improver=[], generator=[C.fenced(C.wide(c)) for c in range(4, 12)])
     first = run_loop(cfg, FakeHandle(llm), run_id="r6", iterations=3)
