@@ -20,13 +20,14 @@ from collections.abc import Sequence
 from langchain_core.language_models import BaseChatModel
 
 from agents.extract import extract
-from agents.feedback import error_hint, history_block, human, key_error_line, offending_line
+from agents.feedback import error_hint, history_block, key_error_line, offending_line
 from agents.llm_call import AgentError, call
 from agents.prompts import RenderedPrompt, pair_sha, render
 from agents.schemas import BestDesign, Generation, HistoryEntry, Task
+from tools.fmt import human
 
-__all__ = ["AgentError", "Generation", "Task", "build_prompt", "compact_code", "generate", "layer_kinds", "redraft",
-           "repair", "shorten", "task_values"]
+__all__ = ["AgentError", "Generation", "Task", "build_prompt", "compact_code", "generate", "layer_kinds",
+           "redraft_instruction", "repair", "shorten", "task_values"]
 
 # ~2.9k tokens are left for the prompt in a 4096 context with a 1200-token reply; the system prompt
 # takes ~500, so the user part gets about 6000 characters (code runs ~3 characters per token).
@@ -198,12 +199,10 @@ def shorten(llm: BaseChatModel, task: Task, code: str) -> Generation:
     return _generation(llm, system, user)
 
 
-def redraft(llm: BaseChatModel, task: Task, instruction: str, history: list[HistoryEntry], best: BestDesign | None,
-            error: str, status: str, blocks: Sequence[str] = (), novelty_threshold: float = 0.1) -> Generation:
-    """A new draft of the same design, told how the last draft failed. Shown its failed code to fix, the
-    1.5B model returned it unchanged in 24 of 38 repairs in fm15-k, and none of the 38 gave a valid
-    design; fresh drafts, after the rule fixes, were valid in 11 of 30 iterations."""
+def redraft_instruction(instruction: str, error: str, status: str) -> str:
+    """The instruction for a new draft of the same design, told how the last draft failed. Shown its failed
+    code to fix, the 1.5B model returned it unchanged in 24 of 38 repairs in fm15-k, and none of the 38
+    gave a valid design; fresh drafts, after the rule fixes, were valid in 11 of 30 iterations."""
     hint = error_hint(status, error)
-    told = (f"{instruction.strip()}\nThe last draft of this design failed ({status}: {key_error_line(error)})."
+    return (f"{instruction.strip()}\nThe last draft of this design failed ({status}: {key_error_line(error)})."
             + (f" {hint}" if hint else "") + " Write a new draft that cannot hit that error.")
-    return generate(llm, task, told, history, best, blocks, novelty_threshold)

@@ -10,6 +10,7 @@ import re
 
 from agents.schemas import HistoryEntry
 from tools.evaluator.messages import MATMUL, budget_excess
+from tools.fmt import human
 
 _HINTS: list[tuple[re.Pattern[str], str]] = [(re.compile(p, re.I), h) for p, h in [
     (r"has no attribute 'flatten'",
@@ -131,16 +132,6 @@ def offending_line(code: str, error: str) -> str:
             if re.search(rf"(?<![\w]){re.escape(ident)}\b", ln) and not ln.lstrip().startswith("#"):
                 return f"line {i}: {ln.strip()}"
     return ""
-
-
-def human(n: int | float | None) -> str:
-    """12_345 -> '12.3k', 5_000_000 -> '5.0M'; short numbers keep small prompts small."""
-    if n is None:
-        return "?"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(int(n))
 
 
 def is_near_copy(entry: HistoryEntry, threshold: float) -> bool:

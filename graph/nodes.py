@@ -109,11 +109,13 @@ class Nodes:
         blocks, info = self.d.retrieve(_task(state), Triple(**state["triple"]))
         return {"blocks": blocks, "_event": {"enabled": True, **info}}
 
-    def generate(self, state: LoopState) -> dict:
+    def _draft(self, state: LoopState, llm, instruction: str) -> code_generator.Generation:
         window = prompt_improver.window(_history(state), self.d.cfg.loop.history_k)
-        gen = code_generator.generate(_llm_for(self.d, state), _task(state), Triple(**state["triple"]).as_instruction(),
-                                      window, _best(state), state.get("blocks") or [],
-                                      novelty_threshold=self.d.cfg.loop.novelty_threshold)
+        return code_generator.generate(llm, _task(state), instruction, window, _best(state), state.get("blocks") or [],
+                                       novelty_threshold=self.d.cfg.loop.novelty_threshold)
+
+    def generate(self, state: LoopState) -> dict:
+        gen = self._draft(state, _llm_for(self.d, state), Triple(**state["triple"]).as_instruction())
         return {"code": gen.code, "cut": gen.cut,
                 "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code, "cut": gen.cut}}
 
@@ -129,10 +131,8 @@ class Nodes:
         if mode == "shorten":
             gen = code_generator.shorten(llm, _task(state), state["code"])
         elif mode == "redraft":
-            window = prompt_improver.window(_history(state), self.d.cfg.loop.history_k)
-            gen = code_generator.redraft(llm, _task(state), Triple(**state["triple"]).as_instruction(), window,
-                                         _best(state), outcome["error"], outcome["status"], state.get("blocks") or [],
-                                         novelty_threshold=self.d.cfg.loop.novelty_threshold)
+            gen = self._draft(state, llm, code_generator.redraft_instruction(
+                Triple(**state["triple"]).as_instruction(), outcome["error"], outcome["status"]))
         else:
             gen = code_generator.repair(llm, _task(state), state["code"], outcome["error"], outcome["status"])
         # A new draft gets its own rule fixes: a redraft needs them as much as the first draft did.

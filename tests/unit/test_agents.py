@@ -92,9 +92,9 @@ def test_generate_extracts_code_and_carries_prompt_and_tokens() -> None:
                    "groups", "nn.SeparableConv2d", "import torch.nn as nn", "no training loop", "# Design:"):
         assert needle in system, needle
     assert "```python\n" not in system  # no example model to copy
-    for needle in ("(128, 1, 28, 28)", "Classes: 10", "2.0M parameters", "300.0M FLOPs",
+    for needle in ("(128, 1, 28, 28)", "Classes: 10", "2M parameters", "300M FLOPs",
                    "use residual blocks with 32 channels", "keep it under a minute per epoch",
-                   "#1 tried: add a conv stage -> ok acc=0.850 params=120.0k", "must visibly contain this change"):
+                   "#1 tried: add a conv stage -> ok acc=0.850 params=120k", "must visibly contain this change"):
         assert needle in user, needle
 
 

@@ -207,6 +207,52 @@ IN_SEQUENTIAL = WRONG_FLATTEN.replace("self.fc1 = nn.Linear(16 * 7 * 7, 32)",
                                       "self.fc1 = nn.Sequential(nn.Dropout(0.1), nn.Sequential(nn.Linear(16 * 7 * 7, 32)))")
 IN_SEQUENTIAL_ERR = WRONG_FLATTEN_ERR.replace("in module 'fc1'", "in module 'fc1.1.0'")
 
+# Seen 11 times in six 1.5B runs: __init__ builds every layer and no forward follows.
+NO_FORWARD = WRONG_FLATTEN[: WRONG_FLATTEN.index("\n    def forward")] + "\n"
+NO_FORWARD_ERR = '''NotImplementedError: Module [Net] is missing the required "forward" function
+in module '(model)' = Net, called with input shape (2, 1, 28, 28)
+dummy input batch: (2, 1, 28, 28)'''
+
+# Seen from the 1.5B model: a BatchNorm2d after the Linear it normalizes.
+NORM_RANK = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace("        self.fc2 =", "        self.bn = nn.BatchNorm2d(32)\n        self.fc2 =") \
+    .replace("x = F.relu(self.fc1(x))", "x = F.relu(self.bn(self.fc1(x)))")
+NORM_RANK_ERR = '''File "<candidate>", line 18, in forward
+    x = F.relu(self.bn(self.fc1(x)))
+ValueError: expected 4D input (got 2D input)
+in module 'bn' = BatchNorm2d(32, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True), called with input shape (2, 32)
+dummy input batch: (2, 1, 28, 28)'''
+
+# Seen in fm15-n: inception branches with one padding for every kernel size, joined by torch.cat.
+BRANCHES = HEAD + '''class Mixed(nn.Module):
+    def __init__(self, c, padding=1):
+        super().__init__()
+        self.b1 = nn.Conv2d(c, 8, 1)
+        self.b3 = nn.Conv2d(c, 8, 3, 1, padding)  # keep this comment
+        self.b5 = nn.Conv2d(c, 8, kernel_size=5, padding=padding)
+        self.bp = nn.MaxPool2d(3, 1)
+
+    def forward(self, x):
+        return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], dim=1)
+
+
+class Net(nn.Module):
+    def __init__(self, in_shape, out_shape, prm, device):
+        super().__init__()
+        self.conv = nn.Conv2d(in_shape[1], 8, 3, padding=1)
+        self.mixed = Mixed(8)
+        self.fc = nn.LazyLinear(out_shape[0])
+        self.to(device)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.mixed(F.relu(self.conv(x))), 4)
+        return self.fc(torch.flatten(x, 1))
+'''
+BRANCHES_ERR = '''File "<candidate>", line 14, in forward
+    return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], dim=1)
+RuntimeError: Sizes of tensors must match except in dimension 1. Expected size 28 but got size 26 for tensor number 2 in the list.
+in module 'mixed' = Mixed, called with input shape (2, 8, 28, 28)
+dummy input batch: (2, 1, 28, 28)'''
+
 CASES = {
     "lazy_linear": (WRONG_FLATTEN, WRONG_FLATTEN_ERR, "nn.LazyLinear(32)"),
     "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_ERR, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
@@ -224,6 +270,11 @@ CASES = {
     "unshare_layer": (SHARED, SHARED_ERR, "# keep this comment\n        self.conv1_2 = nn.LazyConv2d(16, 3, padding=1)\n"),
     "format_attribute": (FORMAT_ATTR, FORMAT_ATTR_ERR, 'setattr(self, f"conv{i}", nn.Conv2d(16, 16, 3, padding=1))'),
     "lazy_from_attribute": (LAZY_FROM_ATTRIBUTE, LAZY_FROM_ATTRIBUTE_ERR, "self.fc1 = nn.LazyLinear(32)"),
+    "write_forward": (NO_FORWARD, NO_FORWARD_ERR, "    def forward(self, x):\n        x = self.conv1(x)\n"
+                      "        x = self.pool(x)\n        x = torch.flatten(x, 1)\n        x = self.fc1(x)\n"
+                      "        x = self.fc2(x)\n        return x\n"),
+    "norm_for_rank": (NORM_RANK, NORM_RANK_ERR, "self.bn = nn.LazyBatchNorm1d()"),
+    "same_padding": (BRANCHES, BRANCHES_ERR, "nn.Conv2d(c, 8, 3, 1, 1)  # keep this comment"),
 }
 
 
@@ -243,6 +294,46 @@ def test_shared_layer_gets_a_copy_at_its_later_uses_only():
     assert "x = F.relu(self.conv1(x))\n        x = self.pool(F.relu(self.conv1_2(x)))" in fix.code
     # A layer used once is not shared: the plain input-size rule handles it.
     assert find_fix(WRONG_CHANNELS, WRONG_CHANNELS_ERR).rule == "lazy_conv2d"
+
+
+def test_a_written_forward_stops_at_the_last_linear_or_adds_a_head():
+    fix = find_fix(NO_FORWARD, NO_FORWARD_ERR)
+    assert "self.fc1 = nn.LazyLinear(32)" in fix.code  # the flatten size the model computed is not trusted
+    # a norm and a dropout after the classifier are left out of the forward
+    code = NO_FORWARD.replace("        self.to(device)", "        self.bn = nn.BatchNorm1d(10)\n"
+                              "        self.drop = nn.Dropout(0.2)\n        self.to(device)")
+    fix = find_fix(code, NO_FORWARD_ERR)
+    assert "x = self.fc2(x)\n        return x\n" in fix.code and "self.bn(x)" not in fix.code
+    # a reply that stopped before any Linear gets a pooled head, built before self.to(device)
+    code = NO_FORWARD.replace("        self.fc1 = nn.Linear(16 * 7 * 7, 32)\n        self.fc2 = nn.Linear(32, out_shape[0])\n", "")
+    fix = find_fix(code, NO_FORWARD_ERR)
+    assert fix is not None and "added a pooled Linear head" in fix.description
+    assert "self.pool = nn.MaxPool2d(2)\n        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), " \
+           "nn.LazyLinear(out_shape[0]))\n        self.to(device)" in fix.code
+    assert "x = self.pool(x)\n        x = self.head(x)\n        return x" in fix.code
+    assert find_fix(WRONG_FLATTEN, NO_FORWARD_ERR) is None  # it has a forward: not this rule's error
+
+
+def test_branch_padding_leaves_a_stride_mismatch_alone():
+    # 14 against 7: one branch has stride 2, which padding cannot fix.
+    err = BRANCHES_ERR.replace("Expected size 28 but got size 26", "Expected size 14 but got size 7")
+    assert find_fix(BRANCHES, err) is None
+    add = BRANCHES_ERR.replace("Sizes of tensors must match except in dimension 1. Expected size 28 but got size 26 "
+                               "for tensor number 2 in the list.", "The size of tensor a (28) must match the size "
+                               "of tensor b (26) at non-singleton dimension 3")
+    assert find_fix(BRANCHES, add).rule == "same_padding"
+
+
+def test_groups_given_by_one_name_go_in_one_fix():
+    # Seen twice in fm15-n: an inception block passing groups=groups to each branch, one fix per branch.
+    code = BRANCHES.replace("def __init__(self, c, padding=1):", "def __init__(self, c, padding=1, groups=8):") \
+        .replace("nn.Conv2d(c, 8, 1)", "nn.Conv2d(c, 8, 1, groups=groups)") \
+        .replace("nn.Conv2d(c, 8, kernel_size=5, padding=padding)", "nn.Conv2d(c, 8, kernel_size=5, padding=padding, groups=groups)") \
+        .replace("self.mixed = Mixed(8)", "self.mixed = Mixed(8, groups=16)")
+    error = 'File "<candidate>", line 21, in __init__\nFile "<candidate>", line 8, in __init__\n' \
+            "ValueError: in_channels must be divisible by groups"
+    fix = find_fix(code, error)
+    assert fix.rule == "drop_groups" and "groups=groups" not in fix.code and "line(s) 8, 10" in fix.description
 
 
 def test_format_attributes_are_read_with_getattr():
@@ -389,9 +480,9 @@ def test_inplace_ops_become_out_of_place():
 def test_widths_scale_together_and_nothing_else_does():
     fix = find_fix(CHANNEL_LIST.replace("out_shape[0])", "100)"), TOO_SLOW_ERR)
     assert fix is not None and fix.rule == "shrink_widths"
-    assert fix.description == "scaled channel widths by 0.76 (epoch time 250.7s > 180s): 128->96, 256->192, 512->384"
-    assert "channels = [96, 192, 384]  # keep this comment" in fix.code  # the list the loop reads
-    assert "nn.Linear(384 * 3 * 3, 100)" in fix.code  # the flatten size follows; the class count stays
+    assert fix.description == "scaled channel widths by 0.69 (epoch time 250.7s > 180s): 128->88, 256->176, 512->352"
+    assert "channels = [88, 176, 352]  # keep this comment" in fix.code  # the list the loop reads
+    assert "nn.Linear(352 * 3 * 3, 100)" in fix.code  # the flatten size follows; the class count stays
     assert "nn.Conv2d(prev, c, 3, padding=1)" in fix.code and "nn.MaxPool2d(2)" in fix.code
 
 

@@ -124,14 +124,15 @@ def is_super_init(stmt: ast.stmt) -> bool:
 
 
 def splice(code: str, edits: list[tuple[ast.AST, str]]) -> str:
-    """Replace each node's exact source span with new text, last first so offsets stay valid."""
+    """Replace each node's exact source span with new text, last first so offsets stay valid; insertions
+    at one point keep the order they are listed in."""
     starts = [0]
     for line in code.splitlines(keepends=True):
         starts.append(starts[-1] + len(line))
     spans = sorted(((starts[n.lineno - 1] + _byte_col(code, starts, n.lineno, n.col_offset),
-                     starts[n.end_lineno - 1] + _byte_col(code, starts, n.end_lineno, n.end_col_offset), text)
-                    for n, text in edits), reverse=True)
-    for start, end, text in spans:
+                     starts[n.end_lineno - 1] + _byte_col(code, starts, n.end_lineno, n.end_col_offset), i, text)
+                    for i, (n, text) in enumerate(edits)), reverse=True)
+    for start, end, _, text in spans:
         code = code[:start] + text + code[end:]
     return code
 

@@ -14,6 +14,12 @@ from .edit import Fix, call_name, is_self_attr, layer_calls, splice, span
 _LAZY = {"Linear": "nn.LazyLinear", "Conv2d": "nn.LazyConv2d", "BatchNorm2d": "nn.LazyBatchNorm2d"}
 _LAZY_KW = {"Linear": "in_features", "Conv2d": "in_channels", "BatchNorm2d": "num_features"}
 _POOLS = ("MaxPool2d", "AvgPool2d")
+# The norm that takes an input of the rank given (BatchNorm1d takes (N, C) and (N, C, L)).
+_NORM_FOR_RANK = {"BatchNorm2d": {2: "nn.LazyBatchNorm1d", 3: "nn.LazyBatchNorm1d"},
+                  "BatchNorm1d": {4: "nn.LazyBatchNorm2d"}}
+# Where kernel size and padding sit among the positional arguments, and the kernel's keyword.
+_PADDED = {"Conv2d": (2, 4, "kernel_size"), "LazyConv2d": (1, 3, "kernel_size"), "MaxPool2d": (0, 2, "kernel_size"),
+           "AvgPool2d": (0, 2, "kernel_size")}
 _SIZE_ATTRS = {"out_features", "out_channels", "in_features", "in_channels", "num_features"}
 
 
@@ -90,9 +96,10 @@ def fix_lazy_input_size(code: str, tree: ast.Module, error: str) -> Fix | None:
 
 
 def fix_groups(code: str, tree: ast.Module, error: str) -> Fix | None:
-    """groups that do not divide the channels: drop `groups` from that conv, and from every other conv
-    whose literal groups visibly does not divide its literal channels (seen: four in one module, and
-    one fix per error would spend the fix budget on them)."""
+    """groups that do not divide the channels: drop `groups` from that conv, from every other conv
+    whose literal groups visibly does not divide its literal channels, and from every conv given the
+    same non-literal groups (`groups=groups` in each branch of a block). Seen: four in one module, and
+    one fix per error spent the fix budget on them."""
     line_no = msg.candidate_line(error)
     if not msg.GROUPS.search(error) or line_no is None:
         return None
@@ -100,7 +107,9 @@ def fix_groups(code: str, tree: ast.Module, error: str) -> Fix | None:
                and n.lineno <= line_no <= (n.end_lineno or n.lineno)]
     if len(at_line) != 1:
         return None
-    broken = [n for n in ast.walk(tree) if call_name(n).startswith("Conv") and _groups_break(n) and n not in at_line]
+    shared = next(ast.unparse(k.value) for k in at_line[0].keywords if k.arg == "groups")
+    broken = [n for n in ast.walk(tree) if call_name(n).startswith("Conv") and n not in at_line
+              and (_groups_break(n) or _groups_are(n, shared))]
     edits = [(n, ast.unparse(ast.Call(func=n.func, args=n.args, keywords=[k for k in n.keywords if k.arg != "groups"])))
              for n in at_line + broken]
     lines = ", ".join(str(n.lineno) for n in sorted(at_line + broken, key=lambda n: n.lineno))
@@ -114,6 +123,73 @@ def _groups_break(call: ast.Call) -> bool:
         return False
     channels = [*call.args[:2], *(k.value for k in call.keywords if k.arg in ("in_channels", "out_channels"))]
     return any(isinstance(c, ast.Constant) and type(c.value) is int and c.value % groups.value for c in channels)
+
+
+def _groups_are(call: ast.Call, expr: str) -> bool:
+    """The conv's groups is the expression `expr`, when that is a name rather than a number."""
+    return not expr.isdigit() and any(k.arg == "groups" and ast.unparse(k.value) == expr for k in call.keywords)
+
+
+def fix_batchnorm_rank(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """BatchNorm2d after the flatten, or BatchNorm1d before it: the norm of the rank it is given."""
+    m, rank = msg.MODULE.search(error), msg.RANK.search(error)
+    if not m or not rank or m.group(2) not in _NORM_FOR_RANK:
+        return None
+    got = len([s for s in m.group(3).split(",") if s.strip()])
+    lazy = _NORM_FOR_RANK[m.group(2)].get(got)
+    if lazy is None:
+        return None
+    edits = [(call, ast.unparse(ast.Call(func=ast.parse(lazy, mode="eval").body, args=call.args[1:],
+                                         keywords=[k for k in call.keywords if k.arg != "num_features"])))
+             for call in layer_calls(tree, m.group(1), m.group(2))]
+    if not edits:
+        return None
+    return Fix(splice(code, edits), "norm_for_rank",
+               f"self.{m.group(1)}: {m.group(2)} was given a {got}-D input -> {lazy} (size inferred at the first forward)")
+
+
+def fix_branch_padding(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """Branches concatenated or added with different spatial sizes (a 5x5 conv padded by 1 beside a 3x3
+    one): every odd-kernel conv and pool of the module's class gets `same` padding, kernel // 2."""
+    m, sizes = msg.MODULE.search(error), msg.SPATIAL.search(error)
+    if not m or not sizes:
+        return None
+    small, big = sorted(int(n) for n in sizes.groups() if n)
+    if big in (2 * small, 2 * small - 1):  # a stride on one branch only: padding cannot fix that
+        return None
+    cls = next((n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == m.group(2)), None)
+    if cls is None:
+        return None
+    edits = []
+    for call in ast.walk(cls):
+        at = _PADDED.get(call_name(call))
+        if at is None:
+            continue
+        kernel_at, padding_at, kernel_kw = at
+        kernel = _arg(call, kernel_at, kernel_kw)
+        if not (isinstance(kernel, ast.Constant) and type(kernel.value) is int and kernel.value % 2):
+            continue
+        padding = _arg(call, padding_at, "padding")
+        if (0 if padding is None else getattr(padding, "value", None)) == kernel.value // 2:
+            continue
+        same = ast.Constant(kernel.value // 2)
+        if len(call.args) > padding_at:
+            new = ast.Call(func=call.func, args=[*call.args[:padding_at], same, *call.args[padding_at + 1:]],
+                           keywords=call.keywords)
+        else:
+            new = ast.Call(func=call.func, args=call.args,
+                           keywords=[k for k in call.keywords if k.arg != "padding"] + [ast.keyword("padding", same)])
+        edits.append((call, ast.unparse(new)))
+    if not edits:
+        return None
+    return Fix(splice(code, edits), "same_padding",
+               f"{m.group(2)}'s branches had different sizes: padding = kernel // 2 for {len(edits)} conv/pool layer(s)")
+
+
+def _arg(call: ast.Call, position: int, keyword: str) -> ast.expr | None:
+    if len(call.args) > position:
+        return call.args[position]
+    return next((k.value for k in call.keywords if k.arg == keyword), None)
 
 
 def fix_pool_too_small(code: str, tree: ast.Module, error: str) -> Fix | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 # child.py's line under a failing forward: the module's path, its class, and the shape it was given.
-MODULE = re.compile(r"in module '([\w.]+)' = (\w+)\(.*called with input shape \(([\d, ]+)\)")
+MODULE = re.compile(r"in module '([\w.]+)' = (\w+)(?:\(.*\))?, called with input shape \(([\d, ]+)\)")
 MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x\d+\)")
 CHANNELS = re.compile(r"to have \d+ channels, but got \d+ channels|running_mean should contain \d+ elements")
 NO_ATTR = re.compile(r"'(\w+)' object has no attribute '(\w+)'")
@@ -17,6 +17,9 @@ NO_MODULE_ATTR = re.compile(r"module '(torch\.nn(?:\.functional)?)' has no attri
 INPLACE = re.compile(r"modified by an inplace operation")
 FORBIDDEN_MODULE = re.compile(r"forbidden: line (\d+): [\w.]+: module '[\w.]+' is not allowed")
 DEVICE_KW = re.compile(r"got an unexpected keyword argument 'device'")
+RANK = re.compile(r"expected \d+D (?:or \d+D )?input \(got \d+D input\)")
+SPATIAL = re.compile(r"Sizes of tensors must match except in dimension 1\. Expected size (\d+) but got size (\d+)"
+                     r"|size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) at non-singleton dimension [23]")
 UNDEFINED = re.compile(r"NameError: name '(\w+)' is not defined")
 _LINE = re.compile(r'File "<candidate>", line (\d+)')
 _OVER = re.compile(r"([\d,]+) (parameters|FLOPs) (?:per sample )?exceed the budget of ([\d,]+)")
