@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--model", help="LLM name (embedded name, GGUF path, or Ollama model)")
     rn.add_argument("--backend", choices=["llamacpp", "ollama"])
     rn.add_argument("--max-repairs", dest="max_repairs", type=int, help="LLM repairs per iteration")
-    rn.add_argument("--max-fixes", dest="max_fixes", type=int, help="rule-based fixes per iteration (0: off)")
+    rn.add_argument("--max-fixes", dest="max_fixes", type=int, help="rule-based fixes per draft (0: off)")
     rn.add_argument("--target-accuracy", dest="target_accuracy", type=float)
     rn.add_argument("--goal", help="free-text design goal added to the prompts")
     rn.add_argument("--rag", action=argparse.BooleanOptionalAction, help="retrieve validated blocks (needs `nasgraph index build`)")
