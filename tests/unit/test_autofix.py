@@ -253,6 +253,13 @@ RuntimeError: Sizes of tensors must match except in dimension 1. Expected size 2
 in module 'mixed' = Mixed, called with input shape (2, 8, 28, 28)
 dummy input batch: (2, 1, 28, 28)'''
 
+# Seen three times in fm15-o: the contract's input channels read as a name Net.__init__ never defined.
+CONTRACT_NAME = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace("nn.Conv2d(in_shape[1], 16",
+                                                                             "nn.Conv2d(in_channels, 16")
+CONTRACT_NAME_ERR = '''File "<candidate>", line 8, in __init__
+    self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1)  # keep this comment
+NameError: name 'in_channels' is not defined'''
+
 CASES = {
     "lazy_linear": (WRONG_FLATTEN, WRONG_FLATTEN_ERR, "nn.LazyLinear(32)"),
     "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_ERR, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
@@ -275,6 +282,7 @@ CASES = {
                       "        x = self.fc2(x)\n        return x\n"),
     "norm_for_rank": (NORM_RANK, NORM_RANK_ERR, "self.bn = nn.LazyBatchNorm1d()"),
     "same_padding": (BRANCHES, BRANCHES_ERR, "nn.Conv2d(c, 8, 3, 1, 1)  # keep this comment"),
+    "define_from_contract": (CONTRACT_NAME, CONTRACT_NAME_ERR, "super().__init__()\n        in_channels = in_shape[1]\n"),
 }
 
 
@@ -314,6 +322,19 @@ def test_a_written_forward_stops_at_the_last_linear_or_adds_a_head():
     assert find_fix(WRONG_FLATTEN, NO_FORWARD_ERR) is None  # it has a forward: not this rule's error
 
 
+def test_contract_names_come_from_the_arguments_of_that_function_only():
+    code = CONTRACT_NAME.replace("nn.Linear(32, out_shape[0])", "nn.Linear(32, num_classes)")
+    fix = find_fix(find_fix(code, CONTRACT_NAME_ERR).code,
+                   CONTRACT_NAME_ERR.replace("line 8", "line 12").replace("in_channels", "num_classes"))
+    assert fix.rule == "define_from_contract"
+    assert "super().__init__()\n        num_classes = out_shape[0]\n        in_channels = in_shape[1]\n" in fix.code
+    # read in a block that takes no in_shape: there is nothing to define it from
+    block = HEAD + ("class Block(nn.Module):\n    def __init__(self, c):\n        super().__init__()\n"
+                    "        self.conv = nn.Conv2d(in_channels, c, 3)\n")
+    assert find_fix(block, CONTRACT_NAME_ERR) is None
+    assert find_fix(code, CONTRACT_NAME_ERR.replace("'in_channels'", "'width'")) is None  # not the contract's
+
+
 def test_branch_padding_leaves_a_stride_mismatch_alone():
     # 14 against 7: one branch has stride 2, which padding cannot fix.
     err = BRANCHES_ERR.replace("Expected size 28 but got size 26", "Expected size 14 but got size 7")
@@ -348,6 +369,16 @@ def test_a_layer_inside_sequential_is_found_by_its_index():
     assert "nn.Sequential(nn.Dropout(0.1), nn.Sequential(nn.LazyLinear(32)))" in fix.code
     for path in ("fc1.0", "fc1.1.1", "fc1.2", "fc1"):  # a dropout, past the end, the container itself
         assert find_fix(IN_SEQUENTIAL, IN_SEQUENTIAL_ERR.replace("'fc1.1.0'", f"'{path}'")) is None, path
+
+
+def test_a_layer_built_by_a_helper_method_is_found_in_its_return():
+    # Seen from the 1.5B model: self.conv2 = self._make_conv(...), the conv built in the method.
+    code = WRONG_CHANNELS.replace("self.conv2 = nn.Conv2d(8, 16, 3, padding=1)", "self.conv2 = self._make_conv(8, 16)") \
+        .replace("    def forward(self, x):", "    def _make_conv(self, c_in, c_out):\n"
+                 "        return nn.Conv2d(c_in, c_out, 3, padding=1)\n\n    def forward(self, x):")
+    fix = find_fix(code, WRONG_CHANNELS_ERR)
+    assert fix is not None and fix.rule == "lazy_conv2d"
+    assert "return nn.LazyConv2d(c_out, 3, padding=1)" in fix.code and "self._make_conv(8, 16)" in fix.code
 
 
 @pytest.mark.parametrize("attr, layer", [("pool2", "nn.MaxPool2d(2)"), ("avgpool", "nn.AdaptiveAvgPool2d(1)"),

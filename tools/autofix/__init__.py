@@ -7,9 +7,10 @@ defined (or assigned a function), `groups` that does not divide the channels, an
 (`Identity()`), a forbidden import nothing uses (`import torchvision`), `device=` given to a layer that
 takes none (`nn.ReLU(device=device)`), `self.device` read in a helper block that never stored one, a
 layer's input size read from a layer without that attribute (pool.out_features), an in-place op
-autograd still needed, one layer applied to inputs of different sizes, an
-attribute name written like an f-string (`self.conv{i}`), a model too wide for its parameter, FLOP or epoch-time budget,
-a forward never written, a BatchNorm of the wrong rank, and branches whose padding gives maps of different sizes. The LLM,
+autograd still needed, one layer applied to inputs of different sizes, an attribute name written like
+an f-string (`self.conv{i}`), a model too wide for its parameter, FLOP or epoch-time budget, a forward
+never written, a BatchNorm of the wrong rank, branches whose padding gives maps of different sizes,
+and `in_channels` or `num_classes` read but never defined. The LLM,
 shown the error, often returned its code unchanged; each of these has one obvious edit. A fix touches
 only the offending layers or lines (the rest of the text, comments included, is kept) and returns None
 when the error is not one it knows or the code does not have the expected shape, so the LLM repair
@@ -23,9 +24,10 @@ from tools.evaluator.messages import budget_excess
 
 from .budget import fix_shrink_widths
 from .edit import Fix, parses
-from .names import (fix_bare_torch_name, fix_device_keyword, fix_format_attribute, fix_function_as_layer,
-                    fix_helper_device, fix_inplace, fix_missing_layer, fix_unknown_layer, fix_unused_forbidden_import)
 from .forward import fix_missing_forward
+from .names import (fix_bare_torch_name, fix_contract_name, fix_device_keyword, fix_format_attribute,
+                    fix_function_as_layer, fix_helper_device, fix_inplace, fix_missing_layer, fix_unknown_layer,
+                    fix_unused_forbidden_import)
 from .shapes import (fix_batchnorm_rank, fix_branch_padding, fix_groups, fix_lazy_from_attribute, fix_lazy_input_size,
                      fix_pool_too_small, fix_shared_layer, fix_unflattened)
 
@@ -33,7 +35,8 @@ __all__ = ["Fix", "budget_excess", "find_fix"]
 
 # Most specific first: a shared layer before the plain input-size rule, which would only move its error.
 RULES = (fix_unflattened, fix_shared_layer, fix_lazy_input_size, fix_batchnorm_rank, fix_branch_padding,
-         fix_missing_forward, fix_missing_layer, fix_function_as_layer, fix_groups, fix_pool_too_small, fix_unknown_layer, fix_bare_torch_name, fix_unused_forbidden_import, fix_helper_device,
+         fix_missing_forward, fix_missing_layer, fix_function_as_layer, fix_groups, fix_pool_too_small,
+         fix_unknown_layer, fix_bare_torch_name, fix_contract_name, fix_unused_forbidden_import, fix_helper_device,
          fix_lazy_from_attribute, fix_inplace, fix_shrink_widths, fix_device_keyword)
 
 

@@ -78,7 +78,7 @@ def is_self_attr(target: ast.expr, attr: str) -> bool:
 def layer_calls(tree: ast.Module, path: str, kind: str) -> list[ast.Call]:
     """The calls building the module at `path` as torch names it: `self.conv1 = nn.<kind>(...)` for
     `conv1` or `block.conv1`, and the element of `self.features = nn.Sequential(...)` (or ModuleList) for
-    `features.0`, wherever they are."""
+    `features.0`, wherever they are, also inside the method that builds them."""
     parts = path.split(".")
     named = [i for i, part in enumerate(parts) if not part.isdigit()]
     if not named:
@@ -88,10 +88,21 @@ def layer_calls(tree: ast.Module, path: str, kind: str) -> list[ast.Call]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and is_self_attr(node.targets[0], attr) \
                 and isinstance(node.value, ast.Call):
-            call = _element(node.value, indexes)
-            if call is not None and call_name(call) == kind:
-                out.append(call)
+            for built in [node.value, *_returned_by(tree, node.value)]:
+                call = _element(built, indexes)
+                if call is not None and call_name(call) == kind and call not in out:
+                    out.append(call)
     return out
+
+
+def _returned_by(tree: ast.Module, call: ast.Call) -> list[ast.Call]:
+    """The layers a builder method returns, for `self.stage2 = self._make_stage(...)` (seen four times
+    in six 1.5B runs): `return nn.Sequential(...)` or `return nn.Conv2d(...)` in `def _make_stage`."""
+    if not (isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
+            and call.func.value.id == "self"):
+        return []
+    return [r.value for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == call.func.attr
+            for r in ast.walk(f) if isinstance(r, ast.Return) and isinstance(r.value, ast.Call)]
 
 
 def _element(call: ast.Call, indexes: list[int]) -> ast.Call | None:

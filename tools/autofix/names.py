@@ -42,6 +42,10 @@ NN_LAYERS = frozenset({
     "ReLU", "ReLU6", "GELU", "SiLU", "ELU", "PReLU", "LeakyReLU", "Mish", "Hardswish", "Sigmoid", "Tanh",
     "Softmax", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Dropout", "Dropout2d",
     "Linear", "LazyLinear", "Flatten", "Sequential", "ModuleList", "Upsample"})
+# Names models read in Net.__init__ without defining them, and where the contract's arguments hold them.
+_FROM_CONTRACT = {**dict.fromkeys(("in_channels", "input_channels", "in_ch", "in_chans", "num_channels", "channels"),
+                                  ("in_shape", "[1]")),
+                  **dict.fromkeys(("num_classes", "n_classes", "classes", "num_outputs"), ("out_shape", "[0]"))}
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _INPLACE_FIRST = {"ReLU", "ReLU6", "SiLU", "Hardswish", "Hardsigmoid", "Mish", "SELU"}  # inplace: 1st argument
 _FORMAT_ATTR = re.compile(r"self\.(\w*\{\w+\}\w*)")
@@ -71,6 +75,24 @@ def fix_missing_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
     indent = " " * (first.col_offset)
     lines.insert(at, f"{indent}self.{attr} = {value}\n")
     return Fix("".join(lines), "define_attribute", f"defined self.{attr} = {value} in {cls}.__init__")
+
+
+def fix_contract_name(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """`in_channels` or `num_classes` read in a function that takes in_shape / out_shape and never defined
+    there (seen three times in one 1.5B run): define it from the argument."""
+    m, line = msg.UNDEFINED.search(error), msg.candidate_line(error)
+    if not m or m.group(1) not in _FROM_CONTRACT or line is None:
+        return None
+    name, (arg, index) = m.group(1), _FROM_CONTRACT[m.group(1)]
+    fns = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.lineno <= line <= (f.end_lineno or f.lineno)
+           and arg in {a.arg for a in f.args.args}]
+    if not fns:
+        return None
+    fn = max(fns, key=lambda f: f.lineno)  # the innermost
+    first = fn.body[0]
+    at = span(first.end_lineno + 1, 0) if is_super_init(first) else span(first.lineno, 0)
+    return Fix(splice(code, [(at, f"{' ' * first.col_offset}{name} = {arg}{index}\n")]), "define_from_contract",
+               f"defined {name} = {arg}{index} in {fn.name}")
 
 
 def fix_function_as_layer(code: str, tree: ast.Module, error: str) -> Fix | None:

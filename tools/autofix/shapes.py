@@ -17,9 +17,8 @@ _POOLS = ("MaxPool2d", "AvgPool2d")
 # The norm that takes an input of the rank given (BatchNorm1d takes (N, C) and (N, C, L)).
 _NORM_FOR_RANK = {"BatchNorm2d": {2: "nn.LazyBatchNorm1d", 3: "nn.LazyBatchNorm1d"},
                   "BatchNorm1d": {4: "nn.LazyBatchNorm2d"}}
-# Where kernel size and padding sit among the positional arguments, and the kernel's keyword.
-_PADDED = {"Conv2d": (2, 4, "kernel_size"), "LazyConv2d": (1, 3, "kernel_size"), "MaxPool2d": (0, 2, "kernel_size"),
-           "AvgPool2d": (0, 2, "kernel_size")}
+# Where kernel_size and padding sit among the positional arguments.
+_PADDED = {"Conv2d": (2, 4), "LazyConv2d": (1, 3), "MaxPool2d": (0, 2), "AvgPool2d": (0, 2)}
 _SIZE_ATTRS = {"out_features", "out_channels", "in_features", "in_channels", "num_features"}
 
 
@@ -165,8 +164,8 @@ def fix_branch_padding(code: str, tree: ast.Module, error: str) -> Fix | None:
         at = _PADDED.get(call_name(call))
         if at is None:
             continue
-        kernel_at, padding_at, kernel_kw = at
-        kernel = _arg(call, kernel_at, kernel_kw)
+        kernel_at, padding_at = at
+        kernel = _arg(call, kernel_at, "kernel_size")
         if not (isinstance(kernel, ast.Constant) and type(kernel.value) is int and kernel.value % 2):
             continue
         padding = _arg(call, padding_at, "padding")
