@@ -260,6 +260,13 @@ CONTRACT_NAME_ERR = '''File "<candidate>", line 8, in __init__
     self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1)  # keep this comment
 NameError: name 'in_channels' is not defined'''
 
+# Seen twice from the 1.5B model: a functional activation put where a layer goes.
+FUNCTIONAL_LAYER = CONTRACT_NAME.replace("in_channels, 16", "in_shape[1], 16").replace(
+    "        self.pool = nn.MaxPool2d(2)\n", "        self.pool = nn.Sequential(nn.MaxPool2d(2), F.relu(inplace=True))\n")
+FUNCTIONAL_LAYER_ERR = '''File "<candidate>", line 9, in __init__
+    self.pool = nn.Sequential(nn.MaxPool2d(2), F.relu(inplace=True))
+TypeError: relu() missing 1 required positional argument: 'input\''''
+
 CASES = {
     "lazy_linear": (WRONG_FLATTEN, WRONG_FLATTEN_ERR, "nn.LazyLinear(32)"),
     "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_ERR, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
@@ -282,6 +289,7 @@ CASES = {
                       "        x = self.fc2(x)\n        return x\n"),
     "norm_for_rank": (NORM_RANK, NORM_RANK_ERR, "self.bn = nn.LazyBatchNorm1d()"),
     "same_padding": (BRANCHES, BRANCHES_ERR, "nn.Conv2d(c, 8, 3, 1, 1)  # keep this comment"),
+    "functional_to_layer": (FUNCTIONAL_LAYER, FUNCTIONAL_LAYER_ERR, "nn.Sequential(nn.MaxPool2d(2), nn.ReLU(inplace=True))"),
     "define_from_contract": (CONTRACT_NAME, CONTRACT_NAME_ERR, "super().__init__()\n        in_channels = in_shape[1]\n"),
 }
 

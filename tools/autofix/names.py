@@ -46,6 +46,10 @@ NN_LAYERS = frozenset({
 _FROM_CONTRACT = {**dict.fromkeys(("in_channels", "input_channels", "in_ch", "in_chans", "num_channels", "channels"),
                                   ("in_shape", "[1]")),
                   **dict.fromkeys(("num_classes", "n_classes", "classes", "num_outputs"), ("out_shape", "[0]"))}
+# torch.nn.functional's activations and the layer for each (F.relu(inplace=True) -> nn.ReLU(inplace=True)).
+_LAYER_OF = {"relu": "ReLU", "relu6": "ReLU6", "gelu": "GELU", "silu": "SiLU", "elu": "ELU", "leaky_relu": "LeakyReLU",
+             "sigmoid": "Sigmoid", "tanh": "Tanh", "hardswish": "Hardswish", "mish": "Mish", "softmax": "Softmax",
+             "dropout": "Dropout"}
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _INPLACE_FIRST = {"ReLU", "ReLU6", "SiLU", "Hardswish", "Hardsigmoid", "Mish", "SELU"}  # inplace: 1st argument
 _FORMAT_ATTR = re.compile(r"self\.(\w*\{\w+\}\w*)")
@@ -107,6 +111,24 @@ def fix_function_as_layer(code: str, tree: ast.Module, error: str) -> Fix | None
     if not edits:
         return None
     return Fix(splice(code, edits), "function_to_layer", f"self.{attr}: function {fn} -> {_LAYER_FOR[fn]}")
+
+
+def fix_functional_as_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """F.relu(inplace=True) where a layer is meant (in nn.Sequential, add_module), called without the input
+    it needs (seen twice from the 1.5B model): every such call becomes its layer, nn.ReLU(inplace=True)."""
+    m = msg.NO_INPUT.search(error)
+    layer = _LAYER_OF.get(m.group(1)) if m else None
+    imports = import_map(tree)
+    nn_alias = next((local for local, module in imports.items() if module == "torch.nn"), None)
+    if layer is None or nn_alias is None:
+        return None
+    edits = [(n, ast.unparse(ast.Call(func=ast.Attribute(ast.Name(nn_alias), layer), args=[], keywords=n.keywords)))
+             for n in ast.walk(tree) if isinstance(n, ast.Call) and not n.args and isinstance(n.func, ast.Attribute)
+             and n.func.attr == m.group(1) and module_name(n.func.value, imports) == "torch.nn.functional"]
+    if not edits:
+        return None
+    return Fix(splice(code, edits), "functional_to_layer",
+               f"{len(edits)} call(s) of {m.group(1)}() without an input -> {nn_alias}.{layer}(...)")
 
 
 def fix_bare_torch_name(code: str, tree: ast.Module, error: str) -> Fix | None:

@@ -11,6 +11,7 @@ MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) an
 CHANNELS = re.compile(r"to have \d+ channels, but got \d+ channels|running_mean should contain \d+ elements")
 NO_ATTR = re.compile(r"'(\w+)' object has no attribute '(\w+)'")
 ASSIGN_FN = re.compile(r"cannot assign '[\w.]*?(\w+)' as child module '(\w+)'")
+NO_INPUT = re.compile(r"(\w+)\(\) missing 1 required positional argument: 'input'")
 GROUPS = re.compile(r"(in|out)_channels must be divisible by groups")
 TOO_SMALL = re.compile(r"Output size is too small|Kernel size can't be greater than actual input size", re.I)
 NO_MODULE_ATTR = re.compile(r"module '(torch\.nn(?:\.functional)?)' has no attribute '(\w+)'")
