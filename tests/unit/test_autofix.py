@@ -267,6 +267,11 @@ FUNCTIONAL_LAYER_ERR = '''File "<candidate>", line 9, in __init__
     self.pool = nn.Sequential(nn.MaxPool2d(2), F.relu(inplace=True))
 TypeError: relu() missing 1 required positional argument: 'input\''''
 
+# Seen in fm15-o: the hyperparameters splatted into a conv.
+SPLAT = CONTRACT_NAME.replace("nn.Conv2d(in_channels, 16, 3, padding=1)", "nn.Conv2d(in_shape[1], 16, 3, padding=1, **prm)")
+SPLAT_ERR = ('File "<candidate>", line 8, in __init__\n'
+             "TypeError: Conv2d.__init__() got an unexpected keyword argument 'lr'")
+
 CASES = {
     "lazy_linear": (WRONG_FLATTEN, WRONG_FLATTEN_ERR, "nn.LazyLinear(32)"),
     "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_ERR, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
@@ -290,6 +295,7 @@ CASES = {
     "norm_for_rank": (NORM_RANK, NORM_RANK_ERR, "self.bn = nn.LazyBatchNorm1d()"),
     "same_padding": (BRANCHES, BRANCHES_ERR, "nn.Conv2d(c, 8, 3, 1, 1)  # keep this comment"),
     "functional_to_layer": (FUNCTIONAL_LAYER, FUNCTIONAL_LAYER_ERR, "nn.Sequential(nn.MaxPool2d(2), nn.ReLU(inplace=True))"),
+    "drop_splat_keywords": (SPLAT, SPLAT_ERR, "nn.Conv2d(in_shape[1], 16, 3, padding=1)  # keep this comment"),
     "define_from_contract": (CONTRACT_NAME, CONTRACT_NAME_ERR, "super().__init__()\n        in_channels = in_shape[1]\n"),
 }
 

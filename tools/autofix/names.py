@@ -245,6 +245,20 @@ def fix_device_keyword(code: str, tree: ast.Module, error: str) -> Fix | None:
     return Fix(splice(code, edits), "drop_device_keyword", f"dropped device= from {len(edits)} call(s) that take none")
 
 
+def fix_splat_keywords(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """`nn.Conv2d(c, 64, 3, **prm)`: the hyperparameters (lr, momentum ...) splatted into a torch layer that
+    takes none of them (seen in fm15-o). Every `**` is dropped from the torch layers' calls."""
+    m = msg.UNEXPECTED_KW.search(error)
+    if not m or m.group(2) == "device":
+        return None
+    edits = [(keyword_span(n, k), "") for n in ast.walk(tree) if isinstance(n, ast.Call) and call_name(n) in NN_LAYERS
+             | {m.group(1)} for k in n.keywords if k.arg is None]
+    if not edits:
+        return None
+    return Fix(splice(code, edits), "drop_splat_keywords",
+               f"dropped ** keywords from {len(edits)} torch layer call(s) ({m.group(1)} takes no '{m.group(2)}')")
+
+
 def fix_format_attribute(code: str, error: str) -> Fix | None:
     """`self.conv{i} = ...` (an attribute name written like an f-string, a syntax error): setattr/getattr."""
     if "SyntaxError" not in error or not _FORMAT_ATTR.search(code):

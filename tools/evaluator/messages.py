@@ -18,6 +18,7 @@ NO_MODULE_ATTR = re.compile(r"module '(torch\.nn(?:\.functional)?)' has no attri
 INPLACE = re.compile(r"modified by an inplace operation")
 FORBIDDEN_MODULE = re.compile(r"forbidden: line (\d+): [\w.]+: module '[\w.]+' is not allowed")
 DEVICE_KW = re.compile(r"got an unexpected keyword argument 'device'")
+UNEXPECTED_KW = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
 RANK = re.compile(r"expected \d+D (?:or \d+D )?input \(got \d+D input\)")
 SPATIAL = re.compile(r"Sizes of tensors must match except in dimension 1\. Expected size (\d+) but got size (\d+)"
                      r"|size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) at non-singleton dimension [23]")
