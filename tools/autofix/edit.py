@@ -75,6 +75,12 @@ def is_self_attr(target: ast.expr, attr: str) -> bool:
         isinstance(target.value, ast.Name) and target.value.id == "self"
 
 
+def is_self_call(call: ast.Call) -> bool:
+    """self.method(...)"""
+    func = call.func
+    return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self"
+
+
 def layer_calls(tree: ast.Module, path: str, kind: str) -> list[ast.Call]:
     """The calls building the module at `path` as torch names it: `self.conv1 = nn.<kind>(...)` for
     `conv1` or `block.conv1`, and the element of `self.features = nn.Sequential(...)` (or ModuleList) for
@@ -98,8 +104,7 @@ def layer_calls(tree: ast.Module, path: str, kind: str) -> list[ast.Call]:
 def _returned_by(tree: ast.Module, call: ast.Call) -> list[ast.Call]:
     """The layers a builder method returns, for `self.stage2 = self._make_stage(...)` (seen four times
     in six 1.5B runs): `return nn.Sequential(...)` or `return nn.Conv2d(...)` in `def _make_stage`."""
-    if not (isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
-            and call.func.value.id == "self"):
+    if not is_self_call(call):
         return []
     return [r.value for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == call.func.attr
             for r in ast.walk(f) if isinstance(r, ast.Return) and isinstance(r.value, ast.Call)]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import ast
 import re
 
-from .edit import Fix, call_name, init_of, is_self_attr, splice, span
+from .edit import Fix, call_name, init_of, is_self_attr, is_self_call, splice, span
+from .shapes import lazy_call
 
 _MISSING = re.compile(r'Module \[(\w+)\] is missing the required "forward" function')
 _LINEAR = ("Linear", "LazyLinear")
@@ -34,7 +35,7 @@ def fix_missing_forward(code: str, tree: ast.Module, error: str) -> Fix | None:
     if not built:
         return None
     # self._make_conv(...) builds what its method returns
-    layers = [(s.targets[0].attr, made.get(call_name(s.value), call_name(s.value)) if _is_method(s.value)
+    layers = [(s.targets[0].attr, made.get(call_name(s.value), call_name(s.value)) if is_self_call(s.value)
                else call_name(s.value)) for s in built]
     edits = []
     linears = [i for i, (_, kind) in enumerate(layers) if kind in _LINEAR]
@@ -42,9 +43,7 @@ def fix_missing_forward(code: str, tree: ast.Module, error: str) -> Fix | None:
         layers = layers[: linears[-1] + 1]
         first = built[linears[0]].value
         if call_name(first) == "Linear" and first.args:  # the flatten size is often computed wrong
-            lazy = ast.Call(func=ast.Attribute(value=ast.Name("nn"), attr="LazyLinear"), args=first.args[1:],
-                            keywords=[k for k in first.keywords if k.arg != "in_features"])
-            edits.append((first, ast.unparse(lazy)))
+            edits.append((first, lazy_call(first, "Linear")))
     else:  # the reply stopped before the classifier: pool, flatten and one Linear to the classes
         out_shape = init.args.args[2].arg if len(init.args.args) > 2 else None
         if out_shape is None:
@@ -69,10 +68,6 @@ def fix_missing_forward(code: str, tree: ast.Module, error: str) -> Fix | None:
                f"{cls.name} had no forward: wrote one applying its {len(layers)} layers in __init__'s order "
                f"(self.{layers[0][0]} ... self.{layers[-1][0]})" + ("; added a pooled Linear head" if not any(
                    kind in _LINEAR for _, kind in layers) else ""))
-
-
-def _is_method(call: ast.Call) -> bool:
-    return isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name) and call.func.value.id == "self"
 
 
 def _is_function(call: ast.Call) -> bool:

@@ -88,8 +88,8 @@ def fix_contract_name(code: str, tree: ast.Module, error: str) -> Fix | None:
     if not m or m.group(1) not in _FROM_CONTRACT or line is None:
         return None
     name, (arg, index) = m.group(1), _FROM_CONTRACT[m.group(1)]
-    fns = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.lineno <= line <= (f.end_lineno or f.lineno)
-           and arg in {a.arg for a in f.args.args}]
+    fns = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+           and f.lineno <= line <= (f.end_lineno or f.lineno) and arg in {a.arg for a in f.args.args}]
     if not fns:
         return None
     fn = max(fns, key=lambda f: f.lineno)  # the innermost

@@ -12,7 +12,8 @@ from .edit import Fix, call_name, is_self_attr, layer_calls, splice, span
 
 # Layers whose input size can be inferred at the first forward (the harness runs one before training).
 _LAZY = {"Linear": "nn.LazyLinear", "Conv2d": "nn.LazyConv2d", "BatchNorm2d": "nn.LazyBatchNorm2d"}
-_LAZY_KW = {"Linear": "in_features", "Conv2d": "in_channels", "BatchNorm2d": "num_features"}
+_LAZY_KW = {"Linear": "in_features", "Conv2d": "in_channels", "BatchNorm2d": "num_features",
+            "BatchNorm1d": "num_features"}
 _POOLS = ("MaxPool2d", "AvgPool2d")
 # The norm that takes an input of the rank given (BatchNorm1d takes (N, C) and (N, C, L)).
 _NORM_FOR_RANK = {"BatchNorm2d": {2: "nn.LazyBatchNorm1d", 3: "nn.LazyBatchNorm1d"},
@@ -66,7 +67,7 @@ def fix_shared_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
                   key=lambda n: (n.lineno, n.col_offset))
     if len(uses) < 2:
         return None
-    layer = ast.unparse(assign.value) if call_name(assign.value).startswith("Lazy") else _lazy_call(assign.value, kind)
+    layer = ast.unparse(assign.value) if call_name(assign.value).startswith("Lazy") else lazy_call(assign.value, kind)
     names, k = [], 2
     while len(names) < len(uses) - 1:
         if not re.search(rf"\b{attr}_{k}\b", code):
@@ -87,7 +88,7 @@ def fix_lazy_input_size(code: str, tree: ast.Module, error: str) -> Fix | None:
     if not m or m.group(2) not in _LAZY or not (msg.MATMUL.search(error) or msg.CHANNELS.search(error)):
         return None
     path, kind = m.group(1), m.group(2)
-    edits = [(call, _lazy_call(call, kind)) for call in layer_calls(tree, path, kind)]
+    edits = [(call, lazy_call(call, kind)) for call in layer_calls(tree, path, kind)]
     if not edits:
         return None
     return Fix(splice(code, edits), f"lazy_{kind.lower()}",
@@ -138,13 +139,12 @@ def fix_batchnorm_rank(code: str, tree: ast.Module, error: str) -> Fix | None:
     lazy = _NORM_FOR_RANK[m.group(2)].get(got)
     if lazy is None:
         return None
-    edits = [(call, ast.unparse(ast.Call(func=ast.parse(lazy, mode="eval").body, args=call.args[1:],
-                                         keywords=[k for k in call.keywords if k.arg != "num_features"])))
-             for call in layer_calls(tree, m.group(1), m.group(2))]
+    edits = [(call, lazy_call(call, m.group(2), lazy)) for call in layer_calls(tree, m.group(1), m.group(2))]
     if not edits:
         return None
     return Fix(splice(code, edits), "norm_for_rank",
-               f"self.{m.group(1)}: {m.group(2)} was given a {got}-D input -> {lazy} (size inferred at the first forward)")
+               f"self.{m.group(1)}: {m.group(2)} was given a {got}-D input -> {lazy} "
+               "(size inferred at the first forward)")
 
 
 def fix_branch_padding(code: str, tree: ast.Module, error: str) -> Fix | None:
@@ -182,7 +182,8 @@ def fix_branch_padding(code: str, tree: ast.Module, error: str) -> Fix | None:
     if not edits:
         return None
     return Fix(splice(code, edits), "same_padding",
-               f"{m.group(2)}'s branches had different sizes: padding = kernel // 2 for {len(edits)} conv/pool layer(s)")
+               f"{m.group(2)}'s branches had different sizes: padding = kernel // 2 for {len(edits)} "
+               "conv/pool layer(s)")
 
 
 def _arg(call: ast.Call, position: int, keyword: str) -> ast.expr | None:
@@ -213,7 +214,7 @@ def fix_lazy_from_attribute(code: str, tree: ast.Module, error: str) -> Fix | No
         if kind in _LAZY and node.lineno <= line <= (node.end_lineno or node.lineno):
             size = [*node.args[:1], *(k.value for k in node.keywords if k.arg == _LAZY_KW[kind])]
             if any(isinstance(n, ast.Attribute) and n.attr == m.group(2) for arg in size for n in ast.walk(arg)):
-                edits.append((node, _lazy_call(node, kind)))
+                edits.append((node, lazy_call(node, kind)))
     if not edits:
         return None
     return Fix(splice(code, edits), "lazy_from_attribute",
@@ -222,8 +223,9 @@ def fix_lazy_from_attribute(code: str, tree: ast.Module, error: str) -> Fix | No
                + " (input size inferred at the first forward)")
 
 
-def _lazy_call(call: ast.Call, kind: str) -> str:
-    """nn.Linear(a, b, ...) as nn.LazyLinear(b, ...): the same layer without its input size."""
+def lazy_call(call: ast.Call, kind: str, lazy: str | None = None) -> str:
+    """nn.Linear(a, b, ...) as nn.LazyLinear(b, ...): the same layer without its input size, as its own
+    Lazy form or as `lazy` (a BatchNorm2d given a flat input becomes nn.LazyBatchNorm1d)."""
     keywords = [k for k in call.keywords if k.arg != _LAZY_KW[kind]]
     args = call.args[1:]  # the input size, when given positionally
-    return ast.unparse(ast.Call(func=ast.parse(_LAZY[kind], mode="eval").body, args=args, keywords=keywords))
+    return ast.unparse(ast.Call(func=ast.parse(lazy or _LAZY[kind], mode="eval").body, args=args, keywords=keywords))
