@@ -272,6 +272,27 @@ SPLAT = CONTRACT_NAME.replace("nn.Conv2d(in_channels, 16, 3, padding=1)", "nn.Co
 SPLAT_ERR = ('File "<candidate>", line 8, in __init__\n'
              "TypeError: Conv2d.__init__() got an unexpected keyword argument 'lr'")
 
+# Seen in fm15-o/p: every stage written and no classifier head (6 drafts), the head forgotten after the
+# flatten (a 2-D output) or before it (a map of class channels).
+NO_HEAD = CONTRACT_NAME.replace("in_channels, 16", "in_shape[1], 16").replace(
+    "        x = F.relu(self.fc1(x))\n        return self.fc2(x)\n", "        return x\n")
+NO_HEAD_ERR = "output shape: expected (2, 10) (batch, classes) for input (2, 1, 28, 28), got (2, 3136)"
+MAP_OUT = NO_HEAD.replace("        x = torch.flatten(x, 1)\n", "")
+MAP_OUT_ERR = "output shape: expected (2, 10) (batch, classes) for input (2, 1, 28, 28), got (2, 16, 14, 14)"
+
+# Seen in fm15-p: a forward that computes x and never returns it.
+NO_RETURN = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace("        return self.fc2(x)\n",
+                                                                         "        x = self.fc2(x)\n")
+NO_RETURN_ERR = "forward must return a Tensor of shape (2, 10) for a batch of 2, got NoneType"
+
+# Seen in fm15-o/p: forward applies stages __init__ never built (self.conv7 ... after six convs).
+UNBUILT = NO_RETURN.replace("        x = self.fc2(x)\n", "        x = self.fc2(x)\n        return x\n").replace(
+    "        x = torch.flatten(x, 1)\n",
+    "        x = self.relu2(self.bn2(self.conv2(x)))\n        x = self.conv3(x)\n        x = torch.flatten(x, 1)\n")
+UNBUILT_ERR = '''File "<candidate>", line 17, in forward
+    x = self.relu2(self.bn2(self.conv2(x)))
+AttributeError: 'Net' object has no attribute 'conv2\''''
+
 CASES = {
     "lazy_linear": (WRONG_FLATTEN, WRONG_FLATTEN_ERR, "nn.LazyLinear(32)"),
     "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_ERR, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
@@ -297,6 +318,10 @@ CASES = {
     "functional_to_layer": (FUNCTIONAL_LAYER, FUNCTIONAL_LAYER_ERR, "nn.Sequential(nn.MaxPool2d(2), nn.ReLU(inplace=True))"),
     "drop_splat_keywords": (SPLAT, SPLAT_ERR, "nn.Conv2d(in_shape[1], 16, 3, padding=1)  # keep this comment"),
     "define_from_contract": (CONTRACT_NAME, CONTRACT_NAME_ERR, "super().__init__()\n        in_channels = in_shape[1]\n"),
+    "add_output_head": (NO_HEAD, NO_HEAD_ERR, "self.head = nn.LazyLinear(out_shape[0])\n        self.to(device)"),
+    "add_return": (NO_RETURN, NO_RETURN_ERR, "        x = self.fc2(x)\n        return x\n"),
+    "drop_unbuilt_layer": (UNBUILT, UNBUILT_ERR, "        x = self.pool(F.relu(self.conv1(x)))\n"
+                           "        x = torch.flatten(x, 1)\n"),
 }
 
 
@@ -308,6 +333,29 @@ def test_rule_applies_and_keeps_the_rest(rule):
     assert expected in fix.code
     assert "# keep this comment" in fix.code  # a fix edits the offending layer only
     assert fix.description
+
+
+def test_an_output_map_is_pooled_into_the_head_and_tuples_are_left_alone():
+    fix = find_fix(MAP_OUT, MAP_OUT_ERR)
+    assert fix.rule == "add_output_head" and "return self.head(x)" in fix.code
+    assert "self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LazyLinear(out_shape[0]))" in fix.code
+    assert find_fix(MAP_OUT.replace("return x", "return (x, x)"), MAP_OUT_ERR) is None
+    assert find_fix(NO_HEAD, NO_HEAD_ERR.replace("got (2, 3136)", "got (1, 3136)")) is None  # batch mixed up: not this
+
+
+def test_every_unbuilt_layer_is_skipped_in_one_fix_and_built_ones_stay():
+    fix = find_fix(UNBUILT.replace("self.relu2(", "self.pool("), UNBUILT_ERR)
+    assert "conv2" not in fix.code and "conv3" not in fix.code and "        x = self.pool(x)\n" in fix.code
+    assert "self.bn2, self.conv2, self.conv3" in fix.description
+    # read as something other than a layer applied to one input: not this failure
+    assert find_fix(UNBUILT.replace("self.conv2(x)", "self.conv2(x, 1)"), UNBUILT_ERR) is None
+    assert find_fix(UNBUILT.replace("self.conv3(x)", "self.conv3.weight"), UNBUILT_ERR) is None
+    built = UNBUILT.replace("        self.pool =", "        setattr(self, 'conv2', nn.Identity())\n        self.pool =")
+    assert find_fix(built, UNBUILT_ERR) is None  # built by name: some other failure
+
+
+def test_a_forward_cut_short_gets_no_return():
+    assert find_fix(NO_RETURN.replace("x = self.fc2(x)", "x = self.fc2"), NO_RETURN_ERR) is None
 
 
 def test_shared_layer_gets_a_copy_at_its_later_uses_only():
@@ -403,7 +451,8 @@ def test_a_numbered_layer_never_defined_is_defined(attr, layer):
     error = NO_FLATTEN_ATTR_ERR.replace("'flatten'", f"'{attr}'")
     fix = find_fix(code, error)
     assert fix.rule == "define_attribute" and f"super().__init__()\n        self.{attr} = {layer}\n" in fix.code
-    assert find_fix(code.replace(attr, "conv2"), error.replace(attr, "conv2")) is None  # a width it cannot guess
+    # a width it cannot guess: the layer is skipped instead
+    assert find_fix(code.replace(attr, "conv2"), error.replace(attr, "conv2")).rule == "drop_unbuilt_layer"
 
 
 def test_an_init_argument_used_as_an_attribute_is_stored():

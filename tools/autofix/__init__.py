@@ -11,7 +11,8 @@ autograd still needed, one layer applied to inputs of different sizes, an attrib
 an f-string (`self.conv{i}`), a model too wide for its parameter, FLOP or epoch-time budget, a forward
 never written, a BatchNorm of the wrong rank, branches whose padding gives maps of different sizes,
 `in_channels` or `num_classes` read but never defined, `F.relu(inplace=True)` used as a layer, and
-`**prm` splatted into a layer. The LLM, shown the error, often returned its code unchanged; each of
+`**prm` splatted into a layer, a forward that returns features or a map instead of logits (no head),
+one that returns nothing, and one that applies a layer never built. The LLM, shown the error, often returned its code unchanged; each of
 these has one obvious edit. A fix touches only the offending layers or lines (the rest of the text,
 comments included, is kept) and returns None when the error is not one it knows or the code does not
 have the expected shape, so the LLM repair still handles everything else. `find_fix` is pure: routers
@@ -29,6 +30,7 @@ from .forward import fix_missing_forward
 from .names import (fix_bare_torch_name, fix_contract_name, fix_device_keyword, fix_format_attribute,
                     fix_function_as_layer, fix_functional_as_layer, fix_helper_device, fix_inplace, fix_missing_layer,
                     fix_splat_keywords, fix_unknown_layer, fix_unused_forbidden_import)
+from .output import fix_missing_return, fix_output_head, fix_unbuilt_layer
 from .shapes import (fix_batchnorm_rank, fix_branch_padding, fix_groups, fix_lazy_from_attribute, fix_lazy_input_size,
                      fix_pool_too_small, fix_shared_layer, fix_unflattened)
 
@@ -39,7 +41,7 @@ RULES = (fix_unflattened, fix_shared_layer, fix_lazy_input_size, fix_batchnorm_r
          fix_missing_forward, fix_missing_layer, fix_function_as_layer, fix_functional_as_layer, fix_groups,
          fix_pool_too_small, fix_unknown_layer, fix_bare_torch_name, fix_contract_name, fix_unused_forbidden_import,
          fix_helper_device, fix_lazy_from_attribute, fix_inplace, fix_shrink_widths, fix_device_keyword,
-         fix_splat_keywords)
+         fix_splat_keywords, fix_output_head, fix_missing_return, fix_unbuilt_layer)
 
 
 def find_fix(code: str, error: str) -> Fix | None:
