@@ -58,11 +58,11 @@ class LoopConfig(BaseModel):
     epochs: int = Field(1, ge=1)
     iterations: int = Field(30, ge=1)
     history_k: int = Field(5, ge=1)
-    max_repairs: int = Field(2, ge=0)
+    max_repairs: int = Field(3, ge=0, description="LLM repairs (new drafts) per iteration after the first draft fails")
     repair: Literal["redraft", "edit"] = Field(
         "redraft", description="how an LLM repair asks: a new draft of the same design, told the error (redraft), "
                                "or the failed code with the error to fix (edit)")
-    max_fixes: int = Field(5, ge=0, description="rule-based fixes per draft (tools.autofix); 0 turns them off")
+    max_fixes: int = Field(8, ge=0, description="rule-based fixes per draft (tools.autofix); 0 turns them off")
     novelty_threshold: float = Field(0.1, ge=0, le=1, description="min 1-Jaccard to count as novel")
     prm: dict[str, float | int | str] = Field(default_factory=dict, description="hyperparameters for every candidate")
     target_accuracy: float | None = None

@@ -443,6 +443,26 @@ def test_a_layer_built_by_a_helper_method_is_found_in_its_return():
     assert "return nn.LazyConv2d(c_out, 3, padding=1)" in fix.code and "self._make_conv(8, 16)" in fix.code
 
 
+
+def test_layers_a_builder_appends_in_a_loop_all_infer_their_input_size(evaluator):
+    # Seen in fm15-n/p: `layers.append(nn.Conv2d(...))` then `return nn.Sequential(*layers)`; the error
+    # names `stage2.0`, which no element of the returned call can be told to be.
+    code = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
+        "        self.pool = nn.MaxPool2d(2)\n",
+        "        self.pool = nn.MaxPool2d(2)\n        self.stage2 = self._make_stage(8, 16)\n").replace(
+        "    def forward(self, x):\n        x = self.pool(F.relu(self.conv1(x)))\n",
+        "    def _make_stage(self, c_in, c_out):\n        layers = []\n        for _ in range(2):\n"
+        "            layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))\n"
+        "        return nn.Sequential(*layers)\n\n"
+        "    def forward(self, x):\n        x = self.pool(F.relu(self.stage2(self.conv1(x))))\n")
+    error = WRONG_CHANNELS_ERR.replace("in module 'conv2' = Conv2d(8,", "in module 'stage2.0' = Conv2d(8,")
+    assert "in module 'stage2.0'" in error
+    fix = find_fix(code, error)
+    assert fix.rule == "lazy_conv2d" and "layers.append(nn.LazyConv2d(c_out, 3, padding=1))" in fix.code
+    cfg, ev = evaluator
+    after = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=fix.code, dataset="mnist-5k", max_flops=1))
+    assert after.status == "over_budget" and after.stage == "measure", after.error
+
 @pytest.mark.parametrize("attr, layer", [("pool2", "nn.MaxPool2d(2)"), ("avgpool", "nn.AdaptiveAvgPool2d(1)"),
                                          ("relu_1", "nn.ReLU()")])
 def test_a_numbered_layer_never_defined_is_defined(attr, layer):

@@ -94,11 +94,20 @@ def layer_calls(tree: ast.Module, path: str, kind: str) -> list[ast.Call]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and is_self_attr(node.targets[0], attr) \
                 and isinstance(node.value, ast.Call):
-            for built in [node.value, *_returned_by(tree, node.value)]:
-                call = _element(built, indexes)
-                if call is not None and call_name(call) == kind and call not in out:
-                    out.append(call)
+            found = [call for built in [node.value, *_returned_by(tree, node.value)]
+                     if (call := _element(built, indexes)) is not None and call_name(call) == kind]
+            out += [call for call in found or _built_in(tree, node.value, kind) if call not in out]
     return out
+
+
+def _built_in(tree: ast.Module, call: ast.Call, kind: str) -> list[ast.Call]:
+    """Every <kind> call in the builder method behind `self.stage2 = self._make_stage(...)`, when its
+    layers cannot be told apart (`layers.append(nn.Conv2d(...))` in a loop, then `nn.Sequential(*layers)`:
+    3 drafts of eight 1.5B runs failed on it after every other rule). The method builds every stage, so the fix holds for all."""
+    if not is_self_call(call):
+        return []
+    return [n for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == call.func.attr
+            for n in ast.walk(f) if isinstance(n, ast.Call) and call_name(n) == kind]
 
 
 def _returned_by(tree: ast.Module, call: ast.Call) -> list[ast.Call]:
