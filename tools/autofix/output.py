@@ -98,23 +98,6 @@ def _unbuilt(tree: ast.Module, code: str, attr: str) -> bool:
         for n in ast.walk(tree))
 
 
-def _unbuilt(tree: ast.Module, code: str, attr: str) -> bool:
-    """No `self.<attr> = ...` anywhere, nor a setattr/getattr by name: a layer the model never built."""
-    methods = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
-    return attr not in methods and f"'{attr}'" not in code and f'"{attr}"' not in code and not any(
-        isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and any(
-            is_self_attr(t, attr) for t in (n.targets if isinstance(n, ast.Assign) else [n.target]))
-        for n in ast.walk(tree))
-
-
-def _maps_to_itself(stmt: ast.stmt) -> bool:
-    """`x = self.a(self.b(x))`: a statement that reads and rewrites one variable and nothing else."""
-    if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
-        return False
-    var = stmt.targets[0].id
-    return isinstance(stmt.value, ast.Call) and any(isinstance(n, ast.Name) and n.id == var for n in ast.walk(stmt.value))
-
-
 def _method(tree: ast.Module, cls: str, name: str) -> ast.FunctionDef | None:
     return next((f for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name == cls for f in c.body
                  if isinstance(f, ast.FunctionDef) and f.name == name), None)
