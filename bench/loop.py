@@ -49,6 +49,10 @@ def analyze(cfg, run_id: str, limit: int | None = None) -> dict:
     # configured max_tokens as cut.
     replies = [e for e in events if e["node"] in ("generate", "repair")]
     cut = [e for e in replies if e.get("cut", (e.get("tokens_out") or 0) >= cfg.llm.max_tokens - 1)]
+    # How many LLM repairs each valid iteration used: the valid share had max_repairs been k.
+    repairs = _count(e["iteration"] for e in events if e["node"] == "repair")
+    used = [repairs.get(r["iteration"], 0) for r in ok]
+    most = max([cfg.loop.max_repairs, *used])
     n = len(records)
     if limit is None:
         stats = _state_stats(cfg, run_id)
@@ -63,6 +67,7 @@ def analyze(cfg, run_id: str, limit: int | None = None) -> dict:
         "iterations": n,
         "valid_first_attempt": round(sum(r.get("first_status") == "ok" for r in fresh) / max(1, len(fresh)), 3),
         "valid_after_repair": round(len(ok) / max(1, len(fresh)), 3),
+        "valid_within_k_repairs": {k: round(sum(u <= k for u in used) / max(1, len(fresh)), 3) for k in range(most + 1)},
         "duplicates": n - len(fresh),
         "rule_fixes": sum(e["node"] == "fix" for e in events),
         "llm_repairs": sum(e["node"] == "repair" for e in events),

@@ -293,6 +293,46 @@ UNBUILT_ERR = '''File "<candidate>", line 17, in forward
     x = self.relu2(self.bn2(self.conv2(x)))
 AttributeError: 'Net' object has no attribute 'conv2\''''
 
+# Seen in five 1.5B iterations: squeeze-excitation written with Linears on the pooled map, no flatten.
+SE_LINEAR = HEAD + '''class SE(nn.Module):
+    def __init__(self, c, r=4):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(c, c // r, bias=False)  # keep this comment
+        self.fc2 = nn.Linear(in_features=c // r, out_features=c)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(self.pool(x)))))
+
+
+class Net(nn.Module):
+    def __init__(self, in_shape, out_shape, prm, device):
+        super().__init__()
+        self.conv = nn.Conv2d(in_shape[1], 16, 3, padding=1)
+        self.se = SE(16)
+        self.fc = nn.Linear(16, out_shape[0])
+        self.to(device)
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(self.se(F.relu(self.conv(x))), 1)
+        return self.fc(torch.flatten(x, 1))
+'''
+SE_LINEAR_ERR = '''File "<candidate>", line 12, in forward
+    return x * torch.sigmoid(self.fc2(F.relu(self.fc1(self.pool(x)))))
+RuntimeError: mat1 and mat2 shapes cannot be multiplied (32x1 and 16x4)
+in module 'se.fc1' = Linear(in_features=16, out_features=4, bias=False), called with input shape (2, 16, 1, 1)
+dummy input batch: (2, 1, 28, 28)'''
+
+# Seen after Lazy fixes in three 1.5B runs: a weight-init loop reaching a Lazy layer.
+INIT_LAZY = WRONG_FLATTEN.replace("nn.Linear(16 * 7 * 7, 32)", "nn.LazyLinear(32)").replace(
+    "        self.to(device)\n",
+    "        for m in self.modules():\n            if isinstance(m, nn.Linear):\n"
+    "                nn.init.kaiming_normal_(m.weight)\n                nn.init.zeros_(m.bias)\n"
+    "        self.to(device)\n")
+INIT_LAZY_ERR = '''File "<candidate>", line 14, in __init__
+    nn.init.kaiming_normal_(m.weight)
+RuntimeError: Can't access the shape of an uninitialized parameter or buffer. This error usually happens in `load_state_dict`'''
+
 CASES = {
     "lazy_linear": (WRONG_FLATTEN, WRONG_FLATTEN_ERR, "nn.LazyLinear(32)"),
     "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_ERR, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
@@ -318,6 +358,8 @@ CASES = {
     "functional_to_layer": (FUNCTIONAL_LAYER, FUNCTIONAL_LAYER_ERR, "nn.Sequential(nn.MaxPool2d(2), nn.ReLU(inplace=True))"),
     "drop_splat_keywords": (SPLAT, SPLAT_ERR, "nn.Conv2d(in_shape[1], 16, 3, padding=1)  # keep this comment"),
     "define_from_contract": (CONTRACT_NAME, CONTRACT_NAME_ERR, "super().__init__()\n        in_channels = in_shape[1]\n"),
+    "linear_to_conv1x1": (SE_LINEAR, SE_LINEAR_ERR, "self.fc2 = nn.Conv2d(in_channels=c // r, out_channels=c, kernel_size=1)"),
+    "drop_init_of_lazy": (INIT_LAZY, INIT_LAZY_ERR, "if isinstance(m, nn.Linear):\n                pass\n                pass\n"),
     "add_output_head": (NO_HEAD, NO_HEAD_ERR, "self.head = nn.LazyLinear(out_shape[0])\n        self.to(device)"),
     "add_return": (NO_RETURN, NO_RETURN_ERR, "        x = self.fc2(x)\n        return x\n"),
     "drop_unbuilt_layer": (UNBUILT, UNBUILT_ERR, "        x = self.pool(F.relu(self.conv1(x)))\n"
@@ -353,6 +395,14 @@ def test_every_unbuilt_layer_is_skipped_in_one_fix_and_built_ones_stay():
     built = UNBUILT.replace("        self.pool =", "        setattr(self, 'conv2', nn.Identity())\n        self.pool =")
     assert find_fix(built, UNBUILT_ERR) is None  # built by name: some other failure
 
+
+def test_net_own_classifier_on_a_pooled_map_is_flattened_not_made_a_conv():
+    code = SE_LINEAR.replace("self.fc = nn.Linear(16, out_shape[0])", "self.fc = nn.Sequential(nn.Linear(16, out_shape[0]))") \
+        .replace("return self.fc(torch.flatten(x, 1))", "return self.fc(x)").replace("self.se(F.relu", "(F.relu")
+    error = SE_LINEAR_ERR.replace("in module 'se.fc1' = Linear(in_features=16, out_features=4, bias=False)",
+                                  "in module 'fc.0' = Linear(in_features=16, out_features=10, bias=True)")
+    fix = find_fix(code, error)
+    assert fix is None or fix.rule != "linear_to_conv1x1"
 
 def test_a_forward_cut_short_gets_no_return():
     assert find_fix(NO_RETURN.replace("x = self.fc2(x)", "x = self.fc2"), NO_RETURN_ERR) is None

@@ -117,6 +117,14 @@ def test_sane_model_trains(env, request):
     assert set(out.seconds) >= {"parse", "policy", "build", "shape", "measure", "train", "test"}
 
 
+def test_a_lazy_layer_forward_never_reaches_counts_as_no_weights(env, request):
+    # A rule may make a layer Lazy that forward never calls: it stays without weights and must not
+    # fail the parameter count (the Lazy layer is left out of it), nor training.
+    out = run(env, request, model(init="self.unused = nn.LazyLinear(7)"))
+    assert out.status == "ok", out.error
+    assert out.params == run(env, request, model()).params
+
+
 def test_infinite_loop_in_init_times_out(env, request):
     t = time.monotonic()
     out = run(env, request, model(init="while True:\n    pass"))

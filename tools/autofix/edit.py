@@ -103,7 +103,8 @@ def layer_calls(tree: ast.Module, path: str, kind: str) -> list[ast.Call]:
 def _built_in(tree: ast.Module, call: ast.Call, kind: str) -> list[ast.Call]:
     """Every <kind> call in the builder method behind `self.stage2 = self._make_stage(...)`, when its
     layers cannot be told apart (`layers.append(nn.Conv2d(...))` in a loop, then `nn.Sequential(*layers)`:
-    3 drafts of eight 1.5B runs failed on it after every other rule). The method builds every stage, so the fix holds for all."""
+    3 drafts of eight 1.5B runs failed on it after every other rule). The method builds every stage, so
+    the fix holds for all."""
     if not is_self_call(call):
         return []
     return [n for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == call.func.attr

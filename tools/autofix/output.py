@@ -50,7 +50,8 @@ def fix_missing_return(code: str, tree: ast.Module, error: str) -> Fix | None:
             and isinstance(last.value, ast.Call)):
         return None  # `x = self` / `x = self.bn2`: a forward cut short, not one that forgot its return
     var = last.targets[0].id
-    return Fix(splice(code, [(span((last.end_lineno or last.lineno) + 1, 0), f"{' ' * last.col_offset}return {var}\n")]),
+    after = span((last.end_lineno or last.lineno) + 1, 0)
+    return Fix(splice(code, [(after, f"{' ' * last.col_offset}return {var}\n")]),
                "add_return", f"Net.forward never returned: added `return {var}` after its last line")
 
 
@@ -70,7 +71,8 @@ def fix_unbuilt_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
         return None  # read some other way than applied to one input: not a layer to skip
     outer = [c for c in calls if not any(c is not o and c in ast.walk(o) for o in calls)]
     idle = [s for s in forward.body if isinstance(s, ast.Assign) and len(s.targets) == 1
-            and isinstance(s.targets[0], ast.Name) and s.value in outer and _innermost(s.value, calls) == s.targets[0].id]
+            and isinstance(s.targets[0], ast.Name) and s.value in outer
+            and _innermost(s.value, calls) == s.targets[0].id]
     edits = [(whole_lines(s), "") for s in idle] + [(c, _innermost(c, calls)) for c in outer
                                                     if not any(c is s.value for s in idle)]
     names = sorted({c.func.attr for c in calls})

@@ -50,6 +50,45 @@ def fix_unflattened(code: str, tree: ast.Module, error: str) -> Fix | None:
                + ("; " + lazy.description if lazy else ""))
 
 
+def fix_pooled_linear(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """A Linear inside a block applied to a pooled (B, C, 1, 1) map: the squeeze-excitation the model
+    wrote with Linears and no flatten (5 iterations of nine 1.5B runs). Every Linear of that block becomes
+    the 1x1 Conv2d it stands for, so the excitation keeps the map's rank and scales it by broadcasting;
+    flattening instead (the rule below) returned (B, C) to a block that multiplies it with the map."""
+    m = msg.MODULE.search(error)
+    if not m or m.group(2) != "Linear" or "." not in m.group(1) or not msg.MATMUL.search(error):
+        return None
+    shape = [int(s) for s in m.group(3).split(",") if s.strip()]
+    failing = layer_calls(tree, m.group(1), "Linear")
+    if len(shape) != 4 or shape[2:] != [1, 1] or not failing:
+        return None
+    blocks = [c for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name != "Net"
+              and any(call in ast.walk(c) for call in failing)]
+    if not blocks:
+        return None  # Net's own classifier on a pooled map: that one wants the flatten
+    linears = [n for c in blocks for n in ast.walk(c) if isinstance(n, ast.Call) and call_name(n) == "Linear"]
+    edits = [(n, _as_pointwise_conv(n)) for n in linears]
+    return Fix(splice(code, edits), "linear_to_conv1x1",
+               f"self.{m.group(1)} got a pooled {tuple(shape)} map: the {len(edits)} Linear(s) of "
+               f"{', '.join(c.name for c in blocks)} -> 1x1 Conv2d (the map keeps its rank)")
+
+
+def _as_pointwise_conv(call: ast.Call) -> str:
+    """nn.Linear(a, b, bias=False) -> nn.Conv2d(a, b, 1, bias=False)."""
+    rename = {"in_features": "in_channels", "out_features": "out_channels"}
+    keywords = [ast.keyword(arg=rename.get(k.arg, k.arg), value=k.value) for k in call.keywords]
+    args = list(call.args[:2])
+    if len(call.args) > 2:  # Linear's third positional argument is bias; Conv2d's is kernel_size
+        keywords.append(ast.keyword(arg="bias", value=call.args[2]))
+    if len(args) == 2:
+        args.append(ast.Constant(1))
+    else:
+        keywords.append(ast.keyword(arg="kernel_size", value=ast.Constant(1)))
+    func = call.func
+    func = ast.Attribute(value=func.value, attr="Conv2d") if isinstance(func, ast.Attribute) else ast.Name(id="Conv2d")
+    return ast.unparse(ast.Call(func=func, args=args, keywords=keywords))
+
+
 def fix_shared_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
     """One layer applied at several places to inputs of different sizes (self.conv1 on the image, then on
     a 128-channel map): every place after the first gets its own copy, and all infer their input size."""
@@ -221,6 +260,24 @@ def fix_lazy_from_attribute(code: str, tree: ast.Module, error: str) -> Fix | No
                f"line {line} read .{m.group(2)} of a {m.group(1)}, which has none: "
                + ", ".join(f"{call_name(n)} -> {_LAZY[call_name(n)]}" for n, _ in edits)
                + " (input size inferred at the first forward)")
+
+
+def fix_init_of_lazy(code: str, tree: ast.Module, error: str) -> Fix | None:
+    """A weight-init loop (`nn.init.kaiming_normal_(m.weight)`) reached a Lazy layer, whose weights exist
+    only after the first forward (7 failed evaluations of eight 1.5B runs, after a Lazy fix): the
+    function's `nn.init` calls become `pass`, so every layer keeps torch's default initialization."""
+    line = msg.candidate_line(error) if msg.UNINITIALIZED.search(error) else None
+    fn = next((f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and line is not None
+               and f.lineno <= line <= (f.end_lineno or f.lineno)
+               and not any(isinstance(g, ast.FunctionDef) and g is not f and g.lineno <= line <= (g.end_lineno or 0)
+                           for g in ast.walk(f))), None)
+    inits = [s for s in ast.walk(fn) if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call)
+             and ".init." in f".{ast.unparse(s.value.func)}"] if fn else []
+    if not any(s.lineno <= line <= (s.end_lineno or s.lineno) for s in inits):
+        return None
+    return Fix(splice(code, [(s, "pass") for s in inits]), "drop_init_of_lazy",
+               f"{fn.name} initialized weights a Lazy layer does not have yet: its {len(inits)} nn.init call(s) "
+               "dropped (torch's default initialization)")
 
 
 def lazy_call(call: ast.Call, kind: str, lazy: str | None = None) -> str:

@@ -316,6 +316,16 @@ def shape_check(model: nn.Module, code_lines: list[str], data: TensorData, devic
     return x
 
 
+def drop_unreached_lazy(model: nn.Module) -> None:
+    """A Lazy layer the shape check's forward never reached (built and never used; rules make layers
+    Lazy) has no weights and never will, and the parameter count and the optimizer would fail on it:
+    it becomes an Identity, which changes nothing forward computes."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
+
+
 def measure(model: nn.Module, x: torch.Tensor, req: dict) -> tuple[int, int | None, dict]:
     """Parameter count and forward FLOPs per sample (FlopCounterMode counts a multiply-add as 2)."""
     params = sum(p.numel() for p in model.parameters())
@@ -388,6 +398,7 @@ def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
         done("build", t)
         t = begin("shape")
         x = shape_check(model, code_lines, data, device)
+        drop_unreached_lazy(model)
         done("shape", t)
         t = begin("measure")
         params, flops, note = measure(model, x, req)

@@ -22,6 +22,7 @@ UNEXPECTED_KW = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argum
 RANK = re.compile(r"expected \d+D (?:or \d+D )?input \(got \d+D input\)")
 SPATIAL = re.compile(r"Sizes of tensors must match except in dimension 1\. Expected size (\d+) but got size (\d+)"
                      r"|size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) at non-singleton dimension [23]")
+UNINITIALIZED = re.compile(r"Can't access the shape of an uninitialized parameter")
 OUTPUT = re.compile(r"output shape: expected \((\d+), (\d+)\) \(batch, classes\) for input \([\d, ]+\), got \(([\d, ]+)\)")
 UNDEFINED = re.compile(r"NameError: name '(\w+)' is not defined")
 _LINE = re.compile(r'File "<candidate>", line (\d+)')
