@@ -333,6 +333,36 @@ INIT_LAZY_ERR = '''File "<candidate>", line 14, in __init__
     nn.init.kaiming_normal_(m.weight)
 RuntimeError: Can't access the shape of an uninitialized parameter or buffer. This error usually happens in `load_state_dict`'''
 
+# Seen 25 times in eight 1.5B runs: a residual block that downsamples and widens, added to its input.
+RESIDUAL = HEAD + '''class Block(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)  # keep this comment
+
+    def forward(self, x):
+        out = F.relu(self.conv(x))
+        out += x
+        return out
+
+
+class Net(nn.Module):
+    def __init__(self, in_shape, out_shape, prm, device):
+        super().__init__()
+        self.block = Block(in_shape[1], 8)
+        self.fc = nn.Linear(8 * 14 * 14, out_shape[0])
+        self.to(device)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.block(x) + 1, 1))
+'''
+RESIDUAL_ERR = '''File "<candidate>", line 21, in forward
+    return self.fc(torch.flatten(self.block(x) + 1, 1))
+File "<candidate>", line 12, in forward
+    out += x
+RuntimeError: The size of tensor a (14) must match the size of tensor b (28) at non-singleton dimension 3
+in module 'block' = Block, called with input shape (2, 1, 28, 28)
+dummy input batch: (2, 1, 28, 28)'''
+
 CASES = {
     "lazy_linear": (WRONG_FLATTEN, WRONG_FLATTEN_ERR, "nn.LazyLinear(32)"),
     "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_ERR, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
@@ -360,6 +390,7 @@ CASES = {
     "define_from_contract": (CONTRACT_NAME, CONTRACT_NAME_ERR, "super().__init__()\n        in_channels = in_shape[1]\n"),
     "linear_to_conv1x1": (SE_LINEAR, SE_LINEAR_ERR, "self.fc2 = nn.Conv2d(in_channels=c // r, out_channels=c, kernel_size=1)"),
     "drop_init_of_lazy": (INIT_LAZY, INIT_LAZY_ERR, "if isinstance(m, nn.Linear):\n                pass\n                pass\n"),
+    "fit_residual": (RESIDUAL, RESIDUAL_ERR, "        out = _fit_add(out, x)\n"),
     "add_output_head": (NO_HEAD, NO_HEAD_ERR, "self.head = nn.LazyLinear(out_shape[0])\n        self.to(device)"),
     "add_return": (NO_RETURN, NO_RETURN_ERR, "        x = self.fc2(x)\n        return x\n"),
     "drop_unbuilt_layer": (UNBUILT, UNBUILT_ERR, "        x = self.pool(F.relu(self.conv1(x)))\n"

@@ -32,6 +32,7 @@ from .names import (fix_bare_torch_name, fix_contract_name, fix_device_keyword, 
                     fix_function_as_layer, fix_functional_as_layer, fix_helper_device, fix_inplace, fix_missing_layer,
                     fix_splat_keywords, fix_unknown_layer, fix_unused_forbidden_import)
 from .output import fix_missing_return, fix_output_head, fix_unbuilt_layer
+from .residual import fix_residual_shape
 from .shapes import (fix_batchnorm_rank, fix_branch_padding, fix_groups, fix_init_of_lazy, fix_lazy_from_attribute,
                      fix_lazy_input_size, fix_pool_too_small, fix_pooled_linear, fix_shared_layer, fix_unflattened)
 
@@ -43,7 +44,7 @@ RULES = (fix_pooled_linear, fix_unflattened, fix_shared_layer, fix_lazy_input_si
          fix_functional_as_layer, fix_groups, fix_pool_too_small, fix_unknown_layer, fix_bare_torch_name,
          fix_contract_name, fix_unused_forbidden_import, fix_helper_device, fix_lazy_from_attribute,
          fix_inplace, fix_shrink_widths, fix_device_keyword, fix_splat_keywords, fix_output_head,
-         fix_missing_return, fix_unbuilt_layer, fix_init_of_lazy)
+         fix_missing_return, fix_unbuilt_layer, fix_init_of_lazy, fix_residual_shape)
 
 
 def find_fix(code: str, error: str) -> Fix | None:
