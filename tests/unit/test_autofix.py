@@ -435,6 +435,20 @@ def test_net_own_classifier_on_a_pooled_map_is_flattened_not_made_a_conv():
     fix = find_fix(code, error)
     assert fix is None or fix.rule != "linear_to_conv1x1"
 
+def test_a_linear_given_a_map_inside_sequential_gets_a_flatten_before_it(evaluator):
+    # Seen in fm15-q: the classifier written as the last element of a conv stage's nn.Sequential.
+    code = NOT_FLATTENED.replace("self.pool = nn.MaxPool2d(2)", "self.pool = nn.Sequential(nn.MaxPool2d(2), "
+                                 "nn.Linear(16 * 7 * 7, out_shape[0]))").replace(
+        "        x = F.relu(self.fc1(x))\n        return self.fc2(x)\n", "        return x\n")
+    error = NOT_FLATTENED_ERR.replace("in module 'fc1' = Linear(in_features=784, out_features=32, bias=True)",
+                                      "in module 'pool.1' = Linear(in_features=784, out_features=10, bias=True)")
+    fix = find_fix(code, error)
+    assert fix.rule == "flatten_before_linear"
+    assert "nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.LazyLinear(out_shape[0]))" in fix.code
+    cfg, ev = evaluator
+    after = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=fix.code, dataset="mnist-5k", max_flops=1))
+    assert after.status == "over_budget" and after.stage == "measure", after.error
+
 def test_a_forward_cut_short_gets_no_return():
     assert find_fix(NO_RETURN.replace("x = self.fc2(x)", "x = self.fc2"), NO_RETURN_ERR) is None
 

@@ -32,6 +32,8 @@ def fix_unflattened(code: str, tree: ast.Module, error: str) -> Fix | None:
     if len(shape) <= 2:
         return None
     attr = m.group(1).rsplit(".", 1)[-1]
+    if attr.isdigit():  # an element of nn.Sequential(..., nn.Linear(...)): a Flatten goes in before it
+        return _flatten_in_sequential(code, tree, m.group(1), len(shape))
     line_no = msg.candidate_line(error)
     lines = code.splitlines(keepends=True)
     if line_no is None or not (1 <= line_no <= len(lines)):
@@ -87,6 +89,20 @@ def _as_pointwise_conv(call: ast.Call) -> str:
     func = call.func
     func = ast.Attribute(value=func.value, attr="Conv2d") if isinstance(func, ast.Attribute) else ast.Name(id="Conv2d")
     return ast.unparse(ast.Call(func=func, args=args, keywords=keywords))
+
+
+def _flatten_in_sequential(code: str, tree: ast.Module, path: str, rank: int) -> Fix | None:
+    """`nn.Sequential(conv, bn, relu, nn.Linear(6272, 10))` given a map (fm15-q iteration 9): the
+    Linear is made Lazy and an nn.Flatten() put before it in the Sequential."""
+    calls = layer_calls(tree, path, "Linear")
+    in_sequential = [c for c in calls if any(call_name(n) == "Sequential" and any(a is c for a in n.args)
+                                             for n in ast.walk(tree))]
+    if not in_sequential:
+        return None
+    edits = [(c, "nn.Flatten(), " + lazy_call(c, "Linear")) for c in in_sequential]
+    return Fix(splice(code, edits), "flatten_before_linear",
+               f"self.{path} is a Linear given a {rank}-D map inside nn.Sequential: nn.Flatten() put before it, "
+               "and it infers its input size (nn.LazyLinear)")
 
 
 def fix_shared_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
