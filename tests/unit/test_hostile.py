@@ -266,6 +266,7 @@ def test_socket_without_policy_reaches_nothing(env, request):
 def test_nan_loss(env, request):
     out = run(env, request, model(forward="x = x * float('nan')"))
     assert out.status == "nan_loss" and out.stage == "train", out
+    assert out.seconds["train"] > 0  # the time spent training before the NaN counts as training
 
 
 def test_wrong_output_shape(env, request):

@@ -374,12 +374,17 @@ def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
     seconds: dict[str, float] = {}
     stage = "build"
     result: dict[str, Any] = {}
+    started = time.perf_counter()
 
     def begin(name: str) -> float:
-        nonlocal stage
-        stage = name
+        nonlocal stage, started
+        stage, started = name, time.perf_counter()
         report.send(event="stage", stage=name)
-        return time.perf_counter()
+        return started
+
+    def failed_in() -> dict[str, float]:
+        """The seconds of every stage, the one that failed included (a NaN at batch 178 spent them training)."""
+        return {**seconds, stage: seconds.get(stage, round(time.perf_counter() - started, 4))}
 
     def done(name: str, t: float) -> None:
         seconds[name] = round(time.perf_counter() - t, 4)
@@ -414,11 +419,11 @@ def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
                        seconds=seconds, detail=detail, epochs=res.epochs)
     except Failure as f:
         return Outcome(status=f.status, stage=stage, params=result.get("params"), flops=result.get("flops"),
-                       seconds=seconds, error=f.error, detail={**result.get("detail", {}), **f.detail})
+                       seconds=failed_in(), error=f.error, detail={**result.get("detail", {}), **f.detail})
     except BaseException as e:  # noqa: BLE001 - our own bug or an odd device failure: still an outcome
         failure = _classify(e, "runtime_error", code_lines)
         return Outcome(status=failure.status, stage=stage, params=result.get("params"), flops=result.get("flops"),
-                       seconds=seconds, error=failure.error, detail=failure.detail)
+                       seconds=failed_in(), error=failure.error, detail=failure.detail)
 
 
 def run(req: dict, data: TensorData, result_fd: int) -> NoReturn:
