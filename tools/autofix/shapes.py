@@ -56,7 +56,7 @@ def fix_pooled_linear(code: str, tree: ast.Module, error: str) -> Fix | None:
     """A Linear inside a block applied to a pooled (B, C, 1, 1) map: the squeeze-excitation the model
     wrote with Linears and no flatten (5 iterations of nine 1.5B runs). Every Linear of that block becomes
     the 1x1 Conv2d it stands for, so the excitation keeps the map's rank and scales it by broadcasting;
-    flattening instead (the rule below) returned (B, C) to a block that multiplies it with the map."""
+    flattening instead (fix_unflattened) returned (B, C) to a block that multiplies it with the map."""
     m = msg.MODULE.search(error)
     if not m or m.group(2) != "Linear" or "." not in m.group(1) or not msg.MATMUL.search(error):
         return None
