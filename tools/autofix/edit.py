@@ -133,13 +133,17 @@ def _element(call: ast.Call, indexes: list[int]) -> ast.Call | None:
     return call
 
 
-def init_of(tree: ast.Module, cls: str) -> ast.FunctionDef | None:
+def method_of(tree: ast.Module, cls: str, name: str) -> ast.FunctionDef | None:
     for node in ast.walk(tree):  # a block may be defined inside Net.__init__
         if isinstance(node, ast.ClassDef) and node.name == cls:
             for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                if isinstance(item, ast.FunctionDef) and item.name == name:
                     return item
     return None
+
+
+def init_of(tree: ast.Module, cls: str) -> ast.FunctionDef | None:
+    return method_of(tree, cls, "__init__")
 
 
 def is_super_init(stmt: ast.stmt) -> bool:

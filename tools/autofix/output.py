@@ -9,7 +9,7 @@ import re
 
 from tools.evaluator import messages as msg
 
-from .edit import Fix, init_of, is_self_attr, is_self_call, splice, span, whole_lines
+from .edit import Fix, init_of, is_self_attr, is_self_call, method_of, splice, span, whole_lines
 
 # What turns an output of this rank into (batch, classes); the Linear infers its input size.
 _HEADS = {2: "nn.LazyLinear({k})", 3: "nn.Sequential(nn.Flatten(), nn.LazyLinear({k}))",
@@ -23,9 +23,9 @@ def fix_output_head(code: str, tree: ast.Module, error: str) -> Fix | None:
     m = msg.OUTPUT.search(error)
     if not m:
         return None
-    got = [int(s) for s in m.group(3).split(",") if s.strip()]
+    got = msg.dims(m.group(3))
     head = _HEADS.get(len(got))
-    init, forward = init_of(tree, "Net"), _method(tree, "Net", "forward")
+    init, forward = init_of(tree, "Net"), method_of(tree, "Net", "forward")
     if head is None or got[0] != int(m.group(1)) or init is None or forward is None or len(init.args.args) < 3:
         return None
     returns = [r for r in _walk_own(forward) if isinstance(r, ast.Return)]
@@ -42,7 +42,7 @@ def fix_output_head(code: str, tree: ast.Module, error: str) -> Fix | None:
 
 def fix_missing_return(code: str, tree: ast.Module, error: str) -> Fix | None:
     """forward computes x and never returns it: return the variable its last statement assigns."""
-    forward = _method(tree, "Net", "forward") if _NO_TENSOR.search(error) else None
+    forward = method_of(tree, "Net", "forward") if _NO_TENSOR.search(error) else None
     if forward is None or any(isinstance(r, ast.Return) for r in _walk_own(forward)):
         return None
     last = forward.body[-1]
@@ -60,7 +60,7 @@ def fix_unbuilt_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
     six convs): skip it, `self.conv7(x)` -> `x`, and every other layer forward applies and never built
     (the reply that forgot conv7 also forgot bn7 and conv8). A line left as `x = x` goes."""
     m = msg.NO_ATTR.search(error)
-    forward = _method(tree, m.group(1), "forward") if m else None
+    forward = method_of(tree, m.group(1), "forward") if m else None
     if forward is None or not _unbuilt(tree, code, m.group(2)):
         return None
     uses = [n for n in _walk_own(forward) if isinstance(n, ast.Attribute) and is_self_attr(n, n.attr)
@@ -98,11 +98,6 @@ def _unbuilt(tree: ast.Module, code: str, attr: str) -> bool:
         isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and any(
             is_self_attr(t, attr) for t in (n.targets if isinstance(n, ast.Assign) else [n.target]))
         for n in ast.walk(tree))
-
-
-def _method(tree: ast.Module, cls: str, name: str) -> ast.FunctionDef | None:
-    return next((f for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name == cls for f in c.body
-                 if isinstance(f, ast.FunctionDef) and f.name == name), None)
 
 
 def _walk_own(fn: ast.FunctionDef):

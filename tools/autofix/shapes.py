@@ -28,7 +28,7 @@ def fix_unflattened(code: str, tree: ast.Module, error: str) -> Fix | None:
     m = msg.MODULE.search(error)
     if not m or m.group(2) != "Linear" or not msg.MATMUL.search(error):
         return None
-    shape = [int(s) for s in m.group(3).split(",") if s.strip()]
+    shape = msg.dims(m.group(3))
     if len(shape) <= 2:
         return None
     attr = m.group(1).rsplit(".", 1)[-1]
@@ -60,7 +60,7 @@ def fix_pooled_linear(code: str, tree: ast.Module, error: str) -> Fix | None:
     m = msg.MODULE.search(error)
     if not m or m.group(2) != "Linear" or "." not in m.group(1) or not msg.MATMUL.search(error):
         return None
-    shape = [int(s) for s in m.group(3).split(",") if s.strip()]
+    shape = msg.dims(m.group(3))
     failing = layer_calls(tree, m.group(1), "Linear")
     if len(shape) != 4 or shape[2:] != [1, 1] or not failing:
         return None
@@ -190,7 +190,7 @@ def fix_batchnorm_rank(code: str, tree: ast.Module, error: str) -> Fix | None:
     m, rank = msg.MODULE.search(error), msg.RANK.search(error)
     if not m or not rank or m.group(2) not in _NORM_FOR_RANK:
         return None
-    got = len([s for s in m.group(3).split(",") if s.strip()])
+    got = len(msg.dims(m.group(3)))
     lazy = _NORM_FOR_RANK[m.group(2)].get(got)
     if lazy is None:
         return None

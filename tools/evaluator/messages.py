@@ -37,6 +37,11 @@ def budget_excess(error: str) -> dict[str, tuple[float, float]]:
     return found
 
 
+def dims(shape: str) -> list[int]:
+    """'2, 16, 1, 1' (a shape as MODULE and OUTPUT capture it) -> [2, 16, 1, 1]."""
+    return [int(s) for s in shape.split(",") if s.strip()]
+
+
 def candidate_line(error: str) -> int | None:
     """The candidate's line in the innermost traceback frame that is the candidate's own."""
     found = _LINE.findall(error)
