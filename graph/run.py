@@ -123,7 +123,10 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
             trace.truncate_from(values.get("step", 0))
             total = iterations or values["max_iterations"]
             retasked = {"task": task.model_dump(), "user_goal": goal} if retask else {}
-            if not snapshot.next:  # finished before: extend it if asked for more iterations
+            # Finished before only if no task is left, not merely none to run: the live snapshot lists a
+            # task whose writes were saved without the checkpoint after them (a kill in between) under
+            # `tasks` but not `next`, and streaming on applies its writes.
+            if not snapshot.tasks:  # finished before: extend it if asked for more iterations
                 if total <= values.get("iteration", 0):
                     return summarize(run_id, values)
                 graph.update_state(config, {"max_iterations": total, "stop_reason": None, **retasked},

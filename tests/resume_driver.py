@@ -1,6 +1,11 @@
 """Child process for the kill-and-resume test: runs (or resumes) one loop with a scripted LLM whose
-designs are all distinct valid models, so every iteration trains for real on `digits`."""
+designs are all distinct valid models, so every iteration trains for real on `digits`.
+
+With the environment variable EXIT_AT_CHECKPOINT=K the process dies (os._exit, as abrupt as kill -9)
+when LangGraph is about to write its K-th checkpoint: the node before it has run, traced and saved
+its writes, and the checkpoint that would record them is never written."""
 import itertools
+import os
 import sys
 
 from graph.run import run_loop
@@ -9,7 +14,22 @@ from tests import candidates as C
 from tests.fakes import FakeHandle, ScriptedChatModel
 
 
+def _exit_at_checkpoint(k: int) -> None:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    put, calls = SqliteSaver.put, itertools.count(1)
+
+    def dying_put(self, *args, **kwargs):
+        if next(calls) == k:
+            os._exit(9)
+        return put(self, *args, **kwargs)
+
+    SqliteSaver.put = dying_put
+
+
 def main(home: str, run_id: str, iterations: int, start_width: int) -> None:
+    if os.environ.get("EXIT_AT_CHECKPOINT"):
+        _exit_at_checkpoint(int(os.environ["EXIT_AT_CHECKPOINT"]))
     cfg = load_config(home=home, evaluator={"threads": 1, "time_budget_s": 60, "batch_size": 32},
                       loop={"dataset": "digits", "max_repairs": 1, "prm": {"lr": 0.1}})
     widths = itertools.count(start_width)

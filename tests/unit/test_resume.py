@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 N = 6
 
 
-def _start(home: Path, width: int) -> subprocess.Popen:
+def _start(home: Path, width: int, iterations: int = N) -> subprocess.Popen:
     env = {**os.environ, "NASGRAPH_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "tests.resume_driver", str(home), "kr", str(N), str(width)],
+    return subprocess.Popen([sys.executable, "-m", "tests.resume_driver", str(home), "kr", str(iterations), str(width)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -70,3 +70,22 @@ def test_kill_and_resume_is_exact(tmp_path):
     leftovers = subprocess.run(["pgrep", "-af", f"tools.evaluator.zygote.*{tmp_path}"],
                                capture_output=True, text=True).stdout
     assert leftovers.strip() == "", f"orphaned evaluator processes: {leftovers}"
+
+
+def test_death_between_a_nodes_writes_and_its_checkpoint_resumes_exactly(tmp_path):
+    # Regression: LangGraph saves a node's writes, then the checkpoint after them. Dying in between
+    # left a snapshot with no task to *run* (the writes are there), which resume took for a finished
+    # run: it restarted the iteration, tracing the same step twice and drafting again.
+    for k in (4, 9):
+        home = tmp_path / f"k{k}"
+        first = subprocess.run([sys.executable, "-m", "tests.resume_driver", str(home), "kr", "2", "4"],
+                               cwd=ROOT, env={**os.environ, "NASGRAPH_HOME": str(home), "PYTHONPATH": str(ROOT),
+                                              "EXIT_AT_CHECKPOINT": str(k)}, capture_output=True, text=True)
+        assert first.returncode == 9, first.stderr[-2000:]
+        proc = _start(home, 44, iterations=2)
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        events = list(read_events(RunPaths(home / "runs" / "kr").trace))
+        assert [e["step"] for e in events] == list(range(len(events)))
+        assert [e["iteration"] for e in events if e["node"] == "record"] == [1, 2]
+        assert [e["node"] for e in events].count("improve") == 2
