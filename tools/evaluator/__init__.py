@@ -119,6 +119,11 @@ class Evaluator:
         return self._parent.restarts
 
     @property
+    def warm_state(self) -> dict:
+        """What the warm parent reported when it became ready (pid, threads, grad_enabled, cuda_initialized)."""
+        return dict(self._parent.ready_info)
+
+    @property
     def warm_pid(self) -> int | None:
         return self._parent.proc.pid if self._parent.proc else None
 

@@ -435,6 +435,7 @@ def run(req: dict, data: TensorData, result_fd: int) -> NoReturn:
         report.send(event="result", outcome=Outcome(
             status="runtime_error", stage="build", error=f"sandbox setup failed: {type(e).__name__}: {e}").model_dump())
         os._exit(0)
+    torch.set_grad_enabled(True)  # the warm parent forks with autograd off (see zygote.py)
     outcome = run_stages(req, data, report)
     if CappedText.dropped:
         outcome.detail["output_dropped_bytes"] = CappedText.dropped

@@ -191,6 +191,7 @@ class WarmParent:
         self.count = 0
         self.restarts = -1
         self._ready = False
+        self.ready_info: dict = {}
 
     # ---- life cycle
     def spawn(self) -> None:
@@ -222,6 +223,7 @@ class WarmParent:
             self._stop()
             raise EvaluatorUnavailable(f"the evaluator's warm parent did not start:\n{log}")
         self.pid = msg["pid"]
+        self.ready_info = msg  # threads, grad mode and CUDA state of the process that forks candidates
         self._ready = True
 
     def log_tail(self, chars: int = 2000) -> str:

@@ -9,8 +9,12 @@ per line on stdin and answers with JSON lines on stdout (never pickle):
   {"event": "stage" | "stage_done" | "result", ...}               relayed from the child
   {"event": "exit", "code": ..., "signal": ..., "maxrss_kb": ..., "strays": ...}   the child is reaped
 
-The zygote never runs torch compute with more than one thread and never touches CUDA, so a forked
-child starts from a clean OpenMP/CUDA state and sets its own threads and device. It is a child
+The zygote never runs torch compute with more than one thread, never runs backward (grad mode is off
+for its whole life) and never initialises CUDA, so a forked child starts from a clean OpenMP, autograd
+and CUDA state and sets its own threads and device. A backward in this process would start
+autograd's per-device threads, and on a GPU machine every child would then fail ("Unable to handle
+autograd's threading in combination with fork-based multiprocessing", "Cannot re-initialize CUDA in
+forked subprocess"); on a CPU-only machine nothing would show it, so `main` checks it on every start. It is a child
 subreaper, so processes that a candidate spawned and detached come back to it and are killed after
 each candidate. It ends when its parent does (EOF on stdin, or a changed parent pid mid-candidate).
 """
@@ -222,7 +226,9 @@ class Net(nn.Module):
 
 
 def warm_up() -> None:
-    """Run the child's stages in-process, on the CPU with one thread, on a tiny synthetic dataset.
+    """Run the child's stages in-process, on the CPU with one thread, on a tiny synthetic dataset,
+    with autograd off and CUDA untouched (the caller checks both), so that forked children can train
+    and use a GPU.
 
     Besides speed this matters for correctness: a child that dropped to an unprivileged uid may be
     unable to read the Python installation (here it lives under /root), so a module it first
@@ -233,6 +239,7 @@ def warm_up() -> None:
 
     from tools.evaluator import child, policy
     from tools.evaluator.datasets import TensorData
+    from tools.evaluator.harness import rehearse
     from tools.evaluator.reference_models import reference_names, reference_source
 
     for mod in (*policy.ALLOWED_MODULES, "encodings.idna"):  # idna: any socket call with a host name
@@ -254,7 +261,7 @@ def warm_up() -> None:
         model = child.build(code, r, data, device)
         x = child.shape_check(model, code.splitlines(), data, device)
         child.measure(model, x, r)
-        child.train(model, code.splitlines(), data, r, device)
+        rehearse(model, data, r["prm_full"])  # the training path, without backward: see rehearse()
     try:  # the error paths format tracebacks and classify messages: warm them too
         child.build("raise ValueError('x')", req, data, device)
     except child.Failure:
@@ -272,14 +279,21 @@ def main(argv: list[str]) -> int:
     os.dup2(2, 1)  # a stray print (ours or a library's) must not corrupt the protocol
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the Evaluator decides when we stop
 
+    # torch.cuda.is_available() (a candidate's device="auto") must not initialise the driver here.
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     import torch
 
     torch.set_num_threads(1)  # torch work here (warm-up, dataset caching) stays on this thread: no pool to fork
+    torch.set_grad_enabled(False)  # no backward in the forking process, ever; the child turns it back on
     t = time.perf_counter()
     warm_up()
+    if torch.cuda.is_initialized():
+        print("zygote: CUDA was initialised before forking; children could not use it", file=sys.stderr)
+        return 3
     threads = len(os.listdir("/proc/self/task"))
     print(f"zygote {os.getpid()}: warm-up {time.perf_counter() - t:.1f}s, {threads} thread(s)", file=sys.stderr)
-    chan.send(event="ready", pid=os.getpid(), threads=threads)
+    chan.send(event="ready", pid=os.getpid(), threads=threads, grad_enabled=torch.is_grad_enabled(),
+              cuda_initialized=torch.cuda.is_initialized())
     cache: dict = {}
     for line in sys.stdin:
         if not line.strip():
