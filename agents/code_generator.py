@@ -19,12 +19,12 @@ from collections.abc import Sequence
 
 from langchain_core.language_models import BaseChatModel
 
-from agents.extract import extract
-from agents.feedback import error_hint, history_block, key_error_line, offending_line
-from agents.llm_call import AgentError, call
-from agents.prompts import RenderedPrompt, pair_sha, render
-from agents.schemas import BestDesign, Generation, HistoryEntry, Task
-from tools.fmt import human
+from nasgraph.agents.extract import extract
+from nasgraph.agents.feedback import error_hint, history_block, key_error_line, offending_line
+from nasgraph.agents.llm_call import AgentError, call
+from nasgraph.agents.prompts import RenderedPrompt, pair_sha, render
+from nasgraph.agents.schemas import BestDesign, Generation, HistoryEntry, Task
+from nasgraph.tools.fmt import human
 
 __all__ = ["AgentError", "Generation", "Task", "build_prompt", "compact_code", "generate", "layer_kinds",
            "redraft_instruction", "repair", "shorten", "task_values"]

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from tools.autofix.edit import parses
+from nasgraph.tools.autofix.edit import parses
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S | re.I)
 _FENCE = re.compile(r"^\s*(```|~~~)\s*([\w+\-.]*)\s*$")

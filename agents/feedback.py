@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 
-from agents.schemas import HistoryEntry
-from tools.evaluator.messages import MATMUL, budget_excess
-from tools.fmt import human
+from nasgraph.agents.schemas import HistoryEntry
+from nasgraph.tools.evaluator.messages import MATMUL, budget_excess
+from nasgraph.tools.fmt import human
 
 _HINTS: list[tuple[re.Pattern[str], str]] = [(re.compile(p, re.I), h) for p, h in [
     (r"has no attribute 'flatten'",

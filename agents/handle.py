@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from langchain_core.language_models import BaseChatModel
 
-from agents import llm as backends
+from nasgraph.agents import llm as backends
 from nasgraph.config import Config
 
 
@@ -31,7 +31,7 @@ class LLMHandle:
 
 
 def open_llm(cfg: Config, progress=None) -> LLMHandle:
-    from tools.evaluator.harness import pick_device
+    from nasgraph.tools.evaluator.harness import pick_device
 
     chat = backends.make_chat_model(cfg.llm, cfg.models_dir, progress=progress)
     return LLMHandle(base=chat, backend=cfg.llm.backend, model=backends.model_label(chat), seed=cfg.llm.seed,

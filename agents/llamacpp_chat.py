@@ -29,7 +29,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
-from agents.llm import LLMError, LLMUnavailable
+from nasgraph.agents.llm import LLMError, LLMUnavailable
 
 # One Llama per key, shared by every chat model on that key; one lock because a llama.cpp context
 # is not safe to use from two threads and loading/freeing must not race a generation.

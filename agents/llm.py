@@ -18,7 +18,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_ollama import ChatOllama
 
-from agents import models
+from nasgraph.agents import models
 from nasgraph.config import LLMConfig
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def make_chat_model(cfg: LLMConfig, models_dir: Path, *,
 
 
 def _make_llamacpp(cfg: LLMConfig, models_dir: Path, progress: models.Progress | None) -> BaseChatModel:
-    from agents.llamacpp_chat import ChatLlamaCpp  # imports llama_cpp lazily: ollama users need no build
+    from nasgraph.agents.llamacpp_chat import ChatLlamaCpp  # imports llama_cpp lazily: ollama users need no build
 
     try:
         path = models.resolve(cfg.model, models_dir, progress=progress)
@@ -157,7 +157,7 @@ def release(chat_model: BaseChatModel, mode: str = "release", *, force: bool = F
         return False
     if mode != "release":
         raise ValueError(f"gpu_share must be 'release' or 'keep', not {mode!r}")
-    from agents.llamacpp_chat import ChatLlamaCpp
+    from nasgraph.agents.llamacpp_chat import ChatLlamaCpp
 
     if isinstance(chat_model, ChatLlamaCpp):
         return (force or chat_model.uses_gpu) and chat_model.release()
@@ -176,7 +176,7 @@ def reacquire(chat_model: BaseChatModel, *, eager: bool = False) -> None:
     """Undo `release`. Both backends reload lazily on the next call; `eager` loads now instead."""
     if not eager:
         return
-    from agents.llamacpp_chat import ChatLlamaCpp
+    from nasgraph.agents.llamacpp_chat import ChatLlamaCpp
 
     if isinstance(chat_model, ChatLlamaCpp):
         chat_model.reacquire()
@@ -193,7 +193,7 @@ def with_options(chat_model: BaseChatModel, *, seed: int | None = None, temperat
                  max_tokens: int | None = None) -> BaseChatModel:
     """A copy with other sampling settings, the same on every backend (e.g. a fresh seed per sample:
     with one fixed seed, the same prompt gives the same reply). The loaded weights are shared."""
-    from agents.llamacpp_chat import ChatLlamaCpp
+    from nasgraph.agents.llamacpp_chat import ChatLlamaCpp
 
     if isinstance(chat_model, ChatLlamaCpp):
         names = {"seed": "seed", "temperature": "temperature", "max_tokens": "max_tokens"}

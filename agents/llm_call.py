@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from agents.prompts import RenderedPrompt
+from nasgraph.agents.prompts import RenderedPrompt
 
 
 class AgentError(RuntimeError):

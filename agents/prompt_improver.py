@@ -16,12 +16,12 @@ from difflib import SequenceMatcher
 
 from langchain_core.language_models import BaseChatModel
 
-from agents.code_generator import task_values
-from agents.feedback import error_hint, history_block, is_near_copy, key_error_line, outcome_text
-from agents.llm_call import AgentError, call
-from agents.prompts import pair_sha, render
-from agents.schemas import BestDesign, HistoryEntry, Improvement, Task, Triple
-from tools.fmt import human
+from nasgraph.agents.code_generator import task_values
+from nasgraph.agents.feedback import error_hint, history_block, is_near_copy, key_error_line, outcome_text
+from nasgraph.agents.llm_call import AgentError, call
+from nasgraph.agents.prompts import pair_sha, render
+from nasgraph.agents.schemas import BestDesign, HistoryEntry, Improvement, Task, Triple
+from nasgraph.tools.fmt import human
 
 __all__ = ["AgentError", "BestDesign", "HistoryEntry", "Improvement", "Triple", "improve", "window",
            "parse_triple", "fallback_triple", "MOVES"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from agents.code_generator import BLOCK_CHARS
-from agents.schemas import Task, Triple
+from nasgraph.agents.code_generator import BLOCK_CHARS
+from nasgraph.agents.schemas import Task, Triple
 
 FETCH_FACTOR = 6        # candidates fetched per block wanted: long blocks are skipped, not cut
 # Parts, not whole networks; and no video blocks (5-D input) for an image classifier.
@@ -39,7 +39,7 @@ class RagRetriever:
         self.index, self.k, self.max_chars = index, int(k), int(max_chars)
 
     def __call__(self, task: Task, triple: Triple) -> tuple[list[str], dict]:
-        from rag_index.present import present
+        from nasgraph.rag_index.present import present
 
         query = build_query(task, triple)
         t0 = time.perf_counter()
@@ -68,7 +68,7 @@ def make_retriever(cfg: Any) -> Retrieve | None:
     """The retriever for `cfg`, or None when retrieval is off; raises RagUnavailable without a usable index."""
     if not cfg.rag.enabled:
         return None
-    from rag_index.index import BlockIndex, IndexUnavailable, index_path
+    from nasgraph.rag_index.index import BlockIndex, IndexUnavailable, index_path
 
     try:
         index = BlockIndex(index_path(cfg))

@@ -16,11 +16,11 @@ import argparse
 import json
 from collections import Counter
 
-from graph.run import RunPaths
-from graph.trace import read_events
+from nasgraph.graph.run import RunPaths
+from nasgraph.graph.trace import read_events
 from nasgraph.config import load_config
-from tools.autofix import budget_excess, find_fix
-from tools.evaluator import EvalRequest, Evaluator
+from nasgraph.tools.autofix import budget_excess, find_fix
+from nasgraph.tools.evaluator import EvalRequest, Evaluator
 
 
 def failures(cfg, run_ids: list[str]) -> list[tuple[str, str, str]]:

@@ -26,14 +26,14 @@ import torch.nn as nn
 
 def _net(name: str, in_shape: tuple[int, int, int], classes: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    mod = importlib.import_module(f"tools.evaluator.reference_models.{name}")
+    mod = importlib.import_module(f"nasgraph.tools.evaluator.reference_models.{name}")
     return mod.Net((1, *in_shape), (classes,), {"lr": 0.01, "momentum": 0.9, "dropout": 0.0}, torch.device("cpu"))
 
 
 def _fashion_mnist_torchvision(data_dir: Path):
     """torchvision's own FashionMNIST class, fed from Debian's IDX files (un-gzipped into its raw/ layout)."""
     from torchvision.datasets import FashionMNIST
-    from tools.evaluator.datasets import DEBIAN_FASHION_MNIST
+    from nasgraph.tools.evaluator.datasets import DEBIAN_FASHION_MNIST
 
     root = data_dir / "raw" / "fashion-mnist"
     raw = root / "FashionMNIST" / "raw"
@@ -64,7 +64,7 @@ class _PerImage(torch.utils.data.Dataset):
 
 def _baseline(model: nn.Module, train_set, test_set, images: int, batch: int, seed: int) -> dict:
     """The tutorial loop: DataLoader over per-image transforms, same recipe as the harness."""
-    from tools.evaluator.harness import DEFAULTS, _setup
+    from nasgraph.tools.evaluator.harness import DEFAULTS, _setup
 
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_set, range(images)), batch_size=batch,
                                          shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(seed))
@@ -88,7 +88,7 @@ def _baseline(model: nn.Module, train_set, test_set, images: int, batch: int, se
 
 def _pipelines_only(sub, train_set, n: int, batch: int, seed: int) -> dict:
     """Images/s of the two input pipelines alone (no model): what the harness saves per image."""
-    from tools.evaluator.harness import _Batches
+    from nasgraph.tools.evaluator.harness import _Batches
 
     out = {}
     for aug in (True, False):
@@ -116,8 +116,8 @@ def bench_harness(dataset: str = "fashion-mnist", images: int | None = None, mod
     """
     from torchvision import transforms
     from nasgraph.config import Config
-    from tools.evaluator.datasets import DEBIAN_FASHION_MNIST, load_dataset
-    from tools.evaluator.harness import train_and_test
+    from nasgraph.tools.evaluator.datasets import DEBIAN_FASHION_MNIST, load_dataset
+    from nasgraph.tools.evaluator.harness import train_and_test
 
     data_dir = Path(data_dir or Config().data_dir)
     data = load_dataset(dataset, data_dir)
@@ -197,8 +197,8 @@ COLD_SCRIPT = """
 import json, os, sys, time
 import torch
 torch.set_num_threads(1)
-from tools.evaluator import child
-from tools.evaluator.datasets import load_dataset
+from nasgraph.tools.evaluator import child
+from nasgraph.tools.evaluator.datasets import load_dataset
 req = json.loads(sys.argv[1])
 data = load_dataset(req["dataset"], req["data_dir"])
 out = child.run_stages(req, data, child.Reporter(os.open(os.devnull, os.O_WRONLY)))
@@ -222,7 +222,7 @@ def bench_overhead(reps: int = 5, dataset: str = "digits") -> dict:
     import time
     from pathlib import Path
 
-    from tools.evaluator import EvalRequest, Evaluator
+    from nasgraph.tools.evaluator import EvalRequest, Evaluator
 
     settings = dict(dataset=dataset, threads=1, device="cpu", augment=False, batch_size=128, time_budget_s=120)
     with tempfile.TemporaryDirectory(prefix="nasgraph-bench-") as tmp:

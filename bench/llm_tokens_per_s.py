@@ -13,7 +13,7 @@ from pathlib import Path
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from agents import llm, models
+from nasgraph.agents import llm, models
 from nasgraph.config import Config
 
 CONTEXT = (

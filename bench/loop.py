@@ -12,8 +12,8 @@ import argparse
 import json
 import statistics
 
-from graph.run import RunPaths, run_loop
-from graph.trace import read_events
+from nasgraph.graph.run import RunPaths, run_loop
+from nasgraph.graph.trace import read_events
 from nasgraph.config import load_config
 
 
@@ -119,7 +119,7 @@ def main() -> None:
     if a.analyze:
         print(json.dumps(analyze(cfg, a.analyze, a.first), indent=1))
         return
-    from agents.handle import open_llm
+    from nasgraph.agents.handle import open_llm
 
     summary = run_loop(cfg, open_llm(cfg), run_id=a.run_id, iterations=a.iterations,
                        on_update=lambda node, u, s: print(f"[{s.get('iteration', 0)}] {node}", flush=True)

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from tools.fingerprint import NoveltyIndex, minhash, minhash_from_bytes
+from nasgraph.tools.fingerprint import NoveltyIndex, minhash, minhash_from_bytes
 
 QUERY = """import torch.nn as nn
 class Net(nn.Module):

@@ -30,14 +30,14 @@ def _config(name: str, root: Path, base, a: argparse.Namespace, rag: bool):
 
 
 def _arm(cfg, llm, run_id: str, iterations: int) -> None:
-    from graph.run import run_loop
+    from nasgraph.graph.run import run_loop
 
     run_loop(cfg, llm, run_id=run_id, iterations=iterations)
 
 
 def _prepare_index(source: Path, target_home: Path) -> None:
-    from rag_index.build import build, default_targets
-    from rag_index.index import BlockIndex
+    from nasgraph.rag_index.build import build, default_targets
+    from nasgraph.rag_index.index import BlockIndex
 
     target = target_home / "index" / "chroma"
     if target.exists():
@@ -69,7 +69,7 @@ def main() -> None:
     base = load_config()
     root = Path(a.out) if a.out else base.home / f"bench-rag-{time.strftime('%Y%m%d-%H%M%S')}"
     _prepare_index(Path(a.index) if a.index else base.index_dir / "chroma", root / "with")
-    from agents.handle import open_llm
+    from nasgraph.agents.handle import open_llm
 
     from bench.loop import analyze
 

@@ -10,13 +10,13 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from agents import code_generator, prompt_improver
-from agents.schemas import BestDesign, HistoryEntry, Task, Triple
+from nasgraph.agents import code_generator, prompt_improver
+from nasgraph.agents.schemas import BestDesign, HistoryEntry, Task, Triple
 from nasgraph.config import Config
-from tools.evaluator import EvalRequest, Evaluator, Outcome, static_check
-from tools.autofix import find_fix
-from tools.fingerprint import canonical_id
-from tools.store import Store
+from nasgraph.tools.evaluator import EvalRequest, Evaluator, Outcome, static_check
+from nasgraph.tools.autofix import find_fix
+from nasgraph.tools.fingerprint import canonical_id
+from nasgraph.tools.store import Store
 
 from .routing import repairable, stop_reason
 
@@ -28,7 +28,7 @@ from .trace import TraceWriter
 @dataclass
 class Deps:
     cfg: Config
-    llm: Any                      # agents.llm handle: .chat (BaseChatModel), .backend, .model, .release()
+    llm: Any                      # nasgraph.agents.llm handle: .chat (BaseChatModel), .backend, .model, .release()
     evaluator: Evaluator
     store: Store
     trace: TraceWriter

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from tools.autofix import find_fix
+from nasgraph.tools.autofix import find_fix
 
 from .state import LoopState
 

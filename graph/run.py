@@ -16,13 +16,13 @@ from typing import Any, Callable, Iterator
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from agents.schemas import Task
+from nasgraph.agents.schemas import Task
 from nasgraph.config import Config
-from tools.evaluator import Evaluator, training_recipe
-from tools.evaluator.datasets import load_dataset
-from tools.evaluator.harness import pick_device
-from tools.hardware import hardware_info
-from tools.store import Store
+from nasgraph.tools.evaluator import Evaluator, training_recipe
+from nasgraph.tools.evaluator.datasets import load_dataset
+from nasgraph.tools.evaluator.harness import pick_device
+from nasgraph.tools.hardware import hardware_info
+from nasgraph.tools.store import Store
 
 from .build import build_graph, recursion_limit
 from .nodes import Deps, Nodes
@@ -92,13 +92,13 @@ def summarize(run_id: str, values: dict) -> dict:
 def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: int | None = None,
              goal: str = "", on_update: Callable[[str, dict, dict], None] | None = None,
              evaluator: Evaluator | None = None, retrieve: Any = None, retask: bool = False) -> dict:
-    """Run (or resume) until the stop condition; returns the summary. `llm` is an agents.llm handle.
+    """Run (or resume) until the stop condition; returns the summary. `llm` is a nasgraph.agents.llm handle.
 
     `retask`: on resume, replace the stored task and goal with this call's (a chat session refining its
     constraints between extensions); otherwise a resumed run keeps the ones it started with."""
     run_id = run_id or new_run_id()
     if retrieve is None and cfg.rag.enabled:
-        from agents.rag_retriever import make_retriever
+        from nasgraph.agents.rag_retriever import make_retriever
         retrieve = make_retriever(cfg)
     paths = RunPaths(cfg.runs_dir / run_id)
     paths.root.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ def add_counts(old: dict[str, float], new: dict[str, float]) -> dict[str, float]
 class LoopState(TypedDict, total=False):
     run_id: str
     max_iterations: int
-    task: dict[str, Any]                 # agents.code_generator.Task
+    task: dict[str, Any]                 # nasgraph.agents.code_generator.Task
     user_goal: str
     iteration: int                       # completed iterations; the one in flight is iteration + 1
     step: Annotated[int, operator.add]   # node runs so far; trace events carry it (resume dedup)
@@ -35,13 +35,13 @@ class LoopState(TypedDict, total=False):
     cut: bool                            # the reply behind it stopped at the token limit (code unfinished)
     first_status: str | None             # status of the iteration's first attempt
     repairs: int                         # LLM repairs spent on this iteration
-    fixes: int                           # rule-based fixes (tools.autofix) applied to the current draft
+    fixes: int                           # rule-based fixes (nasgraph.tools.autofix) applied to the current draft
     arch_id: str | None
     drafts: list[str]                    # ids of this iteration's earlier attempts (not novelty rivals)
     novelty: float | None
     nearest: str | None
-    outcome: dict[str, Any] | None       # tools.evaluator.Outcome of the latest attempt
-    history: Annotated[list[dict], keep_recent]   # agents.prompt_improver.HistoryEntry dicts
-    best: dict[str, Any] | None          # agents.prompt_improver.BestDesign
+    outcome: dict[str, Any] | None       # nasgraph.tools.evaluator.Outcome of the latest attempt
+    history: Annotated[list[dict], keep_recent]   # nasgraph.agents.prompt_improver.HistoryEntry dicts
+    best: dict[str, Any] | None          # nasgraph.agents.prompt_improver.BestDesign
     stats: Annotated[dict[str, float], add_counts]
     stop_reason: str | None

@@ -25,7 +25,7 @@ from nasgraph.config import Config
 from nasgraph.trace_data import IterationRow, RunDigest, TraceError, list_runs, load_run
 from nasgraph.views import fmt_acc, fmt_int
 
-# The LLM handle factory (agents.handle.open_llm unless replaced): called as factory(cfg, progress=...).
+# The LLM handle factory (nasgraph.agents.handle.open_llm unless replaced): called as factory(cfg, progress=...).
 LLM_FACTORY: Callable[..., Any] | None = None
 MAX_RUN = 50  # iterations one /run may ask for; longer searches belong to `nasgraph run`
 ANSWER_TOKENS = 300
@@ -60,7 +60,7 @@ class ChatApp:
         self._factory = llm_factory
         self._llm: Any = None
         self._evaluator: Any = None  # kept warm between /run calls (its start imports torch)
-        from tools.evaluator.datasets import dataset_names
+        from nasgraph.tools.evaluator.datasets import dataset_names
 
         self.datasets = dataset_names()
         self.commands: dict[str, tuple[Callable[[list[str]], bool | None], int, int, str]] = {
@@ -150,7 +150,7 @@ class ChatApp:
         if self._llm is None:
             factory = self._factory or LLM_FACTORY
             if factory is None:
-                from agents.handle import open_llm as factory
+                from nasgraph.agents.handle import open_llm as factory
             with self.console.status(f"loading {self.cfg.llm.model} ({self.cfg.llm.backend})…"):
                 self._llm = factory(self.cfg, progress=lambda m: self.console.print(f"[dim]{m}[/]"))
         return self._llm
@@ -171,7 +171,7 @@ class ChatApp:
 
     def design(self, key: str) -> tuple[str, str, Any]:
         """(id, code, store detail or None) of a design: the store first, then this session's traces."""
-        from tools.store import Store, StoreError
+        from nasgraph.tools.store import Store, StoreError
 
         if self.cfg.store_path.exists():
             with Store(self.cfg.store_path) as store:
@@ -306,8 +306,8 @@ class ChatApp:
             self.say(direct)
             self.console.print("[dim](from the run's records)[/]")
             return
-        from agents.llm_call import call
-        from agents.prompts import render
+        from nasgraph.agents.llm_call import call
+        from nasgraph.agents.prompts import render
 
         system = render("chat.answer.system")
         user = render("chat.answer.user", context=answer_context(self.s, digests), question=question)
@@ -320,7 +320,7 @@ class ChatApp:
                            f"{reply.seconds:.1f} s)[/]")
 
     def run(self, n: int) -> None:
-        from graph.run import run_loop
+        from nasgraph.graph.run import run_loop
         from nasgraph.views import RunView
 
         done = self.done()
@@ -328,7 +328,7 @@ class ChatApp:
         self.say(f"running {n} iteration(s) in run {self.s.run_id} (Ctrl-C stops; finished steps are kept)",
                  style="dim")
         if self._evaluator is None:
-            from tools.evaluator import Evaluator
+            from nasgraph.tools.evaluator import Evaluator
 
             self._evaluator = Evaluator(self.cfg.data_dir)
         try:
@@ -385,7 +385,7 @@ def _pick(rows: list[IterationRow]) -> IterationRow | None:
 
 def _short(chat: Any) -> Any:
     """The chat model with a short answer budget where the backend takes one."""
-    from agents.llm import with_options
+    from nasgraph.agents.llm import with_options
 
     try:
         return with_options(chat, max_tokens=ANSWER_TOKENS)
@@ -430,7 +430,7 @@ def start_chat(args, cfg: Config, console: Console) -> int:
     if not 0 <= args.auto <= MAX_RUN:
         raise ChatError(f"--auto must be between 0 and {MAX_RUN}")
     name = check_name(args.session or time.strftime("%Y%m%d-%H%M%S"))
-    from tools.evaluator.datasets import dataset_names  # imports torch: after the quick checks
+    from nasgraph.tools.evaluator.datasets import dataset_names  # imports torch: after the quick checks
 
     if args.dataset and args.dataset not in dataset_names():
         raise ChatError(f"unknown dataset '{args.dataset}'; one of: {', '.join(dataset_names())}")

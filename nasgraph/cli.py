@@ -53,10 +53,10 @@ def _prm(args: argparse.Namespace) -> dict[str, Any]:
 def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin: str, as_json: bool,
                     console: Console) -> int:
     from nasgraph.views import outcome_table
-    from tools.evaluator import EvalRequest, Evaluator, static_check, training_recipe
-    from tools.evaluator.harness import pick_device
-    from tools.hardware import hardware_info
-    from tools.store import Store
+    from nasgraph.tools.evaluator import EvalRequest, Evaluator, static_check, training_recipe
+    from nasgraph.tools.evaluator.harness import pick_device
+    from nasgraph.tools.hardware import hardware_info
+    from nasgraph.tools.store import Store
 
     store = Store(cfg.store_path)
     hardware = hardware_info(cfg.evaluator.threads, str(pick_device(cfg.evaluator.device)))
@@ -97,7 +97,7 @@ def cmd_eval(args, cfg: Config, console: Console) -> int:
 
 
 def cmd_reference(args, cfg: Config, console: Console) -> int:
-    from tools.evaluator.reference_models import reference_names, reference_source
+    from nasgraph.tools.evaluator.reference_models import reference_names, reference_source
 
     files = [(name, reference_source(name)) for name in reference_names()]
     return _evaluate_files(cfg, files, _prm(args), "reference", args.json, console)
@@ -108,8 +108,8 @@ def cmd_store(args, cfg: Config, console: Console) -> int:
     from rich.table import Table
 
     from nasgraph.views import code_view, fmt_acc, fmt_int
-    from tools.export import export_lemur
-    from tools.store import Store
+    from nasgraph.tools.export import export_lemur
+    from nasgraph.tools.store import Store
 
     if args.store_cmd != "ls" and not cfg.store_path.exists():
         raise CLIError(f"no store at {cfg.store_path}; evaluate something first (nasgraph eval / nasgraph run)")
@@ -151,7 +151,7 @@ def cmd_store(args, cfg: Config, console: Console) -> int:
 
 # -- models / datasets ------------------------------------------------------------------------------
 def cmd_models(args, cfg: Config, console: Console) -> int:
-    from agents.models import list_models, pull
+    from nasgraph.agents.models import list_models, pull
 
     if args.models_cmd == "pull":
         path = pull(args.name, cfg.models_dir, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
@@ -173,7 +173,7 @@ def cmd_models(args, cfg: Config, console: Console) -> int:
 
 
 def cmd_datasets(args, cfg: Config, console: Console) -> int:
-    from tools.evaluator.datasets import dataset_names
+    from nasgraph.tools.evaluator.datasets import dataset_names
 
     for name in dataset_names():
         console.print(name)
@@ -182,8 +182,8 @@ def cmd_datasets(args, cfg: Config, console: Console) -> int:
 
 # -- run -----------------------------------------------------------------------------------------------
 def cmd_run(args, cfg: Config, console: Console) -> int:
-    from agents.handle import open_llm
-    from graph.run import new_run_id, run_loop
+    from nasgraph.agents.handle import open_llm
+    from nasgraph.graph.run import new_run_id, run_loop
     from nasgraph.views import RunView, summary_table
 
     run_id = args.run_id or new_run_id()
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Each plugin module has register(subparsers, commands) and imports nothing heavy at module level.
-PLUGINS: tuple[str, ...] = ("nasgraph.trace_cli", "nasgraph.report", "nasgraph.chat", "rag_index.cli")
+PLUGINS: tuple[str, ...] = ("nasgraph.trace_cli", "nasgraph.report", "nasgraph.chat", "nasgraph.rag_index.cli")
 
 COMMANDS = {"eval": cmd_eval, "reference": cmd_reference, "store": cmd_store, "models": cmd_models,
             "datasets": cmd_datasets, "run": cmd_run}
@@ -283,11 +283,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     import pydantic
 
     errors: list[type[BaseException]] = [CLIError, pydantic.ValidationError]
-    for mod, name in (("tools.store", "StoreError"), ("tools.evaluator.datasets", "DatasetUnavailable"),
-                      ("tools.evaluator.datasets", "UnknownDataset"),
-                      ("agents.models", "ModelError"), ("agents.llm", "LLMUnavailable"),
-                      ("graph.run", "RunError"), ("agents.llm_call", "AgentError"),
-                      ("agents.rag_retriever", "RagUnavailable"), ("tools.evaluator", "EvaluatorUnavailable")):
+    for mod, name in (("nasgraph.tools.store", "StoreError"), ("nasgraph.tools.evaluator.datasets", "DatasetUnavailable"),
+                      ("nasgraph.tools.evaluator.datasets", "UnknownDataset"),
+                      ("nasgraph.agents.models", "ModelError"), ("nasgraph.agents.llm", "LLMUnavailable"),
+                      ("nasgraph.graph.run", "RunError"), ("nasgraph.agents.llm_call", "AgentError"),
+                      ("nasgraph.agents.rag_retriever", "RagUnavailable"), ("nasgraph.tools.evaluator", "EvaluatorUnavailable")):
         try:
             errors.append(getattr(__import__(mod, fromlist=[name]), name))
         except (ImportError, AttributeError):

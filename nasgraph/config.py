@@ -62,7 +62,7 @@ class LoopConfig(BaseModel):
     repair: Literal["redraft", "edit"] = Field(
         "redraft", description="how an LLM repair asks: a new draft of the same design, told the error (redraft), "
                                "or the failed code with the error to fix (edit)")
-    max_fixes: int = Field(8, ge=0, description="rule-based fixes per draft (tools.autofix); 0 turns them off")
+    max_fixes: int = Field(8, ge=0, description="rule-based fixes per draft (nasgraph.tools.autofix); 0 turns them off")
     novelty_threshold: float = Field(0.1, ge=0, le=1, description="min 1-Jaccard to count as novel")
     prm: dict[str, float | int | str] = Field(default_factory=dict, description="hyperparameters for every candidate")
     target_accuracy: float | None = None

@@ -141,7 +141,7 @@ def _check_filters(digest: RunDigest, node: str | None, status: str | None) -> N
     if status is not None:
         from typing import get_args
 
-        from tools.evaluator.outcome import Status
+        from nasgraph.tools.evaluator.outcome import Status
 
         known = set(get_args(Status)) | {"pass", "new"}
         if status not in known:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from graph.trace import read_events
+from nasgraph.graph.trace import read_events
 
-# The run folder's files, as graph.run.RunPaths names them (not imported: graph.run pulls in torch and
+# The run folder's files, as nasgraph.graph.run.RunPaths names them (not imported: nasgraph.graph.run pulls in torch and
 # langgraph, seconds of start-up for a command that only reads text; a test keeps the two in step).
 TRACE, META, CHECKPOINT = "trace.jsonl", "run.json", "checkpoint.sqlite"
 
@@ -78,7 +78,7 @@ class RunDigest:
 
     @property
     def valid_rate(self) -> float | None:
-        """Valid designs over iterations that produced a new design (as graph.run.summarize counts)."""
+        """Valid designs over iterations that produced a new design (as nasgraph.graph.run.summarize counts)."""
         fresh = [r for r in self.rows if r.fresh]
         return sum(r.ok for r in fresh) / len(fresh) if fresh else None
 
@@ -157,7 +157,7 @@ def iteration_rows(events: Iterable[dict]) -> list[IterationRow]:
 
 
 def list_runs(runs_dir: Path) -> list[str]:
-    """Run ids in `runs_dir` (folders with a checkpoint, as graph.run.list_runs)."""
+    """Run ids in `runs_dir` (folders with a checkpoint, as nasgraph.graph.run.list_runs)."""
     if not runs_dir.is_dir():
         return []
     return sorted(p.name for p in runs_dir.iterdir() if (p / CHECKPOINT).exists())

@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
-from tools.evaluator import Outcome
+from nasgraph.tools.evaluator import Outcome
 
 
 def fmt_int(n: int | float | None) -> str:

@@ -101,7 +101,7 @@ def library_targets(source: str, packages: tuple[str, ...]) -> tuple[list[Target
 
 def store_targets(store_path: Path, dataset: str, k: int) -> list[Target]:
     """The nn.Module classes of the store's k best designs on `dataset` (Net and its helper blocks)."""
-    from tools.store import Store
+    from nasgraph.tools.store import Store
 
     if not Path(store_path).exists():
         return []
@@ -165,7 +165,7 @@ def prompt_imports_ok(shown: str) -> bool:
 
 
 def _metadata(block: Block, v: Validation, shown: str) -> dict:
-    from tools.evaluator.policy import static_check
+    from nasgraph.tools.evaluator.policy import static_check
 
     t = block.target
     prompt_ready = bool(v.executed and v.instantiable and v.presented_ok and block.torch_only

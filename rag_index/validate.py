@@ -1,6 +1,6 @@
 """Validate blocks by execution, in the sandbox, many blocks per worker process.
 
-`Validator` starts `python -m rag_index.worker` (torch and torchvision imported once) with the
+`Validator` starts `python -m nasgraph.rag_index.worker` (torch and torchvision imported once) with the
 evaluator's scrubbed environment, and sends it one block at a time; the worker forks a confined
 child per block and enforces the per-block timeout. If the worker itself stops answering, this side
 kills it, records the block as `killed` and starts a fresh one for the next block.
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from tools.evaluator.sandbox import READY_TIMEOUT_S, _Lines, _rmtree, stop_pipe_child, zygote_env
+from nasgraph.tools.evaluator.sandbox import READY_TIMEOUT_S, _Lines, _rmtree, stop_pipe_child, zygote_env
 
 WORKER_SLACK_S = 30.0   # beyond a block's timeout, how long the worker may take to report it
 
@@ -81,7 +81,7 @@ class Validator:
     def _start(self) -> None:
         log = open(self.base / "worker.log", "ab")  # noqa: SIM115 - handed to the child process
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "rag_index.worker", str(self.base)],
+            self.proc = subprocess.Popen([sys.executable, "-m", "nasgraph.rag_index.worker", str(self.base)],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=self.base,
                                          env=zygote_env(self.base), start_new_session=True, close_fds=True)
         finally:

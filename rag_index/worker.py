@@ -1,6 +1,6 @@
 """The validation worker: imports torch and torchvision once, then forks one confined child per block.
 
-Run as `python -m rag_index.worker BASE_DIR` by `rag_index.validate.Validator`. Protocol, JSON lines:
+Run as `python -m nasgraph.rag_index.worker BASE_DIR` by `nasgraph.rag_index.validate.Validator`. Protocol, JSON lines:
 
   stdin  {"id", "code", "name", "hint", "presented", "timeout_s", "memory_mb"}     one block
   stdout {"event": "ready", "pid": ...}                                once, after the imports
@@ -37,7 +37,7 @@ def warm_up() -> None:
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from rag_index import probe  # noqa: F401 - imported for the children
+    from nasgraph.rag_index import probe  # noqa: F401 - imported for the children
 
     for stdlib in ("warnings", "collections.abc", "functools", "itertools", "math", "copy", "enum", "dataclasses",
                    "numbers", "operator", "typing", "abc", "inspect", "numpy"):
@@ -71,8 +71,8 @@ def warm_up() -> None:
 
 
 def _child(req: dict, wfd: int, zygote_pid: int) -> None:
-    from rag_index import probe
-    from tools.evaluator import child
+    from nasgraph.rag_index import probe
+    from nasgraph.tools.evaluator import child
 
     confine_req = {"workdir": req["workdir"], "max_output_mb": OUTPUT_MB, "threads": 1,
                    "memory_limit_mb": int(req.get("memory_mb", 2048)),
@@ -89,8 +89,8 @@ def _child(req: dict, wfd: int, zygote_pid: int) -> None:
 
 
 def run_one(req: dict, base: Path, count: int, uid: int | None, gid: int | None) -> dict:
-    from tools.evaluator.sandbox import _rmtree
-    from tools.evaluator.zygote import sweep
+    from nasgraph.tools.evaluator.sandbox import _rmtree
+    from nasgraph.tools.evaluator.zygote import sweep
 
     workdir = base / f"b{count}"
     workdir.mkdir(mode=0o700)
@@ -172,8 +172,8 @@ def _result(buf: bytes, status: int, usage, timed_out: bool, timeout: float, mem
 
 
 def main(argv: list[str]) -> int:
-    from tools.evaluator.sandbox import sandbox_ids
-    from tools.evaluator.zygote import PR_SET_CHILD_SUBREAPER
+    from nasgraph.tools.evaluator.sandbox import sandbox_ids
+    from nasgraph.tools.evaluator.zygote import PR_SET_CHILD_SUBREAPER
 
     base = Path(argv[1])
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)

@@ -40,7 +40,7 @@ class ScriptedChatModel(BaseChatModel):
 
 @dataclass
 class FakeHandle:
-    """Stands in for agents.llm's handle: the chat model plus the names the trace records."""
+    """Stands in for nasgraph.agents.llm's handle: the chat model plus the names the trace records."""
     chat: BaseChatModel
     backend: str = "scripted"
     model: str = "scripted"

@@ -8,7 +8,7 @@ import itertools
 import os
 import sys
 
-from graph.run import run_loop
+from nasgraph.graph.run import run_loop
 from nasgraph.config import load_config
 from tests import candidates as C
 from tests.fakes import FakeHandle, ScriptedChatModel

@@ -34,7 +34,7 @@ def config(home: Path) -> Config:
 
 
 def make_run(home: Path) -> dict:
-    from graph.run import run_loop
+    from nasgraph.graph.run import run_loop
 
     llm = ScriptedChatModel(
         improver=[triple("start with one convolution"), triple("fix the flatten size"),

@@ -19,7 +19,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from tools.store import EvaluationRecord, Store
+from nasgraph.tools.store import EvaluationRecord, Store
 
 _NOT_HYPERPARAMETERS = {"uid", "duration", "accuracy", "epoch"}
 

@@ -25,8 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from tools import fingerprint as fp
-from tools.evaluator.outcome import Outcome
+from nasgraph.tools import fingerprint as fp
+from nasgraph.tools.evaluator.outcome import Outcome
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x4E534752  # "NSGR": marks the file as a nasgraph store (PRAGMA application_id)

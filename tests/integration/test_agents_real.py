@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agents import code_generator as cg
-from agents import llm, models
-from agents import prompt_improver as pi
-from agents.schemas import BestDesign, HistoryEntry, Task, Triple
+from nasgraph.agents import code_generator as cg
+from nasgraph.agents import llm, models
+from nasgraph.agents import prompt_improver as pi
+from nasgraph.agents.schemas import BestDesign, HistoryEntry, Task, Triple
 from nasgraph.config import LLMConfig
 
 pytestmark = pytest.mark.integration

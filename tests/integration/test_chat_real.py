@@ -14,7 +14,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from graph.trace import read_events
+from nasgraph.graph.trace import read_events
 from tests.chat_driver import Screen
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.evaluator import EvalRequest, Evaluator
-from tools.evaluator.reference_models import reference_source
+from nasgraph.tools.evaluator import EvalRequest, Evaluator
+from nasgraph.tools.evaluator.reference_models import reference_source
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ def test_twenty_candidates_leak_nothing(tmp_path):
 ORPHAN_SCRIPT = """
 import sys, threading
 from pathlib import Path
-from tools.evaluator import EvalRequest, Evaluator
+from nasgraph.tools.evaluator import EvalRequest, Evaluator
 holder = {}
 t = threading.Thread(target=lambda: holder.update(ev=Evaluator(Path(sys.argv[1]))))
 t.start(); t.join()  # created in a thread that is gone before the first candidate

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from agents import llm, models
-from agents.llamacpp_chat import ChatLlamaCpp, loaded_keys
-from agents.llm import LLMUnavailable
+from nasgraph.agents import llm, models
+from nasgraph.agents.llamacpp_chat import ChatLlamaCpp, loaded_keys
+from nasgraph.agents.llm import LLMUnavailable
 from nasgraph.config import LLMConfig
 from tests.ollama_api_server import OllamaAPIServer
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.handle import open_llm
-from graph.run import RunPaths, run_loop
-from graph.trace import read_events
+from nasgraph.agents.handle import open_llm
+from nasgraph.graph.run import RunPaths, run_loop
+from nasgraph.graph.trace import read_events
 from nasgraph.config import load_config
-from tools.store import Store
+from nasgraph.tools.store import Store
 
 pytestmark = pytest.mark.integration
 

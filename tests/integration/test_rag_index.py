@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from agents.rag_retriever import RagUnavailable, make_retriever
-from graph.run import RunPaths, run_loop
-from graph.trace import read_events
+from nasgraph.agents.rag_retriever import RagUnavailable, make_retriever
+from nasgraph.graph.run import RunPaths, run_loop
+from nasgraph.graph.trace import read_events
 from nasgraph.config import load_config
-from rag_index.build import build, stats
-from rag_index.extract import Target
-from rag_index.index import BlockIndex, index_path
+from nasgraph.rag_index.build import build, stats
+from nasgraph.rag_index.extract import Target
+from nasgraph.rag_index.index import BlockIndex, index_path
 from tests import candidates as C
 from tests.fakes import FakeHandle, ScriptedChatModel
 

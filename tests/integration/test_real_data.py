@@ -6,9 +6,9 @@ import importlib
 import pytest
 import torch
 
-from tools.evaluator import datasets
-from tools.evaluator.datasets import load_dataset
-from tools.evaluator.harness import train_and_test
+from nasgraph.tools.evaluator import datasets
+from nasgraph.tools.evaluator.datasets import load_dataset
+from nasgraph.tools.evaluator.harness import train_and_test
 
 pytestmark = pytest.mark.integration
 CPU = torch.device("cpu")
@@ -31,7 +31,7 @@ def one_thread():
 
 def _net(name: str, data):
     torch.manual_seed(0)
-    mod = importlib.import_module(f"tools.evaluator.reference_models.{name}")
+    mod = importlib.import_module(f"nasgraph.tools.evaluator.reference_models.{name}")
     return mod.Net((1, *data.in_shape), (data.classes,), {"lr": 0.01, "momentum": 0.9, "dropout": 0.1}, CPU)
 
 

@@ -9,11 +9,11 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel, G
 from langchain_core.messages import AIMessage, BaseMessage
 from pydantic import ValidationError
 
-from agents import code_generator as cg
-from agents import prompt_improver as pi
-from agents.feedback import error_hint, key_error_line, offending_line
-from agents.prompts import pair_sha, render
-from agents.schemas import BestDesign, HistoryEntry, Task, Triple
+from nasgraph.agents import code_generator as cg
+from nasgraph.agents import prompt_improver as pi
+from nasgraph.agents.feedback import error_hint, key_error_line, offending_line
+from nasgraph.agents.prompts import pair_sha, render
+from nasgraph.agents.schemas import BestDesign, HistoryEntry, Task, Triple
 
 GOOD = """import torch
 import torch.nn as nn

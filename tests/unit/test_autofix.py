@@ -6,9 +6,9 @@ import re
 import pytest
 
 from nasgraph.config import load_config
-from tools.autofix import find_fix
-from tools.autofix.names import ALIASES, NN_LAYERS
-from tools.evaluator import EvalRequest, Evaluator
+from nasgraph.tools.autofix import find_fix
+from nasgraph.tools.autofix.names import ALIASES, NN_LAYERS
+from nasgraph.tools.evaluator import EvalRequest, Evaluator
 
 HEAD = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n"
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from tools.evaluator import datasets
-from tools.evaluator.datasets import DatasetUnavailable, TensorData, dataset_names, load_dataset
+from nasgraph.tools.evaluator import datasets
+from nasgraph.tools.evaluator.datasets import DatasetUnavailable, TensorData, dataset_names, load_dataset
 
 
 def test_registry_names():

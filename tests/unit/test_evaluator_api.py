@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from nasgraph.config import EvaluatorConfig
-from tools.evaluator import EvalRequest, static_check
+from nasgraph.tools.evaluator import EvalRequest, static_check
 
 
 def test_from_config_takes_every_evaluator_setting():

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from tools.evaluator.outcome import Outcome
-from tools.export import export_lemur, lemur_name
-from tools.store import Store
+from nasgraph.tools.evaluator.outcome import Outcome
+from nasgraph.tools.export import export_lemur, lemur_name
+from nasgraph.tools.store import Store
 
 CODE = '''
 import torch.nn as nn

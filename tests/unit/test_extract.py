@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ast
 
-from agents.extract import ensure_imports, extract, extract_code
+from nasgraph.agents.extract import ensure_imports, extract, extract_code
 
 MODULE = """import torch
 import torch.nn as nn

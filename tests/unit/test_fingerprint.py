@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from tools.fingerprint import (NoveltyIndex, canonical_id, minhash, minhash_from_bytes, minhash_to_bytes,
+from nasgraph.tools.fingerprint import (NoveltyIndex, canonical_id, minhash, minhash_from_bytes, minhash_to_bytes,
                                normalize, shingles)
 
 BASE = '''

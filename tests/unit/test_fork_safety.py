@@ -11,8 +11,8 @@ import subprocess
 import sys
 import textwrap
 
-from tools.evaluator import EvalRequest, Evaluator
-from tools.evaluator.sandbox import PROJECT_ROOT
+from nasgraph.tools.evaluator import EvalRequest, Evaluator
+from nasgraph.tools.evaluator.sandbox import PROJECT_ROOT
 
 # Runs the warm parent's warm-up with autograd *enabled* and every entry into backward or CUDA
 # recorded, so that a warm-up that trains (as it once did) is seen even though it would succeed here.
@@ -36,7 +36,7 @@ PROBE = textwrap.dedent("""
     torch.cuda.init = record("cuda_init", torch.cuda.init)
     torch.set_num_threads(1)
 
-    from tools.evaluator import zygote
+    from nasgraph.tools.evaluator import zygote
     zygote.warm_up()
     print(json.dumps({"calls": calls, "cuda_initialized": torch.cuda.is_initialized()}))
 """)
@@ -52,7 +52,7 @@ def test_warm_up_never_runs_backward_nor_touches_cuda():
 
 def test_the_probe_sees_a_backward(tmp_path):
     # The probe above would be worthless if a training step slipped past it: show that it records one.
-    probe = PROBE.replace("from tools.evaluator import zygote\nzygote.warm_up()",
+    probe = PROBE.replace("from nasgraph.tools.evaluator import zygote\nzygote.warm_up()",
                           "x = torch.ones(2, requires_grad=True)\n(x * 2).sum().backward()")
     assert probe != PROBE
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

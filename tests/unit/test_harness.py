@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tools.evaluator import harness
-from tools.evaluator.datasets import TensorData, load_dataset
-from tools.evaluator.harness import NaNLoss, OverBudget, TrainResult, pick_device, train_and_test
-from tools.evaluator.reference_models import reference_names, reference_path, reference_source
+from nasgraph.tools.evaluator import harness
+from nasgraph.tools.evaluator.datasets import TensorData, load_dataset
+from nasgraph.tools.evaluator.harness import NaNLoss, OverBudget, TrainResult, pick_device, train_and_test
+from nasgraph.tools.evaluator.reference_models import reference_names, reference_path, reference_source
 
 CPU = torch.device("cpu")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.evaluator import EvalRequest, Evaluator, Outcome
+from nasgraph.tools.evaluator import EvalRequest, Evaluator, Outcome
 
 SECRET_KEY, SECRET = "NASGRAPH_TEST_SECRET_TOKEN", "hunter2-do-not-leak"
 MODEL = '''
@@ -336,7 +336,7 @@ def test_unknown_dataset_raises(env):
 
 
 def test_unavailable_dataset_raises_with_the_folder(env):
-    from tools.evaluator.datasets import DatasetUnavailable
+    from nasgraph.tools.evaluator.datasets import DatasetUnavailable
     with pytest.raises(DatasetUnavailable, match="raw"):
         env["ev"].evaluate(EvalRequest(code=model(), dataset="cifar10"))
     assert env["ev"].restarts == 0

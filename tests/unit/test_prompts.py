@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agents import prompts
-from agents.prompts import PromptError, fill, names, placeholders, render
+from nasgraph.agents import prompts
+from nasgraph.agents.prompts import PromptError, fill, names, placeholders, render
 
 UNFILLED = re.compile(r"\{[A-Za-z_]\w*\}")
 

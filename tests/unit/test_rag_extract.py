@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rag_index.extract import ClosureError, Target, close
-from rag_index.present import describe, present
+from nasgraph.rag_index.extract import ClosureError, Target, close
+from nasgraph.rag_index.present import describe, present
 
 FILES = {
     "__init__.py": "from .layers import Block as ExportedBlock\n",

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from agents.code_generator import BLOCK_CHARS, build_prompt
-from agents.rag_retriever import WHERE, RagRetriever, RagUnavailable, build_query, make_retriever
-from agents.schemas import Task, Triple
+from nasgraph.agents.code_generator import BLOCK_CHARS, build_prompt
+from nasgraph.agents.rag_retriever import WHERE, RagRetriever, RagUnavailable, build_query, make_retriever
+from nasgraph.agents.schemas import Task, Triple
 from nasgraph.config import load_config
-from rag_index.index import Hit
+from nasgraph.rag_index.index import Hit
 
 TASK = Task(dataset="digits", in_shape=(32, 1, 8, 8), classes=10, max_params=10**6, max_flops=10**8)
 TRIPLE = Triple(problem="flat features", modification="add squeeze-and-excitation channel attention",

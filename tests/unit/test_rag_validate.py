@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from rag_index.validate import Job, Validator
+from nasgraph.rag_index.validate import Job, Validator
 
 GOOD = '''
 from typing import Optional

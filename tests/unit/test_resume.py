@@ -9,9 +9,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from graph.run import RunPaths
-from graph.trace import read_events
-from tools.store import Store
+from nasgraph.graph.run import RunPaths
+from nasgraph.graph.trace import read_events
+from nasgraph.tools.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 6
@@ -67,7 +67,7 @@ def test_kill_and_resume_is_exact(tmp_path):
 
     time.sleep(0.5)  # the warm evaluator parent must not outlive a killed loop
     # Only this test's warm parents: their command line names this test's data folder.
-    leftovers = subprocess.run(["pgrep", "-af", f"tools.evaluator.zygote.*{tmp_path}"],
+    leftovers = subprocess.run(["pgrep", "-af", f"nasgraph.tools.evaluator.zygote.*{tmp_path}"],
                                capture_output=True, text=True).stdout
     assert leftovers.strip() == "", f"orphaned evaluator processes: {leftovers}"
 

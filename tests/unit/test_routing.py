@@ -1,7 +1,7 @@
 """Pure routers: each state goes to the one right node, impossible states raise."""
 import pytest
 
-from graph import routing
+from nasgraph.graph import routing
 
 
 def st(status=None, repairs=0, code="x", arch_id="a", stage=""):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.evaluator.outcome import Outcome
-from tools.store import SCHEMA_VERSION, Store, StoreError, architecture_id
+from nasgraph.tools.evaluator.outcome import Outcome
+from nasgraph.tools.store import SCHEMA_VERSION, Store, StoreError, architecture_id
 
 REPO = Path(__file__).resolve().parents[2]
 HW = {"cpu": "test-cpu", "threads": 1, "device": "cpu", "torch": "x"}
@@ -213,8 +213,8 @@ def test_exception_inside_transaction_leaves_no_half_record(store, monkeypatch):
 
 CHILD = textwrap.dedent('''
     import sys, time
-    from tools.store import Store
-    from tools.evaluator.outcome import Outcome
+    from nasgraph.tools.store import Store
+    from nasgraph.tools.evaluator.outcome import Outcome
 
     original = Store._insert_evaluation
     def stalled(self, *args, **kwargs):

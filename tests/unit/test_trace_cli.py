@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from graph.run import RunPaths
-from graph.trace import TraceWriter, read_events
+from nasgraph.graph.run import RunPaths
+from nasgraph.graph.trace import TraceWriter, read_events
 from nasgraph import cli
 from nasgraph.trace_data import (CHECKPOINT, META, TRACE, iteration_rows, load_run, matches, moving_rate,
                                  pareto_front)
 from tests.trace_run import RUN_ID, SEARCH_WORD, make_run
-from tools.store import Store
+from nasgraph.tools.store import Store
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ast
 
-from tools.evaluator.messages import budget_excess
+from nasgraph.tools.evaluator.messages import budget_excess
 
 from .budget import fix_shrink_widths
 from .edit import Fix, parses

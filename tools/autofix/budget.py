@@ -7,8 +7,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
-from tools.evaluator import messages as msg
-from tools.fmt import human
+from nasgraph.tools.evaluator import messages as msg
+from nasgraph.tools.fmt import human
 
 from .edit import Fix, call_name, init_of, splice
 

@@ -6,7 +6,7 @@ import ast
 import re
 from collections import Counter
 
-from tools.evaluator import messages as msg
+from nasgraph.tools.evaluator import messages as msg
 
 from .edit import (Fix, call_name, import_map, init_of, is_self_attr, is_super_init, is_true, keyword_span, module_name,
                    splice, span, whole_lines)

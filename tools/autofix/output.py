@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 import re
 
-from tools.evaluator import messages as msg
+from nasgraph.tools.evaluator import messages as msg
 
 from .edit import Fix, init_of, is_self_attr, is_self_call, method_of, splice, span, whole_lines
 

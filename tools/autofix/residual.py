@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 import re
 
-from tools.evaluator import messages as msg
+from nasgraph.tools.evaluator import messages as msg
 
 from .edit import Fix, span, splice
 

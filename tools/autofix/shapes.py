@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import re
 
-from tools.evaluator import messages as msg
+from nasgraph.tools.evaluator import messages as msg
 
 from .edit import Fix, call_name, is_self_attr, layer_calls, splice, span
 

@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from tools.evaluator.datasets import TensorData
-from tools.evaluator.harness import DEFAULTS, NaNLoss, OverBudget, _batch_size, pick_device, train_and_test
-from tools.evaluator.outcome import Outcome
+from nasgraph.tools.evaluator.datasets import TensorData
+from nasgraph.tools.evaluator.harness import DEFAULTS, NaNLoss, OverBudget, _batch_size, pick_device, train_and_test
+from nasgraph.tools.evaluator.outcome import Outcome
 
 FILENAME = "<candidate>"
 NPROC_LIMIT = 64           # tasks (threads included) the unprivileged uid may hold: room for torch, not a fork storm

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tools.evaluator.datasets import TensorData
+from nasgraph.tools.evaluator.datasets import TensorData
 
 DEFAULTS = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.0}
 TEST_BATCH = {"cpu": 256, "cuda": 1024}  # measured on CPU: 1024-image batches test 2.5x slower than 256 (cache)

@@ -1,6 +1,6 @@
 """Parent side of the sandbox: one warm parent process, one forked child per candidate, hard wall-clock limits.
 
-`WarmParent` starts `python -m tools.evaluator.zygote` with a scrubbed environment (so no secret of
+`WarmParent` starts `python -m nasgraph.tools.evaluator.zygote` with a scrubbed environment (so no secret of
 this process ever reaches it or its children), sends it one candidate at a time as a JSON line and
 reads the child's progress back. This process owns the clock: build/shape/measure get
 `setup_timeout_s`, training gets `epochs * time_budget_s + timeout_grace_s`; on expiry the child's
@@ -199,7 +199,7 @@ class WarmParent:
         log = open(self.base / "zygote.log", "ab")  # noqa: SIM115 - handed to the child process
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tools.evaluator.zygote", str(self.data_dir)],
+                [sys.executable, "-m", "nasgraph.tools.evaluator.zygote", str(self.data_dir)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=self.base,
                 env=zygote_env(self.base), start_new_session=True, close_fds=True)
         finally:

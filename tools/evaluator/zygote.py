@@ -1,6 +1,6 @@
 """The warm parent: a long-lived process that imports torch once, caches datasets, and forks one child per candidate.
 
-Run as `python -m tools.evaluator.zygote DATA_DIR` by `sandbox.WarmParent`; it reads one JSON request
+Run as `python -m nasgraph.tools.evaluator.zygote DATA_DIR` by `sandbox.WarmParent`; it reads one JSON request
 per line on stdin and answers with JSON lines on stdout (never pickle):
 
   {"event": "ready", "pid": ...}                                  once, after the imports
@@ -148,8 +148,8 @@ def _forward(chan: Channel, line: bytes) -> None:
 
 
 def handle(chan: Channel, req: dict, cache: dict, data_dir: Path) -> None:
-    from tools.evaluator import child
-    from tools.evaluator.datasets import DatasetUnavailable, load_dataset
+    from nasgraph.tools.evaluator import child
+    from nasgraph.tools.evaluator.datasets import DatasetUnavailable, load_dataset
 
     t = time.perf_counter()
     name = req["dataset"]
@@ -237,10 +237,10 @@ def warm_up() -> None:
 
     import torch
 
-    from tools.evaluator import child, policy
-    from tools.evaluator.datasets import TensorData
-    from tools.evaluator.harness import rehearse
-    from tools.evaluator.reference_models import reference_names, reference_source
+    from nasgraph.tools.evaluator import child, policy
+    from nasgraph.tools.evaluator.datasets import TensorData
+    from nasgraph.tools.evaluator.harness import rehearse
+    from nasgraph.tools.evaluator.reference_models import reference_names, reference_source
 
     for mod in (*policy.ALLOWED_MODULES, "encodings.idna"):  # idna: any socket call with a host name
         try:
