@@ -20,6 +20,7 @@ from langchain_ollama import ChatOllama
 
 from nasgraph.agents import models
 from nasgraph.config import LLMConfig
+from nasgraph.errors import NasgraphError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ OLLAMA_CHECK_TIMEOUT_S = 5.0
 OLLAMA_READ_TIMEOUT_S = 300.0
 
 
-class LLMError(RuntimeError):
+class LLMError(NasgraphError, RuntimeError):
     """A request to the LLM failed (prompt too long, server error); the message says why."""
 
 

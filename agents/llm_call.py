@@ -8,9 +8,10 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from nasgraph.agents.prompts import RenderedPrompt
+from nasgraph.errors import NasgraphError
 
 
-class AgentError(RuntimeError):
+class AgentError(NasgraphError, RuntimeError):
     """The LLM backend failed (unreachable server, model not loaded, ...)."""
 
 

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from nasgraph.errors import NasgraphError
+
 Progress = Callable[[str], None]
 
 MODEL_PATH_ENV = "NASGRAPH_MODEL_PATH"  # a user's own GGUF; wins over the configured model name
@@ -30,7 +32,7 @@ _CHUNK = 1 << 20
 _GGUF_MAGIC = b"GGUF"
 
 
-class ModelError(Exception):
+class ModelError(NasgraphError):
     """A model cannot be found, downloaded or verified; the message says what to do."""
 
 

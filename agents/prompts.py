@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from nasgraph.config import default_home
+from nasgraph.errors import NasgraphError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "prompts"
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z_]\w*)\}\}|\{([A-Za-z_]\w*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
-class PromptError(ValueError):
+class PromptError(NasgraphError, ValueError):
     """A template is missing, or was rendered with missing or unused values."""
 
 

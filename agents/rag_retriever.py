@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from nasgraph.agents.code_generator import BLOCK_CHARS
 from nasgraph.agents.schemas import Task, Triple
+from nasgraph.errors import NasgraphError
 
 FETCH_FACTOR = 6        # candidates fetched per block wanted: long blocks are skipped, not cut
 # Parts, not whole networks; and no video blocks (5-D input) for an image classifier.
@@ -25,7 +26,7 @@ WHERE = {"$and": [{"prompt_ready": True}, {"kind": {"$in": ["block", "op"]}}, {"
 Retrieve = Callable[[Task, Triple], tuple[list[str], dict]]
 
 
-class RagUnavailable(RuntimeError):
+class RagUnavailable(NasgraphError, RuntimeError):
     """Retrieval is enabled but there is no usable index."""
 
 

@@ -16,9 +16,9 @@ import argparse
 import json
 from collections import Counter
 
+from nasgraph.config import load_config
 from nasgraph.graph.run import RunPaths
 from nasgraph.graph.trace import read_events
-from nasgraph.config import load_config
 from nasgraph.tools.autofix import budget_excess, find_fix
 from nasgraph.tools.evaluator import EvalRequest, Evaluator
 
@@ -54,7 +54,7 @@ def main() -> None:
     cases = failures(cfg, a.runs)
     rules, results, by_rule = Counter(), Counter(), {}
     with Evaluator(cfg.data_dir) as evaluator:
-        for code, status, error in cases:
+        for code, _status, error in cases:
             budgets = {what: budget for what, (_, budget) in budget_excess(error).items() if what != "epoch time"}
             applied = []
             for _ in range(a.max_fixes):

@@ -33,6 +33,7 @@ def _net(name: str, in_shape: tuple[int, int, int], classes: int, seed: int) -> 
 def _fashion_mnist_torchvision(data_dir: Path):
     """torchvision's own FashionMNIST class, fed from Debian's IDX files (un-gzipped into its raw/ layout)."""
     from torchvision.datasets import FashionMNIST
+
     from nasgraph.tools.evaluator.datasets import DEBIAN_FASHION_MNIST
 
     root = data_dir / "raw" / "fashion-mnist"
@@ -115,6 +116,7 @@ def bench_harness(dataset: str = "fashion-mnist", images: int | None = None, mod
     processes on a shared machine penalises all of them alike rather than whichever ran last.
     """
     from torchvision import transforms
+
     from nasgraph.config import Config
     from nasgraph.tools.evaluator.datasets import DEBIAN_FASHION_MNIST, load_dataset
     from nasgraph.tools.evaluator.harness import train_and_test

@@ -12,9 +12,9 @@ import argparse
 import json
 import statistics
 
+from nasgraph.config import load_config
 from nasgraph.graph.run import RunPaths, run_loop
 from nasgraph.graph.trace import read_events
-from nasgraph.config import load_config
 
 
 def analyze(cfg, run_id: str, limit: int | None = None) -> dict:

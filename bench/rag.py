@@ -69,9 +69,8 @@ def main() -> None:
     base = load_config()
     root = Path(a.out) if a.out else base.home / f"bench-rag-{time.strftime('%Y%m%d-%H%M%S')}"
     _prepare_index(Path(a.index) if a.index else base.index_dir / "chroma", root / "with")
-    from nasgraph.agents.handle import open_llm
-
     from bench.loop import analyze
+    from nasgraph.agents.handle import open_llm
 
     off, on = _config("without", root, base, a, False), _config("with", root, base, a, True)
     llm = open_llm(off)  # one model for both arms: the LLM seeds itself per step, so the arms match

@@ -13,16 +13,16 @@ from typing import Any, Callable
 from nasgraph.agents import code_generator, prompt_improver
 from nasgraph.agents.schemas import BestDesign, HistoryEntry, Task, Triple
 from nasgraph.config import Config
-from nasgraph.tools.evaluator import EvalRequest, Evaluator, Outcome, static_check
 from nasgraph.tools.autofix import find_fix
+from nasgraph.tools.evaluator import EvalRequest, Evaluator, Outcome, static_check
 from nasgraph.tools.fingerprint import canonical_id
 from nasgraph.tools.store import Store
 
 from .routing import repairable, stop_reason
-
-NET_DEF = re.compile(r"^class\s+Net\b", re.M)
 from .state import LoopState
 from .trace import TraceWriter
+
+NET_DEF = re.compile(r"^class\s+Net\b", re.M)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from nasgraph.agents.schemas import Task
 from nasgraph.config import Config
+from nasgraph.errors import NasgraphError
 from nasgraph.tools.evaluator import Evaluator, training_recipe
 from nasgraph.tools.evaluator.datasets import load_dataset
 from nasgraph.tools.evaluator.harness import pick_device
@@ -30,7 +31,7 @@ from .state import LoopState
 from .trace import TraceWriter
 
 
-class RunError(RuntimeError):
+class RunError(NasgraphError, RuntimeError):
     """A run cannot start or resume (bad run id, finished run, config mismatch)."""
 
 

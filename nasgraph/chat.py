@@ -19,9 +19,20 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from nasgraph.chat_session import (Session, SessionError, answer_context, check_name, describe_row,
-                                   direct_answer, is_question, list_sessions, parse_request, sessions_dir)
+from nasgraph.chat_session import (
+    Session,
+    SessionError,
+    answer_context,
+    check_name,
+    describe_row,
+    direct_answer,
+    is_question,
+    list_sessions,
+    parse_request,
+    sessions_dir,
+)
 from nasgraph.config import Config
+from nasgraph.errors import NasgraphError
 from nasgraph.trace_data import IterationRow, RunDigest, TraceError, list_runs, load_run
 from nasgraph.views import fmt_acc, fmt_int
 
@@ -48,7 +59,7 @@ HELP = """[bold]Talk[/] in plain words:
 Ctrl-C stops the current step; Ctrl-D or /quit leaves."""
 
 
-class ChatError(Exception):
+class ChatError(NasgraphError):
     """Bad input at the prompt; the message says what was expected."""
 
 
@@ -103,8 +114,6 @@ class ChatApp:
 
     def handle(self, line: str) -> bool:
         """One line typed by the person; False when the session should end."""
-        from nasgraph.cli import _known_errors
-
         line = line.strip()
         if not line:
             return True
@@ -122,15 +131,14 @@ class ChatApp:
             self.say("interrupted; the session goes on", style="yellow")
         except (ChatError, SessionError, TraceError) as e:
             self.say(str(e), style="red")
+        except NasgraphError as e:
+            self.say(f"error: {str(e).strip().splitlines()[0]}", style="red")
         except Exception as e:  # noqa: BLE001 - the session must outlive any one step
-            if isinstance(e, _known_errors()):
-                self.say(f"error: {str(e).strip().splitlines()[0]}", style="red")
-            else:
-                log = self.folder / f"{self.s.name}.errors.log"
-                with open(log, "a", encoding="utf-8") as f:
-                    f.write(f"--- {time.ctime()} after: {line}\n{traceback.format_exc()}\n")
-                self.say(f"unexpected error: {type(e).__name__}: {e} (details in {log}); the session goes on",
-                         style="red")
+            log = self.folder / f"{self.s.name}.errors.log"
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(f"--- {time.ctime()} after: {line}\n{traceback.format_exc()}\n")
+            self.say(f"unexpected error: {type(e).__name__}: {e} (details in {log}); the session goes on",
+                     style="red")
         finally:
             self.save()
         return keep_going
@@ -409,7 +417,7 @@ def _int_arg(args: list[str], i: int, default: int, lo: int, hi: int, usage: str
 def cmd_chat(args, cfg: Config, console: Console) -> int:
     from nasgraph.trace_cli import guarded
 
-    return guarded(start_chat, (SessionError, ChatError))(args, cfg, console)
+    return guarded(start_chat)(args, cfg, console)
 
 
 def start_chat(args, cfg: Config, console: Console) -> int:

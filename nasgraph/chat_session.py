@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nasgraph.errors import NasgraphError
 from nasgraph.trace_data import IterationRow, RunDigest
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -27,7 +28,7 @@ _EPOCHS = re.compile(r"\b(\d{1,3})\s*epochs?\b", re.IGNORECASE)
 REQUESTS_KEPT = 3  # refinements passed on to the graph (older ones are superseded, but stay in the transcript)
 
 
-class SessionError(Exception):
+class SessionError(NasgraphError):
     """A session that cannot be created, read or written; the message says why."""
 
 

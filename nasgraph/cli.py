@@ -2,21 +2,23 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import dataclasses
+import importlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import pydantic
 from rich.console import Console
 
 from nasgraph.config import Config, load_config
+from nasgraph.errors import NasgraphError
 
 EXIT_USAGE, EXIT_FAIL = 2, 1
 
 
-class CLIError(Exception):
+class CLIError(NasgraphError):
     """A user-facing error; its message is printed as is."""
 
 
@@ -52,11 +54,11 @@ def _prm(args: argparse.Namespace) -> dict[str, Any]:
 # -- eval / reference ------------------------------------------------------------------------------
 def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin: str, as_json: bool,
                     console: Console) -> int:
-    from nasgraph.views import outcome_table
     from nasgraph.tools.evaluator import EvalRequest, Evaluator, static_check, training_recipe
     from nasgraph.tools.evaluator.harness import pick_device
     from nasgraph.tools.hardware import hardware_info
     from nasgraph.tools.store import Store
+    from nasgraph.views import outcome_table
 
     store = Store(cfg.store_path)
     hardware = hardware_info(cfg.evaluator.threads, str(pick_device(cfg.evaluator.device)))
@@ -70,7 +72,7 @@ def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin
                 req = EvalRequest.from_config(cfg.evaluator, code=code, dataset=cfg.loop.dataset,
                                               epochs=cfg.loop.epochs, prm=prm)
                 outcome, arch_id, cache_hit = store.evaluate_cached(
-                    code, cfg.loop.dataset, cfg.loop.epochs, prm, lambda: evaluator.evaluate(req),
+                    code, cfg.loop.dataset, cfg.loop.epochs, prm, lambda req=req: evaluator.evaluate(req),
                     origin=origin, hardware=hardware)
             failed += not outcome.ok
             if as_json:
@@ -107,9 +109,9 @@ def cmd_reference(args, cfg: Config, console: Console) -> int:
 def cmd_store(args, cfg: Config, console: Console) -> int:
     from rich.table import Table
 
-    from nasgraph.views import code_view, fmt_acc, fmt_int
     from nasgraph.tools.export import export_lemur
     from nasgraph.tools.store import Store
+    from nasgraph.views import code_view, fmt_acc, fmt_int
 
     if args.store_cmd != "ls" and not cfg.store_path.exists():
         raise CLIError(f"no store at {cfg.store_path}; evaluate something first (nasgraph eval / nasgraph run)")
@@ -278,23 +280,6 @@ COMMANDS = {"eval": cmd_eval, "reference": cmd_reference, "store": cmd_store, "m
             "datasets": cmd_datasets, "run": cmd_run}
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    """Error types that carry a user-facing message (imported lazily: most commands need few of them)."""
-    import pydantic
-
-    errors: list[type[BaseException]] = [CLIError, pydantic.ValidationError]
-    for mod, name in (("nasgraph.tools.store", "StoreError"), ("nasgraph.tools.evaluator.datasets", "DatasetUnavailable"),
-                      ("nasgraph.tools.evaluator.datasets", "UnknownDataset"),
-                      ("nasgraph.agents.models", "ModelError"), ("nasgraph.agents.llm", "LLMUnavailable"),
-                      ("nasgraph.graph.run", "RunError"), ("nasgraph.agents.llm_call", "AgentError"),
-                      ("nasgraph.agents.rag_retriever", "RagUnavailable"), ("nasgraph.tools.evaluator", "EvaluatorUnavailable")):
-        try:
-            errors.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=getattr(args, "json", False))
@@ -304,12 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nasgraph: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - only known types are shown plainly; others re-raise
-        if isinstance(exc, _known_errors()):
-            msg = str(exc).strip().splitlines()[0] if not hasattr(exc, "errors") else _pydantic_msg(exc)
-            print(f"nasgraph: error: {msg}", file=sys.stderr)
-            return EXIT_FAIL
-        raise
+    except (NasgraphError, pydantic.ValidationError) as exc:  # anything else is a bug: its traceback stays
+        msg = _pydantic_msg(exc) if isinstance(exc, pydantic.ValidationError) else str(exc).strip().splitlines()[0]
+        print(f"nasgraph: error: {msg}", file=sys.stderr)
+        return EXIT_FAIL
 
 
 def _pydantic_msg(exc) -> str:

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nasgraph.config import Config
+from nasgraph.errors import NasgraphError
 from nasgraph.trace_data import TRACE, RunDigest, TraceError, all_runs, load_run, matches, snippet, to_json
 from nasgraph.views import fmt_acc, fmt_int
 
@@ -368,13 +369,13 @@ def _filters(p: argparse.ArgumentParser, with_iter: bool = True) -> None:
     p.add_argument("--grep", metavar="TEXT", help="only events whose prompt/reply/code/error mention TEXT")
 
 
-def guarded(fn: Callable, errors: tuple[type[BaseException], ...] = (TraceError,)) -> Callable:
-    """The CLI's one-line error path for a plugin's own error types (it cannot rely on catching
-    nasgraph.cli.CLIError: under `python -m nasgraph.cli` that module runs as __main__, a second copy)."""
+def guarded(fn: Callable) -> Callable:
+    """The CLI's one-line error path around a plugin command (also under `python -m nasgraph.cli`,
+    where the CLI module runs as __main__; the base class lives in nasgraph.errors, one copy)."""
     def run(args, cfg: Config, console: Console) -> int:
         try:
             return fn(args, cfg, console)
-        except errors as e:
+        except NasgraphError as e:
             print(f"nasgraph: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
             return 1
     return run

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from nasgraph.errors import NasgraphError
 from nasgraph.graph.trace import read_events
 
 # The run folder's files, as nasgraph.graph.run.RunPaths names them (not imported: nasgraph.graph.run pulls in torch and
@@ -22,7 +23,7 @@ SEARCH_FIELDS = ("node", "status", "first_status", "repairing", "prompt_text", "
                  "prompt", "code_hash", "stop_reason")
 
 
-class TraceError(Exception):
+class TraceError(NasgraphError):
     """A run that cannot be found or read; the message says what to do."""
 
 

@@ -19,11 +19,13 @@ from typing import Any
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 
+from nasgraph.errors import NasgraphError
+
 COLLECTION = "blocks"
 EMBEDDING_NAME = "nasgraph-minilm-l6-v2"
 
 
-class IndexUnavailable(RuntimeError):
+class IndexUnavailable(NasgraphError, RuntimeError):
     """No index where one was expected, or the embedding model cannot be loaded."""
 
 

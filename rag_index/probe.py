@@ -12,8 +12,8 @@ import inspect
 import re
 import sys
 import time
-import types
 import traceback
+import types
 from typing import Any, Callable
 
 import torch

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from nasgraph.errors import NasgraphError
 from nasgraph.tools.evaluator.sandbox import READY_TIMEOUT_S, _Lines, _rmtree, stop_pipe_child, zygote_env
 
 WORKER_SLACK_S = 30.0   # beyond a block's timeout, how long the worker may take to report it
@@ -59,7 +60,7 @@ class Job:
     presented: str | None = None
 
 
-class WorkerUnavailable(RuntimeError):
+class WorkerUnavailable(NasgraphError, RuntimeError):
     """The validation worker cannot start (broken installation)."""
 
 

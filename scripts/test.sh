@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/ruff check .
 .venv/bin/nasgraph models pull qwen2.5-coder-0.5b
 exec .venv/bin/python -m pytest -q "$@"

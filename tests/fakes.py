@@ -10,7 +10,6 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-
 CUT = "<<cut>>"  # a scripted reply that starts with this stops at the token limit, as a backend reports it
 
 

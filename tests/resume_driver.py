@@ -8,8 +8,8 @@ import itertools
 import os
 import sys
 
-from nasgraph.graph.run import run_loop
 from nasgraph.config import load_config
+from nasgraph.graph.run import run_loop
 from tests import candidates as C
 from tests.fakes import FakeHandle, ScriptedChatModel
 

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
+from nasgraph.errors import NasgraphError
 from nasgraph.tools import fingerprint as fp
 from nasgraph.tools.evaluator.outcome import Outcome
 
@@ -34,7 +35,7 @@ UNCACHEABLE = frozenset({"timeout", "memory", "killed", "over_budget"})
 BUSY_TIMEOUT_MS = 30_000
 
 
-class StoreError(Exception):
+class StoreError(NasgraphError):
     """A store that cannot be opened or used, or a request it cannot answer (unknown id, …)."""
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from nasgraph.agents.handle import open_llm
+from nasgraph.config import load_config
 from nasgraph.graph.run import RunPaths, run_loop
 from nasgraph.graph.trace import read_events
-from nasgraph.config import load_config
 from nasgraph.tools.store import Store
 
 pytestmark = pytest.mark.integration

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from nasgraph.agents.rag_retriever import RagUnavailable, make_retriever
+from nasgraph.config import load_config
 from nasgraph.graph.run import RunPaths, run_loop
 from nasgraph.graph.trace import read_events
-from nasgraph.config import load_config
 from nasgraph.rag_index.build import build, stats
 from nasgraph.rag_index.extract import Target
 from nasgraph.rag_index.index import BlockIndex, index_path

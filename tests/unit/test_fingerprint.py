@@ -5,8 +5,15 @@ import random
 
 import pytest
 
-from nasgraph.tools.fingerprint import (NoveltyIndex, canonical_id, minhash, minhash_from_bytes, minhash_to_bytes,
-                               normalize, shingles)
+from nasgraph.tools.fingerprint import (
+    NoveltyIndex,
+    canonical_id,
+    minhash,
+    minhash_from_bytes,
+    minhash_to_bytes,
+    normalize,
+    shingles,
+)
 
 BASE = '''
 import torch

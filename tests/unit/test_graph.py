@@ -3,12 +3,12 @@ import json
 
 import pytest
 
+from nasgraph.config import load_config
 from nasgraph.graph.run import RunPaths, run_loop
 from nasgraph.graph.trace import read_events
-from nasgraph.config import load_config
+from nasgraph.tools.store import Store
 from tests import candidates as C
 from tests.fakes import CUT, FakeHandle, ScriptedChatModel
-from nasgraph.tools.store import Store
 
 
 @pytest.fixture()

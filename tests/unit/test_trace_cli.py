@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from nasgraph import cli
 from nasgraph.graph.run import RunPaths
 from nasgraph.graph.trace import TraceWriter, read_events
-from nasgraph import cli
-from nasgraph.trace_data import (CHECKPOINT, META, TRACE, iteration_rows, load_run, matches, moving_rate,
-                                 pareto_front)
-from tests.trace_run import RUN_ID, SEARCH_WORD, make_run
 from nasgraph.tools.store import Store
+from nasgraph.trace_data import CHECKPOINT, META, TRACE, iteration_rows, load_run, matches, moving_rate, pareto_front
+from tests.trace_run import RUN_ID, SEARCH_WORD, make_run
 
 
 @pytest.fixture(scope="module")

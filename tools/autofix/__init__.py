@@ -28,13 +28,34 @@ from nasgraph.tools.evaluator.messages import budget_excess
 from .budget import fix_shrink_widths
 from .edit import Fix, parses
 from .forward import fix_missing_forward
-from .names import (fix_bare_torch_name, fix_contract_name, fix_device_keyword, fix_format_attribute,
-                    fix_function_as_layer, fix_functional_as_layer, fix_helper_device, fix_inplace, fix_missing_layer,
-                    fix_splat_keywords, fix_unknown_layer, fix_unused_forbidden_import)
+from .names import (
+    fix_bare_torch_name,
+    fix_contract_name,
+    fix_device_keyword,
+    fix_format_attribute,
+    fix_function_as_layer,
+    fix_functional_as_layer,
+    fix_helper_device,
+    fix_inplace,
+    fix_missing_layer,
+    fix_splat_keywords,
+    fix_unknown_layer,
+    fix_unused_forbidden_import,
+)
 from .output import fix_missing_return, fix_output_head, fix_unbuilt_layer
 from .residual import fix_residual_shape
-from .shapes import (fix_batchnorm_rank, fix_branch_padding, fix_groups, fix_init_of_lazy, fix_lazy_from_attribute,
-                     fix_lazy_input_size, fix_pool_too_small, fix_pooled_linear, fix_shared_layer, fix_unflattened)
+from .shapes import (
+    fix_batchnorm_rank,
+    fix_branch_padding,
+    fix_groups,
+    fix_init_of_lazy,
+    fix_lazy_from_attribute,
+    fix_lazy_input_size,
+    fix_pool_too_small,
+    fix_pooled_linear,
+    fix_shared_layer,
+    fix_unflattened,
+)
 
 __all__ = ["Fix", "budget_excess", "find_fix"]
 

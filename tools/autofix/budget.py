@@ -12,7 +12,6 @@ from nasgraph.tools.fmt import human
 
 from .edit import Fix, call_name, init_of, splice
 
-
 # Channel widths: the leading positional parameters of torch layers (as torch names them) and of the
 # code's own blocks, of which those with a width-like name (and no size-like one) are scaled.
 _LAYER_PARAMS = {**dict.fromkeys(("Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d"), ("in_channels", "out_channels")),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import re
 
-from .edit import Fix, call_name, init_of, is_self_attr, is_self_call, splice, span
+from .edit import Fix, call_name, init_of, is_self_attr, is_self_call, span, splice
 from .shapes import lazy_call
 
 _MISSING = re.compile(r'Module \[(\w+)\] is missing the required "forward" function')

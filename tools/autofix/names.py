@@ -8,9 +8,20 @@ from collections import Counter
 
 from nasgraph.tools.evaluator import messages as msg
 
-from .edit import (Fix, call_name, import_map, init_of, is_self_attr, is_super_init, is_true, keyword_span, module_name,
-                   splice, span, whole_lines)
-
+from .edit import (
+    Fix,
+    call_name,
+    import_map,
+    init_of,
+    is_self_attr,
+    is_super_init,
+    is_true,
+    keyword_span,
+    module_name,
+    span,
+    splice,
+    whole_lines,
+)
 
 # Layers that stand in for a function or name the generator forgot to define: only layers without
 # widths, so the guess cannot break a shape. Global pools are named as torchvision names them (avgpool).

@@ -9,7 +9,7 @@ import re
 
 from nasgraph.tools.evaluator import messages as msg
 
-from .edit import Fix, init_of, is_self_attr, is_self_call, method_of, splice, span, whole_lines
+from .edit import Fix, init_of, is_self_attr, is_self_call, method_of, span, splice, whole_lines
 
 # What turns an output of this rank into (batch, classes); the Linear infers its input size.
 _HEADS = {2: "nn.LazyLinear({k})", 3: "nn.Sequential(nn.Flatten(), nn.LazyLinear({k}))",

@@ -7,8 +7,7 @@ import re
 
 from nasgraph.tools.evaluator import messages as msg
 
-from .edit import Fix, call_name, is_self_attr, layer_calls, splice, span
-
+from .edit import Fix, call_name, is_self_attr, layer_calls, span, splice
 
 # Layers whose input size can be inferred at the first forward (the harness runs one before training).
 _LAZY = {"Linear": "nn.LazyLinear", "Conv2d": "nn.LazyConv2d", "BatchNorm2d": "nn.LazyBatchNorm2d"}

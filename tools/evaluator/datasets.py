@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from nasgraph.errors import NasgraphError
+
 CACHE_VERSION = 1
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGENETTE_PX = 64          # imagenette is resized once, at caching time, to this square size
@@ -34,11 +36,11 @@ REACH_TIMEOUT_S = 3.0       # how long a download host may take to accept a TCP 
 DOWNLOAD_TIMEOUT_S = 30.0   # per-socket-operation stall limit while downloading
 
 
-class UnknownDataset(ValueError):
+class UnknownDataset(NasgraphError, ValueError):
     """No dataset of that name is registered."""
 
 
-class DatasetUnavailable(Exception):
+class DatasetUnavailable(NasgraphError):
     """The dataset is neither cached nor obtainable; the message says where to put which files."""
 
 

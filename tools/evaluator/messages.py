@@ -33,7 +33,8 @@ _SLOW = re.compile(r"projected epoch time ([\d.]+)s exceeds the budget of ([\d.]
 def budget_excess(error: str) -> dict[str, tuple[float, float]]:
     """{'parameters' | 'FLOPs' | 'epoch time': (measured, budget)} for each budget the error says was exceeded."""
     found = {what: (float(a.replace(",", "")), float(b.replace(",", ""))) for a, what, b in _OVER.findall(error)}
-    found.update({"epoch time": (float(a), float(b)) for a, b in _SLOW.findall(error)})
+    for a, b in _SLOW.findall(error):
+        found["epoch time"] = (float(a), float(b))
     return found
 
 

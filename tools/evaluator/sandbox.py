@@ -36,6 +36,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from nasgraph.errors import NasgraphError
+
 from .outcome import Outcome
 
 READY_TIMEOUT_S = 300.0     # importing torch on a cold, busy machine
@@ -47,7 +49,7 @@ ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "LD_LIBRARY_PATH", "PYTH
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-class EvaluatorUnavailable(RuntimeError):
+class EvaluatorUnavailable(NasgraphError, RuntimeError):
     """The warm parent cannot be started (broken installation); no candidate can be evaluated."""
 
 
