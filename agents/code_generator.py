@@ -169,10 +169,11 @@ def _short_error(error: str) -> str:
     return "\n".join(out) or key_error_line(error)[:ERROR_CHARS] or "(no error text)"
 
 
-def repair(llm: BaseChatModel, task: Task, code: str, error: str, status: str) -> Generation:
-    """Ask for the complete module fixed, given the evaluator's status and error text."""
+def repair(llm: BaseChatModel, task: Task, code: str, error: str, status: str,
+           diagnosis: dict | None = None) -> Generation:
+    """Ask for the complete module fixed, given the evaluator's status, error text and diagnosis."""
     line = offending_line(code, error)
-    hint = error_hint(status, error) or "Read the error and fix its cause."
+    hint = error_hint(status, diagnosis) or "Read the error and fix its cause."
     if len(code) > REPAIR_CODE_CHARS:
         code = code[:REPAIR_CODE_CHARS] + "\n# ... (truncated: the module was too long; write a shorter one)"
     system = render("code_generator.system")
@@ -199,10 +200,10 @@ def shorten(llm: BaseChatModel, task: Task, code: str) -> Generation:
     return _generation(llm, system, user)
 
 
-def redraft_instruction(instruction: str, error: str, status: str) -> str:
+def redraft_instruction(instruction: str, error: str, status: str, diagnosis: dict | None = None) -> str:
     """The instruction for a new draft of the same design, told how the last draft failed. Shown its failed
     code to fix, the 1.5B model returned it unchanged in 24 of 38 repairs in fm15-k, and none of the 38
     gave a valid design; fresh drafts, after the rule fixes, were valid in 11 of 30 iterations."""
-    hint = error_hint(status, error)
+    hint = error_hint(status, diagnosis)
     return (f"{instruction.strip()}\nThe last draft of this design failed ({status}: {key_error_line(error)})."
             + (f" {hint}" if hint else "") + " Write a new draft that cannot hit that error.")

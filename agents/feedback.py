@@ -9,45 +9,35 @@ from __future__ import annotations
 import re
 
 from nasgraph.agents.schemas import HistoryEntry
-from nasgraph.tools.evaluator.messages import MATMUL, budget_excess
+from nasgraph.tools.evaluator.diagnosis import Diagnosis
 from nasgraph.tools.fmt import human
 
-_HINTS: list[tuple[re.Pattern[str], str]] = [(re.compile(p, re.I), h) for p, h in [
-    (r"has no attribute 'flatten'",
-     "torch.flatten is a function, not a layer: in forward write x = torch.flatten(x, 1), or define "
-     "self.flatten = nn.Flatten() in __init__."),
-    (r"cannot assign .* as child module",
-     "Only nn.Module layers can be attributes: assign modules (nn.Flatten(), nn.ReLU()), and call plain "
-     "functions such as torch.flatten or F.relu directly in forward."),
-    (r"mat1 and mat2 shapes cannot be multiplied",
-     "The Linear's in_features does not match the flattened size: put nn.AdaptiveAvgPool2d(1) and "
-     "torch.flatten(x, 1) before the final nn.Linear and set in_features to the last conv's out_channels."),
-    (r"got input of size: \[\d+, \d+\]|\(got 2D input\)",
-     "A conv, pool or BatchNorm2d is applied to a flattened (2-D) tensor: keep every conv/pool before "
-     "the flatten; after it use only nn.Linear, nn.Dropout and activations."),
-    # Checked before the groups rule: PyTorch's channel-mismatch message also says "groups=1".
-    (r"expected input\[.*\] to have \d+ channels|running_mean should contain",
-     "Channel counts disagree: each layer's in_channels (or BatchNorm2d num_features) must equal the "
-     "previous layer's out_channels; the first conv takes in_shape[1] channels."),
-    (r"divisible by groups|groups",
-     "Every groups=g must divide both in_channels and out_channels (depthwise: groups=in_channels="
-     "out_channels)."),
-    (r"module 'torch(\.nn(\.functional)?)?' has no attribute",
-     "That layer does not exist in torch.nn. Use real ones: Conv2d, BatchNorm2d, ReLU, GELU, SiLU, "
-     "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout, Linear, Sequential, Identity; a separable conv "
-     "is a depthwise Conv2d(groups=channels) followed by a 1x1 Conv2d."),
-    (r"object has no attribute",
-     "forward uses an attribute that __init__ never defines: create every layer as self.name = ... "
-     "in __init__ (after super().__init__())."),
-    (r"name '\w+' is not defined",
-     "A name is used but not defined or imported: keep `import torch`, `import torch.nn as nn`, "
-     "`import torch.nn.functional as F` at the top and define every helper you call."),
-    (r"output size is too small|kernel size can't be greater|calculated padded input size",
-     "The feature map shrinks below the kernel size: use fewer stride-2/pooling steps for this input "
-     "size, or padding=kernel_size//2."),
-    (r"takes \d+ positional arguments? but \d+ (were|was) given|missing \d+ required positional",
-     "Keep the exact signatures: __init__(self, in_shape, out_shape, prm, device) and forward(self, x)."),
-]]
+# One hint per diagnosis kind (the evaluator's typed facts about a failure).
+_KIND_HINTS = {
+    "assign_function": "Only nn.Module layers can be attributes: assign modules (nn.Flatten(), nn.ReLU()), and call "
+                       "plain functions such as torch.flatten or F.relu directly in forward.",
+    "linear_size": "The Linear's in_features does not match the flattened size: put nn.AdaptiveAvgPool2d(1) and "
+                   "torch.flatten(x, 1) before the final nn.Linear and set in_features to the last conv's out_channels.",
+    "rank": "A conv, pool or BatchNorm2d is applied to a flattened (2-D) tensor: keep every conv/pool before the "
+            "flatten; after it use only nn.Linear, nn.Dropout and activations.",
+    "channels": "Channel counts disagree: each layer's in_channels (or BatchNorm2d num_features) must equal the "
+                "previous layer's out_channels; the first conv takes in_shape[1] channels.",
+    "groups": "Every groups=g must divide both in_channels and out_channels (depthwise: groups=in_channels="
+              "out_channels).",
+    "no_torch_attribute": "That layer does not exist in torch.nn. Use real ones: Conv2d, BatchNorm2d, ReLU, GELU, "
+                          "SiLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout, Linear, Sequential, Identity; a "
+                          "separable conv is a depthwise Conv2d(groups=channels) followed by a 1x1 Conv2d.",
+    "no_attribute": "forward uses an attribute that __init__ never defines: create every layer as self.name = ... "
+                    "in __init__ (after super().__init__()).",
+    "undefined_name": "A name is used but not defined or imported: keep `import torch`, `import torch.nn as nn`, "
+                      "`import torch.nn.functional as F` at the top and define every helper you call.",
+    "too_small": "The feature map shrinks below the kernel size: use fewer stride-2/pooling steps for this input "
+                 "size, or padding=kernel_size//2.",
+    "output_shape": "forward must end in logits of shape (batch, out_shape[0]): pool, flatten, then one nn.Linear.",
+    "not_tensor": "forward must return the logits tensor: end it with `return x`.",
+}
+_FLATTEN_HINT = ("torch.flatten is a function, not a layer: in forward write x = torch.flatten(x, 1), or define "
+                 "self.flatten = nn.Flatten() in __init__.")
 
 _STATUS_HINTS = {
     "syntax": "Write valid, complete Python: close every bracket and finish every block.",
@@ -77,9 +67,9 @@ def key_error_line(error: str) -> str:
     return (exc[-1] if exc else lines[0])[:300]
 
 
-def _budget_hint(error: str) -> str:
+def _budget_hint(budgets: dict[str, list[float]]) -> str:
     """How far over budget, and the width cut that fixes it (cost grows with width squared)."""
-    ratios = [measured / budget for measured, budget in budget_excess(error).values() if budget > 0]
+    ratios = [measured / budget for measured, budget in budgets.values() if budget > 0]
     if not ratios:
         return ""
     r = max(ratios)
@@ -88,19 +78,25 @@ def _budget_hint(error: str) -> str:
             f"keep the classifier one small nn.Linear after nn.AdaptiveAvgPool2d(1).")
 
 
-def error_hint(status: str, error: str) -> str:
-    m = MATMUL.search(error)
-    if m:
-        rows, got, want = m.groups()
+def error_hint(status: str, diagnosis: Diagnosis | dict | None) -> str:
+    """The hint for a failure, from its typed diagnosis; the status's general hint when it has none."""
+    d = Diagnosis(**diagnosis) if isinstance(diagnosis, dict) else diagnosis
+    if d is not None and d.kind == "linear_size" and d.got and d.expected:
+        got, want = d.got[0], d.expected[0]
+        shape = d.shape()
+        if shape is not None and len(shape) > 2:
+            return (f"The nn.Linear after the flatten was given a {len(shape)}-D map {tuple(shape)}: x was never "
+                    f"flattened. Call x = torch.flatten(x, 1) before that Linear (after nn.AdaptiveAvgPool2d(1)), "
+                    f"with in_features = the last conv's out_channels.")
         return (f"The flattened tensor has {got} features but the nn.Linear after the flatten expects {want}. "
                 f"Best fix: nn.AdaptiveAvgPool2d(1) then torch.flatten(x, 1) before that Linear, with in_features "
-                f"= the last conv's out_channels. Else set that Linear's in_features to {got}. If {rows} is not "
-                f"the batch size, x was never flattened: call x = torch.flatten(x, 1) before that Linear.")
-    if status == "over_budget" and (hint := _budget_hint(error)):
+                f"= the last conv's out_channels. Else set that Linear's in_features to {got}.")
+    if d is not None and d.kind == "over_budget" and (hint := _budget_hint(d.budgets)):
         return hint
-    for pattern, hint in _HINTS:
-        if pattern.search(error):
-            return hint
+    if d is not None and d.kind == "no_attribute" and d.name == "flatten":
+        return _FLATTEN_HINT
+    if d is not None and d.kind in _KIND_HINTS:
+        return _KIND_HINTS[d.kind]
     return _STATUS_HINTS.get(status, "")
 
 

@@ -174,7 +174,7 @@ def fallback_triple(last: HistoryEntry | None, history: list[HistoryEntry], best
                       expected_effect="a genuinely new design, so the search explores instead of repeating")
     if last.status != "ok":
         first = key_error_line(last.error) or last.status
-        hint = error_hint(last.status, last.error)
+        hint = error_hint(last.status, last.diagnosis)
         return Triple(problem=f"the last model failed with {last.status}: {first}",
                       modification=f"{_next_move(history, last)}. Avoid the last model's error ({first}). "
                                    f"{hint}".strip(),
@@ -195,7 +195,7 @@ def _directive(last: HistoryEntry | None, explore: bool) -> str:
     if last.status != "ok":
         # Its repairs are spent and the generator never sees its code again: asking to "fix" it made
         # the 1.5B improver repeat one error's fix for many iterations.
-        hint = error_hint(last.status, last.error)
+        hint = error_hint(last.status, last.diagnosis)
         return ("The last model failed even after repairs and is dropped. Say what caused the error, then "
                 "propose the next design to build, one that cannot hit that error."
                 + (f" Hint: {hint}" if hint else ""))

@@ -48,6 +48,7 @@ class HistoryEntry(BaseModel):
     accuracy: float | None = None
     params: int | None = None
     error: str = ""
+    diagnosis: dict | None = Field(None, description="the failure's typed facts (evaluator Diagnosis), for hints")
     arch_id: str = ""
     novelty: float | None = Field(None, description="MinHash 1-Jaccard distance to the closest earlier design")
     same_as: int | None = Field(None, description="an earlier iteration whose valid design had the same "

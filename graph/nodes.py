@@ -15,6 +15,7 @@ from nasgraph.agents.schemas import BestDesign, HistoryEntry, Task, Triple
 from nasgraph.config import Config
 from nasgraph.tools.autofix import find_fix
 from nasgraph.tools.evaluator import EvalRequest, Evaluator, Outcome, static_check
+from nasgraph.tools.evaluator.diagnosis import Diagnosis
 from nasgraph.tools.fingerprint import canonical_id
 from nasgraph.tools.store import Store
 
@@ -82,12 +83,24 @@ class Nodes:
             iteration = state.get("iteration", 0) + 1  # the iteration in flight
             self.d.trace.emit(step=step, iteration=iteration, node=name, backend=self.d.llm.backend,
                               model=self.d.llm.model, seconds=round(now - start, 3), **event)
+            if "outcome" in update:  # the node that sets an outcome decides the fix; routers read it
+                update["pending_fix"] = self._pending_fix(state, update)
             update["step"] = 1
             update["stats"] = {**update.get("stats", {}), "seconds_llm": llm_s, "seconds_train": train_s,
                                "seconds_other": max(0.0, elapsed - llm_s - train_s)}
             return update
         node.__name__ = name
         return node
+
+    def _pending_fix(self, state: LoopState, update: dict) -> dict | None:
+        """The rule fix for the outcome just set, while the draft has fixes left; None otherwise."""
+        outcome = update["outcome"]
+        fixes = update.get("fixes", state.get("fixes", 0))
+        if not outcome or outcome["status"] in ("ok", "duplicate") or fixes >= self.d.cfg.loop.max_fixes:
+            return None
+        diagnosis = outcome.get("diagnosis")
+        fix = find_fix(update.get("code", state.get("code")) or "", Diagnosis(**diagnosis) if diagnosis else None)
+        return {"code": fix.code, "rule": fix.rule, "description": fix.description} if fix else None
 
     # -- agents ------------------------------------------------------------------------------
     def improve(self, state: LoopState) -> dict:
@@ -132,9 +145,11 @@ class Nodes:
             gen = code_generator.shorten(llm, _task(state), state["code"])
         elif mode == "redraft":
             gen = self._draft(state, llm, code_generator.redraft_instruction(
-                Triple(**state["triple"]).as_instruction(), outcome["error"], outcome["status"]))
+                Triple(**state["triple"]).as_instruction(), outcome["error"], outcome["status"],
+                outcome.get("diagnosis")))
         else:
-            gen = code_generator.repair(llm, _task(state), state["code"], outcome["error"], outcome["status"])
+            gen = code_generator.repair(llm, _task(state), state["code"], outcome["error"], outcome["status"],
+                                        outcome.get("diagnosis"))
         # A new draft gets its own rule fixes: a redraft needs them as much as the first draft did.
         return {"code": gen.code, "cut": gen.cut, "repairs": state.get("repairs", 0) + 1, "fixes": 0, "outcome": None,
                 "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code, "cut": gen.cut,
@@ -142,12 +157,12 @@ class Nodes:
 
     # -- tools -------------------------------------------------------------------------------
     def fix(self, state: LoopState) -> dict:
-        fix = find_fix(state["code"], state["outcome"]["error"])
+        fix = state.get("pending_fix")
         if fix is None:  # the router only comes here when a rule applies
             raise ValueError("fix ran without an applicable rule")
-        return {"code": fix.code, "fixes": state.get("fixes", 0) + 1, "outcome": None, "stats": {"rule_fixes": 1},
-                "_event": {"rule": fix.rule, "description": fix.description, "code_hash": _safe_id(fix.code),
-                           "code": fix.code, "repairing": state["outcome"]["status"]}}
+        return {"code": fix["code"], "fixes": state.get("fixes", 0) + 1, "outcome": None, "stats": {"rule_fixes": 1},
+                "_event": {"rule": fix["rule"], "description": fix["description"], "code_hash": _safe_id(fix["code"]),
+                           "code": fix["code"], "repairing": state["outcome"]["status"]}}
 
     def check(self, state: LoopState) -> dict:
         code = state["code"]
@@ -232,6 +247,7 @@ class Nodes:
         entry = HistoryEntry(iteration=iteration, triple=Triple(**state["triple"]), status=outcome.status,
                              accuracy=outcome.accuracy if valid else None, params=outcome.params,
                              error=outcome.error, arch_id=state.get("arch_id") or "", novelty=state.get("novelty"),
+                             diagnosis=outcome.diagnosis.model_dump(exclude_defaults=True) if outcome.diagnosis else None,
                              same_as=same_as)
         best = state.get("best")
         if outcome.status == "ok" and outcome.accuracy is not None and (

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from nasgraph.tools.autofix import find_fix
-
 from .state import LoopState
 
 # Failures the generator can fix from the error text alone: static checks, build, and the shape check
@@ -33,7 +31,8 @@ def _next_attempt(state: LoopState, max_repairs: int, max_fixes: int) -> Attempt
     if not outcome:
         return "record"
     # A rule knows its error exactly, whatever the stage (an in-place op fails only in the first backward).
-    if state.get("fixes", 0) < max_fixes and find_fix(state.get("code") or "", outcome.get("error", "")):
+    # The node that set the outcome found the fix (pending_fix); this only reads it.
+    if state.get("fixes", 0) < max_fixes and state.get("pending_fix"):
         return "fix"
     if not repairable(outcome):
         return "record"

@@ -41,6 +41,7 @@ class LoopState(TypedDict, total=False):
     novelty: float | None
     nearest: str | None
     outcome: dict[str, Any] | None       # nasgraph.tools.evaluator.Outcome of the latest attempt
+    pending_fix: dict[str, Any] | None   # the rule fix decided for that outcome: {code, rule, description}
     history: Annotated[list[dict], keep_recent]   # nasgraph.agents.prompt_improver.HistoryEntry dicts
     best: dict[str, Any] | None          # nasgraph.agents.prompt_improver.BestDesign
     stats: Annotated[dict[str, float], add_counts]

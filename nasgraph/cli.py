@@ -182,6 +182,24 @@ def cmd_datasets(args, cfg: Config, console: Console) -> int:
     return 0
 
 
+def cmd_autofix(args, cfg: Config, console: Console) -> int:
+    """The rule catalogue: what each rule fixes, for which diagnosis kinds, in which order."""
+    from nasgraph.tools.autofix import REGISTRY
+
+    rules = sorted(REGISTRY.values(), key=lambda r: (r.kinds[0], r.priority, r.id))
+    if args.json:
+        print(json.dumps([{"id": r.id, "kinds": list(r.kinds), "priority": r.priority, "summary": r.summary}
+                          for r in rules], indent=1))
+        return 0
+    from rich.table import Table
+
+    table = Table("rule", "diagnosis kinds", "priority", "what it fixes", title=f"{len(rules)} repair rules")
+    for r in rules:
+        table.add_row(r.id, ", ".join(r.kinds), str(r.priority), r.summary)
+    console.print(table)
+    return 0
+
+
 # -- run -----------------------------------------------------------------------------------------------
 def cmd_run(args, cfg: Config, console: Console) -> int:
     from nasgraph.agents.handle import open_llm
@@ -256,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--json", action="store_true")
 
     sub.add_parser("datasets", help="list dataset names")
+    af = sub.add_parser("autofix", help="the rule-based repair rules: `autofix rules` prints the catalogue")
+    af.add_argument("what", choices=["rules"])
+    af.add_argument("--json", action="store_true")
 
     rn = sub.add_parser("run", help="autonomous closed-loop search (resumable)")
     train_flags(rn)
@@ -277,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 PLUGINS: tuple[str, ...] = ("nasgraph.trace_cli", "nasgraph.report", "nasgraph.chat", "nasgraph.rag_index.cli")
 
 COMMANDS = {"eval": cmd_eval, "reference": cmd_reference, "store": cmd_store, "models": cmd_models,
-            "datasets": cmd_datasets, "run": cmd_run}
+            "datasets": cmd_datasets, "run": cmd_run, "autofix": cmd_autofix}
 
 
 def main(argv: list[str] | None = None) -> int:

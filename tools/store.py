@@ -29,7 +29,7 @@ from nasgraph.errors import NasgraphError
 from nasgraph.tools import fingerprint as fp
 from nasgraph.tools.evaluator.outcome import Outcome
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x4E534752  # "NSGR": marks the file as a nasgraph store (PRAGMA application_id)
 UNCACHEABLE = frozenset({"timeout", "memory", "killed", "over_budget"})
 BUSY_TIMEOUT_MS = 30_000
@@ -59,6 +59,7 @@ class EvaluationRecord:
     created: str
     run_id: str | None
     iteration: int | None
+    diagnosis: dict | None = None  # a failure's typed facts (Outcome.diagnosis); None before schema 2
 
     @property
     def cacheable(self) -> bool:
@@ -67,7 +68,7 @@ class EvaluationRecord:
     def to_outcome(self) -> Outcome:
         return Outcome(status=self.status, stage=self.stage, accuracy=self.accuracy, params=self.params,
                        flops=self.flops, seconds=dict(self.seconds), error=self.error,
-                       detail=dict(self.detail), epochs=list(self.epoch_stats))
+                       detail=dict(self.detail), epochs=list(self.epoch_stats), diagnosis=self.diagnosis)
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,13 @@ CREATE INDEX cache_hits_by_run ON cache_hits(run_id, iteration);
 """
 
 # version reached -> script that brings the previous version there
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+_MIGRATIONS: dict[int, str] = {
+    1: _SCHEMA_V1,
+    2: "ALTER TABLE evaluations ADD COLUMN diagnosis TEXT;",  # JSON of Outcome.diagnosis, NULL when none
+}
 
 _EVAL_COLUMNS = ("id, arch_id, dataset, epochs, prm, status, stage, accuracy, params, flops, seconds, "
-                 "error, detail, epoch_stats, hardware, created, run_id, iteration")
+                 "error, detail, epoch_stats, hardware, created, run_id, iteration, diagnosis")
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
@@ -383,10 +387,11 @@ class Store:
     @staticmethod
     def _record(r: tuple) -> EvaluationRecord:
         (eid, arch_id, dataset, epochs, prm, status, stage, acc, params, flops, seconds,
-         error, detail, epoch_stats, hardware, created, run_id, iteration) = r
+         error, detail, epoch_stats, hardware, created, run_id, iteration, diagnosis) = r
         return EvaluationRecord(eid, arch_id, dataset, epochs, json.loads(prm), status, stage, acc, params,
                                 flops, json.loads(seconds), error, json.loads(detail), json.loads(epoch_stats),
-                                json.loads(hardware), created, run_id, iteration)
+                                json.loads(hardware), created, run_id, iteration,
+                                json.loads(diagnosis) if diagnosis else None)
 
     def lookup(self, arch_id: str, dataset: str, epochs: int, prm: dict) -> EvaluationRecord | None:
         """Most recent cacheable evaluation for these keys, or None."""
@@ -405,11 +410,12 @@ class Store:
             raise StoreError(f"unknown architecture '{arch_id}': add it with add_architecture first")
         cur = c.execute(
             "INSERT INTO evaluations(arch_id, dataset, epochs, prm, status, stage, accuracy, params, flops, "
-            "seconds, error, detail, epoch_stats, hardware, created, run_id, iteration) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "seconds, error, detail, epoch_stats, hardware, created, run_id, iteration, diagnosis) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (arch_id, dataset, int(epochs), canonical_prm(prm), outcome.status, outcome.stage, outcome.accuracy,
              outcome.params, outcome.flops, _to_json(outcome.seconds), outcome.error, _to_json(outcome.detail),
-             _to_json(outcome.epochs), _to_json(hardware or {}), _now(), run_id, iteration))
+             _to_json(outcome.epochs), _to_json(hardware or {}), _now(), run_id, iteration,
+             outcome.diagnosis.model_dump_json(exclude_defaults=True) if outcome.diagnosis else None))
         return int(cur.lastrowid)
 
     def record_evaluation(self, arch_id: str, outcome: Outcome, *, dataset: str, epochs: int, prm: dict,

@@ -14,6 +14,7 @@ from nasgraph.agents import prompt_improver as pi
 from nasgraph.agents.feedback import error_hint, key_error_line, offending_line
 from nasgraph.agents.prompts import pair_sha, render
 from nasgraph.agents.schemas import BestDesign, HistoryEntry, Task, Triple
+from nasgraph.tools.evaluator.diagnosis import Diagnosis, classify_message
 
 GOOD = """import torch
 import torch.nn as nn
@@ -210,7 +211,8 @@ def test_improve_parses_json() -> None:
 
 
 def test_improve_falls_back_on_garbage_after_a_failure() -> None:
-    last = entry(4, status="shape_error", error=SHAPE_ERROR)
+    last = entry(4, status="shape_error", error=SHAPE_ERROR).model_copy(update={"diagnosis": {
+        "kind": "linear_size", "got": [3136], "expected": [512], "input_shapes": [[128, 3136]]}})
     llm = recording("I think the model could be improved in many ways.")
     triple, meta = pi.improve(llm, TASK, last, [last], None)
     assert meta.parse_mode == "fallback" and not meta.parsed
@@ -287,36 +289,46 @@ def test_offending_line_by_traceback_or_name() -> None:
     assert offending_line(GOOD, "boom") == ""
 
 
+def _diag(error: str) -> Diagnosis:
+    """The diagnosis the evaluator's child gives an exception with this type and torch message."""
+    exc_type, _, message = error.partition(": ")
+    return classify_message(exc_type, message)
+
+
 def test_error_hints_pick_the_right_failure() -> None:
     chan = ("RuntimeError: Given groups=1, weight of size [64, 32, 3, 3], expected input[128, 16, 28, 28] "
             "to have 32 channels, but got 16 channels instead")
-    assert "Channel counts disagree" in error_hint("shape_error", chan)
-    assert "divide" in error_hint("build_error", "ValueError: in_channels must be divisible by groups")
-    assert "flattened (2-D)" in error_hint("shape_error", "Expected 3D (unbatched) or 4D (batched) input "
-                                                          "to conv2d, but got input of size: [128, 3136]")
-    assert "does not exist" in error_hint("build_error", "module 'torch.nn' has no attribute 'SeparableConv2d'")
-    assert "smaller" in error_hint("over_budget", "params 9.1M > 2.0M")
+    assert "Channel counts disagree" in error_hint("shape_error", _diag(chan))
+    assert "divide" in error_hint("build_error", _diag("ValueError: in_channels must be divisible by groups"))
+    assert "flattened (2-D)" in error_hint("shape_error", _diag(
+        "ValueError: expected 4D input (got 2D input)"))
+    assert "does not exist" in error_hint("build_error", _diag(
+        "AttributeError: module 'torch.nn' has no attribute 'SeparableConv2d'"))
+    assert "smaller" in error_hint("over_budget", Diagnosis(kind="over_budget"))
+    assert "smaller" in error_hint("over_budget", None)  # no diagnosis (an old record): the status's hint
     assert key_error_line(SHAPE_ERROR).startswith("RuntimeError: mat1")
 
 
 def test_hints_carry_the_numbers_to_fix() -> None:
     # Seen from the 1.5B model: told only "match the flattened size", it returned its code unchanged.
-    flat = error_hint("shape_error", "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x1152 and 3136x128)")
+    flat = error_hint("shape_error", _diag("RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x1152 and 3136x128)"))
     assert "has 1152 features" in flat and "expects 3136" in flat
-    slow = error_hint("over_budget", "too slow: projected epoch time 613.1s exceeds the budget of 180.0s "
-                                     "(from 2 timed batches)")
+    slow = error_hint("over_budget", Diagnosis(kind="over_budget", budgets={"epoch time": [613.1, 180.0]}))
     assert "3.4x over" in slow and "by about 1.8" in slow
-    big = error_hint("over_budget", "13,318,154 parameters exceed the budget of 5,000,000; 5,212,805,120 FLOPs "
-                                    "per sample exceed the budget of 1,000,000,000 (checked before training)")
+    big = error_hint("over_budget", {"kind": "over_budget", "budgets": {"parameters": [13_318_154, 5_000_000],
+                                                                        "FLOPs": [5_212_805_120, 1_000_000_000]}})
     assert "5.2x over" in big  # the worse of the two overruns
-    unflat = error_hint("shape_error", "RuntimeError: mat1 and mat2 shapes cannot be multiplied (896x7 and 576x1024)")
-    assert "If 896 is not the batch size" in unflat
+    unflat = _diag("RuntimeError: mat1 and mat2 shapes cannot be multiplied (896x7 and 576x1024)")
+    unflat = unflat.model_copy(update={"input_shapes": [[128, 64, 14, 7]]})  # the Linear's input, as the child saw it
+    assert "x was never flattened" in error_hint("shape_error", unflat)
 
 
 def test_flatten_misuse_hints() -> None:
-    assert "x = torch.flatten(x, 1)" in error_hint("runtime_error", "AttributeError: 'Net' object has no attribute 'flatten'")
-    assert "Only nn.Module layers" in error_hint(
-        "build_error", "TypeError: cannot assign 'torch._VariableFunctionsClass.flatten' as child module 'flatten'")
+    assert "x = torch.flatten(x, 1)" in error_hint("runtime_error", _diag(
+        "AttributeError: 'Net' object has no attribute 'flatten'"))
+    assert "Only nn.Module layers" in error_hint("build_error", _diag(
+        "TypeError: cannot assign 'torch._VariableFunctionsClass.flatten' as child module 'flatten' "
+        "(torch.nn.Module or None expected)"))
 
 
 def test_json_parse_finds_nested_object_and_skips_broken_ones() -> None:

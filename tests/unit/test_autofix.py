@@ -2,13 +2,15 @@
 reports them), and the fixed code through the real sandboxed evaluator."""
 import importlib
 import re
+from typing import get_args
 
 import pytest
 
 from nasgraph.config import load_config
-from nasgraph.tools.autofix import find_fix
+from nasgraph.tools.autofix import REGISTRY, find_fix
 from nasgraph.tools.autofix.names import ALIASES, NN_LAYERS
-from nasgraph.tools.evaluator import EvalRequest, Evaluator
+from nasgraph.tools.evaluator import EvalRequest, Evaluator, static_check
+from nasgraph.tools.evaluator.diagnosis import Diagnosis, Kind
 
 HEAD = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n"
 
@@ -27,60 +29,39 @@ WRONG_FLATTEN = HEAD + '''class Net(nn.Module):
         x = F.relu(self.fc1(x))
         return self.fc2(x)
 '''
-WRONG_FLATTEN_ERR = '''File "<candidate>", line 17, in forward
-    x = F.relu(self.fc1(x))
-RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x3136 and 784x32)
-in module 'fc1' = Linear(in_features=784, out_features=32, bias=True), called with input shape (2, 3136)
-dummy input batch: (2, 1, 28, 28)'''
+WRONG_FLATTEN_DIAG = Diagnosis(kind='linear_size', exc_type='RuntimeError', line=17, module_path='fc1', layer_type='Linear', input_shapes=[[2, 3136]], got=[3136], expected=[784])
 
 NOT_FLATTENED = WRONG_FLATTEN.replace("        x = torch.flatten(x, 1)\n", "")
-NOT_FLATTENED_ERR = '''File "<candidate>", line 16, in forward
-    x = F.relu(self.fc1(x))
-RuntimeError: mat1 and mat2 shapes cannot be multiplied (448x14 and 784x32)
-in module 'fc1' = Linear(in_features=784, out_features=32, bias=True), called with input shape (2, 16, 14, 14)
-dummy input batch: (2, 1, 28, 28)'''
+NOT_FLATTENED_DIAG = Diagnosis(kind='linear_size', exc_type='RuntimeError', line=16, module_path='fc1', layer_type='Linear', input_shapes=[[2, 16, 14, 14]], got=[14], expected=[784])
 
 WRONG_CHANNELS = WRONG_FLATTEN.replace("self.fc1 = nn.Linear(16 * 7 * 7, 32)", "self.fc1 = nn.Linear(16 * 14 * 14, 32)") \
     .replace("nn.Conv2d(in_shape[1], 16, 3, padding=1)", "nn.Conv2d(in_shape[1], 16, 3, padding=1)\n"
              "        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)") \
     .replace("x = self.pool(F.relu(self.conv1(x)))", "x = self.pool(F.relu(self.conv2(F.relu(self.conv1(x)))))")
-WRONG_CHANNELS_ERR = '''File "<candidate>", line 16, in forward
-RuntimeError: Given groups=1, weight of size [16, 8, 3, 3], expected input[2, 16, 28, 28] to have 8 channels, but got 16 channels instead
-in module 'conv2' = Conv2d(8, 16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)), called with input shape (2, 16, 28, 28)'''
+WRONG_CHANNELS_DIAG = Diagnosis(kind='channels', exc_type='RuntimeError', line=16, module_path='conv2', layer_type='Conv2d', input_shapes=[[2, 16, 28, 28]], got=[16], expected=[8])
 
 NO_FLATTEN_ATTR = WRONG_FLATTEN.replace("self.fc1 = nn.Linear(16 * 7 * 7, 32)", "self.fc1 = nn.Linear(16 * 14 * 14, 32)") \
     .replace("x = torch.flatten(x, 1)", "x = self.flatten(x)")
-NO_FLATTEN_ATTR_ERR = '''File "<candidate>", line 15, in forward
-    x = self.flatten(x)
-AttributeError: 'Net' object has no attribute 'flatten'
-in module '(model)' = Net, called with input shape (2, 1, 28, 28)'''
+NO_FLATTEN_ATTR_DIAG = Diagnosis(kind='no_attribute', exc_type='AttributeError', line=16, module_path='(model)', layer_type='Net', input_shapes=[[2, 1, 28, 28]], name='flatten', owner='Net')
 
 FUNCTION_AS_LAYER = NO_FLATTEN_ATTR.replace("        self.pool = nn.MaxPool2d(2)\n",
                                             "        self.pool = nn.MaxPool2d(2)\n        self.flatten = torch.flatten\n")
-FUNCTION_AS_LAYER_ERR = '''File "<candidate>", line 10, in __init__
-    self.flatten = torch.flatten
-TypeError: cannot assign 'torch._VariableFunctionsClass.flatten' as child module 'flatten' (torch.nn.Module or None expected)'''
+FUNCTION_AS_LAYER_DIAG = Diagnosis(kind="assign_function", exc_type="TypeError", line=10, owner="flatten", name="flatten")
 
 BAD_GROUPS = WRONG_FLATTEN.replace("self.fc1 = nn.Linear(16 * 7 * 7, 32)", "self.fc1 = nn.Linear(16 * 14 * 14, 32)") \
     .replace("nn.Conv2d(in_shape[1], 16, 3, padding=1)", "nn.Conv2d(in_shape[1], 16, 3, padding=1, groups=16)")
-BAD_GROUPS_ERR = '''File "<candidate>", line 8, in __init__
-    self.conv1 = nn.Conv2d(in_shape[1], 16, 3, padding=1, groups=16)  # keep this comment
-ValueError: in_channels must be divisible by groups'''
+BAD_GROUPS_DIAG = Diagnosis(kind='groups', exc_type='ValueError', line=8)
 
 POOL_TOO_SMALL = WRONG_FLATTEN.replace("x = self.pool(F.relu(self.conv1(x)))",
                                        "x = self.pool(F.relu(self.conv1(x)))\n        x = self.pool5(x)") \
     .replace("        self.pool = nn.MaxPool2d(2)\n", "        self.pool = nn.MaxPool2d(2)\n        self.pool5 = nn.MaxPool2d(32)\n") \
     .replace("self.fc1 = nn.Linear(16 * 7 * 7, 32)", "self.fc1 = nn.Linear(16 * 14 * 14, 32)")
-POOL_TOO_SMALL_ERR = '''File "<candidate>", line 16, in forward
-RuntimeError: Given input size: (16x14x14). Calculated output size: (16x0x0). Output size is too small
-in module 'pool5' = MaxPool2d(kernel_size=32, stride=32, padding=0, dilation=1, ceil_mode=False), called with input shape (2, 16, 14, 14)'''
+POOL_TOO_SMALL_DIAG = Diagnosis(kind='too_small', exc_type='RuntimeError', line=17, module_path='pool5', layer_type='MaxPool2d', input_shapes=[[2, 16, 14, 14]])
 
 UNKNOWN_LAYER = WRONG_FLATTEN.replace("self.fc1 = nn.Linear(16 * 7 * 7, 32)",
                                       "self.gap = nn.GlobalAvgPool2d()\n        self.fc1 = nn.Linear(16, 32)") \
     .replace("x = torch.flatten(x, 1)", "x = torch.flatten(self.gap(x), 1)")
-UNKNOWN_LAYER_ERR = """File "<candidate>", line 10, in __init__
-    self.gap = nn.GlobalAvgPool2d()
-AttributeError: module 'torch.nn' has no attribute 'GlobalAvgPool2d'"""
+UNKNOWN_LAYER_DIAG = Diagnosis(kind='no_torch_attribute', exc_type='AttributeError', line=10, name='GlobalAvgPool2d', owner='torch.nn')
 
 HELPER_DEVICE = HEAD + '''class Block(nn.Module):
     def __init__(self, c_in, c_out):
@@ -95,16 +76,10 @@ HELPER_DEVICE = HEAD + '''class Block(nn.Module):
 
 ''' + WRONG_FLATTEN.removeprefix(HEAD).replace("nn.Conv2d(in_shape[1], 16, 3, padding=1)", "Block(in_shape[1], 16)") \
     .replace("16 * 7 * 7", "16 * 14 * 14")
-HELPER_DEVICE_ERR = """File "<candidate>", line 19, in __init__
-    self.conv1 = Block(in_shape[1], 16)  # keep this comment
-File "<candidate>", line 8, in __init__
-    self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, device=self.device)
-AttributeError: 'Block' object has no attribute 'device'"""
+HELPER_DEVICE_DIAG = Diagnosis(kind='no_attribute', exc_type='AttributeError', line=8, name='device', owner='Block')
 
 LAZY_FROM_ATTRIBUTE = WRONG_FLATTEN.replace("nn.Linear(16 * 7 * 7, 32)", "nn.Linear(self.pool.out_features, 32)")
-LAZY_FROM_ATTRIBUTE_ERR = """File "<candidate>", line 10, in __init__
-    self.fc1 = nn.Linear(self.pool.out_features, 32)
-AttributeError: 'MaxPool2d' object has no attribute 'out_features'"""
+LAZY_FROM_ATTRIBUTE_DIAG = Diagnosis(kind='no_attribute', exc_type='AttributeError', line=10, name='out_features', owner='MaxPool2d')
 
 INPLACE = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
     "        self.pool = nn.MaxPool2d(2)\n",
@@ -112,10 +87,7 @@ INPLACE = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
     "        self.act = nn.ReLU(inplace=True)\n") \
     .replace("        x = torch.flatten(x, 1)\n",
              "        y = torch.sigmoid(self.conv2(x))\n        y += x\n        x = torch.flatten(self.act(y), 1)\n")
-INPLACE_ERR = ("RuntimeError: one of the variables needed for gradient computation has been modified by an inplace "
-               "operation: [torch.FloatTensor [128, 16, 14, 14]], which is output 0 of Sigmoid, is at version 2; "
-               "expected version 0 instead. Hint: enable anomaly detection to find the operation that failed to "
-               "compute its gradient, with torch.autograd.set_detect_anomaly(True, check_nan=False).")
+INPLACE_DIAG = Diagnosis(kind='inplace', exc_type='RuntimeError')
 
 WIDE = HEAD + '''class DepthwiseBlock(nn.Module):
     def __init__(self, channels=256):
@@ -149,8 +121,7 @@ class Net(nn.Module):
         x = torch.flatten(x, 1)
         return self.fc2(F.relu(self.bn3(self.fc1(x))))
 '''
-WIDE_ERR = ("6,732,042 parameters exceed the budget of 5,000,000; 478,889,984 FLOPs per sample exceed the budget of "
-            "60,000,000 (checked before training)")
+WIDE_DIAG = Diagnosis(kind='over_budget', budgets={'parameters': [6732042.0, 5000000.0], 'FLOPs': [478889984.0, 60000000.0]})
 
 CHANNEL_LIST = HEAD + '''class Net(nn.Module):
     def __init__(self, in_shape, out_shape, prm, device):
@@ -167,13 +138,11 @@ CHANNEL_LIST = HEAD + '''class Net(nn.Module):
     def forward(self, x):
         return self.fc(torch.flatten(self.features(x), 1))
 '''
-TOO_SLOW_ERR = "too slow: projected epoch time 250.7s exceeds the budget of 180.0s (from 3 timed batches)"
+TOO_SLOW_DIAG = Diagnosis(kind="over_budget", budgets={"epoch time": [250.7, 180.0]})
 
 BARE_NAME = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace("self.pool = nn.MaxPool2d(2)", "self.pool = nn.MaxPool2d(2)\n        self.skip = Identity()") \
     .replace("x = torch.flatten(x, 1)", "x = torch.flatten(self.skip(x), 1)")
-BARE_NAME_ERR = '''File "<candidate>", line 10, in __init__
-    self.skip = Identity()
-NameError: name 'Identity' is not defined'''
+BARE_NAME_DIAG = Diagnosis(kind='undefined_name', exc_type='NameError', line=10, name='Identity')
 
 DEVICE_KW = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
     "self.pool = nn.MaxPool2d(2)", "self.pool = nn.MaxPool2d(2, device=device)\n"
@@ -181,16 +150,12 @@ DEVICE_KW = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
     .replace("self.fc2 = nn.Linear(32, out_shape[0])", "self.fc2 = nn.Linear(32, out_shape[0], device=device)") \
     .replace("    def forward(self, x):", "    def _conv(self, c):\n        return nn.Conv2d(c, c, 1)\n\n"
              "    def forward(self, x):")
-DEVICE_KW_ERR = ('File "<candidate>", line 9, in __init__\n    self.pool = nn.MaxPool2d(2, device=device)\n'
-                 "TypeError: _MaxPoolNd.__init__() got an unexpected keyword argument 'device'")
+DEVICE_KW_DIAG = Diagnosis(kind='unexpected_keyword', exc_type='TypeError', line=9, name='device', owner='_MaxPoolNd')
 
 # Seen from the 1.5B model (fm15-k): one conv applied to the image and again to its own output.
 SHARED = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14") \
     .replace("x = self.pool(F.relu(self.conv1(x)))", "x = F.relu(self.conv1(x))\n        x = self.pool(F.relu(self.conv1(x)))")
-SHARED_ERR = """File "<candidate>", line 15, in forward
-    x = self.pool(F.relu(self.conv1(x)))
-RuntimeError: Given groups=1, weight of size [16, 1, 3, 3], expected input[2, 16, 28, 28] to have 1 channels, but got 16 channels instead
-in module 'conv1' = Conv2d(1, 16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)), called with input shape (2, 16, 28, 28)"""
+SHARED_DIAG = Diagnosis(kind='channels', exc_type='RuntimeError', line=16, module_path='conv1', layer_type='Conv2d', input_shapes=[[2, 16, 28, 28]], got=[16], expected=[1])
 
 # Seen twice in fm15-k: an attribute name written like an f-string.
 FORMAT_ATTR = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
@@ -199,28 +164,21 @@ FORMAT_ATTR = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
     "            self.conv{i} = nn.Conv2d(16, 16, 3, padding=1)\n") \
     .replace("        x = torch.flatten(x, 1)\n",
              "        for i in range(2, 4):\n            x = F.relu(self.conv{i}(x))\n        x = torch.flatten(x, 1)\n")
-FORMAT_ATTR_ERR = """SyntaxError: invalid syntax (line 11, column 22)
-  line 11: self.conv{i} = nn.Conv2d(16, 16, 3, padding=1)"""
+FORMAT_ATTR_DIAG = Diagnosis(kind='syntax', exc_type='SyntaxError', line=11)
 
 # A layer inside nn.Sequential, named by its index (fm15-g…k: `fc_block.0`, `se1.excitation.0`).
 IN_SEQUENTIAL = WRONG_FLATTEN.replace("self.fc1 = nn.Linear(16 * 7 * 7, 32)",
                                       "self.fc1 = nn.Sequential(nn.Dropout(0.1), nn.Sequential(nn.Linear(16 * 7 * 7, 32)))")
-IN_SEQUENTIAL_ERR = WRONG_FLATTEN_ERR.replace("in module 'fc1'", "in module 'fc1.1.0'")
+IN_SEQUENTIAL_DIAG = Diagnosis(kind='linear_size', exc_type='RuntimeError', line=17, module_path='fc1.1.0', layer_type='Linear', input_shapes=[[2, 3136]], got=[3136], expected=[784])
 
 # Seen 11 times in six 1.5B runs: __init__ builds every layer and no forward follows.
 NO_FORWARD = WRONG_FLATTEN[: WRONG_FLATTEN.index("\n    def forward")] + "\n"
-NO_FORWARD_ERR = '''NotImplementedError: Module [Net] is missing the required "forward" function
-in module '(model)' = Net, called with input shape (2, 1, 28, 28)
-dummy input batch: (2, 1, 28, 28)'''
+NO_FORWARD_DIAG = Diagnosis(kind='no_forward', exc_type='NotImplementedError', module_path='(model)', layer_type='Net', input_shapes=[[2, 1, 28, 28]], owner='Net')
 
 # Seen from the 1.5B model: a BatchNorm2d after the Linear it normalizes.
 NORM_RANK = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace("        self.fc2 =", "        self.bn = nn.BatchNorm2d(32)\n        self.fc2 =") \
     .replace("x = F.relu(self.fc1(x))", "x = F.relu(self.bn(self.fc1(x)))")
-NORM_RANK_ERR = '''File "<candidate>", line 18, in forward
-    x = F.relu(self.bn(self.fc1(x)))
-ValueError: expected 4D input (got 2D input)
-in module 'bn' = BatchNorm2d(32, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True), called with input shape (2, 32)
-dummy input batch: (2, 1, 28, 28)'''
+NORM_RANK_DIAG = Diagnosis(kind='rank', exc_type='ValueError', line=18, module_path='bn', layer_type='BatchNorm2d', input_shapes=[[2, 32]], got=[2], expected=[4])
 
 # Seen in fm15-n: inception branches with one padding for every kernel size, joined by torch.cat.
 BRANCHES = HEAD + '''class Mixed(nn.Module):
@@ -247,51 +205,40 @@ class Net(nn.Module):
         x = F.max_pool2d(self.mixed(F.relu(self.conv(x))), 4)
         return self.fc(torch.flatten(x, 1))
 '''
-BRANCHES_ERR = '''File "<candidate>", line 14, in forward
-    return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], dim=1)
-RuntimeError: Sizes of tensors must match except in dimension 1. Expected size 28 but got size 26 for tensor number 2 in the list.
-in module 'mixed' = Mixed, called with input shape (2, 8, 28, 28)
-dummy input batch: (2, 1, 28, 28)'''
+BRANCHES_DIAG = Diagnosis(kind='spatial', exc_type='RuntimeError', line=14, module_path='mixed', layer_type='Mixed', input_shapes=[[2, 8, 28, 28]], name='cat', got=[28, 26])
 
 # Seen three times in fm15-o: the contract's input channels read as a name Net.__init__ never defined.
 CONTRACT_NAME = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace("nn.Conv2d(in_shape[1], 16",
                                                                              "nn.Conv2d(in_channels, 16")
-CONTRACT_NAME_ERR = '''File "<candidate>", line 8, in __init__
-    self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1)  # keep this comment
-NameError: name 'in_channels' is not defined'''
+CONTRACT_NAME_DIAG = Diagnosis(kind='undefined_name', exc_type='NameError', line=8, name='in_channels')
 
 # Seen twice from the 1.5B model: a functional activation put where a layer goes.
 FUNCTIONAL_LAYER = CONTRACT_NAME.replace("in_channels, 16", "in_shape[1], 16").replace(
     "        self.pool = nn.MaxPool2d(2)\n", "        self.pool = nn.Sequential(nn.MaxPool2d(2), F.relu(inplace=True))\n")
-FUNCTIONAL_LAYER_ERR = '''File "<candidate>", line 9, in __init__
-    self.pool = nn.Sequential(nn.MaxPool2d(2), F.relu(inplace=True))
-TypeError: relu() missing 1 required positional argument: 'input\''''
+FUNCTIONAL_LAYER_DIAG = Diagnosis(kind='missing_input', exc_type='TypeError', line=9, name='relu')
 
 # Seen in fm15-o: the hyperparameters splatted into a conv.
 SPLAT = CONTRACT_NAME.replace("nn.Conv2d(in_channels, 16, 3, padding=1)", "nn.Conv2d(in_shape[1], 16, 3, padding=1, **prm)")
-SPLAT_ERR = ('File "<candidate>", line 8, in __init__\n'
-             "TypeError: Conv2d.__init__() got an unexpected keyword argument 'lr'")
+SPLAT_DIAG = Diagnosis(kind='unexpected_keyword', exc_type='TypeError', line=8, name='lr', owner='Conv2d')
 
 # Seen in fm15-o/p: every stage written and no classifier head (6 drafts), the head forgotten after the
 # flatten (a 2-D output) or before it (a map of class channels).
 NO_HEAD = CONTRACT_NAME.replace("in_channels, 16", "in_shape[1], 16").replace(
     "        x = F.relu(self.fc1(x))\n        return self.fc2(x)\n", "        return x\n")
-NO_HEAD_ERR = "output shape: expected (2, 10) (batch, classes) for input (2, 1, 28, 28), got (2, 3136)"
+NO_HEAD_DIAG = Diagnosis(kind='output_shape', input_shapes=[[2, 1, 28, 28]], got=[2, 3136], expected=[2, 10])
 MAP_OUT = NO_HEAD.replace("        x = torch.flatten(x, 1)\n", "")
-MAP_OUT_ERR = "output shape: expected (2, 10) (batch, classes) for input (2, 1, 28, 28), got (2, 16, 14, 14)"
+MAP_OUT_DIAG = Diagnosis(kind='output_shape', input_shapes=[[2, 1, 28, 28]], got=[2, 16, 14, 14], expected=[2, 10])
 
 # Seen in fm15-p: a forward that computes x and never returns it.
 NO_RETURN = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace("        return self.fc2(x)\n",
                                                                          "        x = self.fc2(x)\n")
-NO_RETURN_ERR = "forward must return a Tensor of shape (2, 10) for a batch of 2, got NoneType"
+NO_RETURN_DIAG = Diagnosis(kind='not_tensor', input_shapes=[[2, 1, 28, 28]], owner='NoneType', expected=[2, 10])
 
 # Seen in fm15-o/p: forward applies stages __init__ never built (self.conv7 ... after six convs).
 UNBUILT = NO_RETURN.replace("        x = self.fc2(x)\n", "        x = self.fc2(x)\n        return x\n").replace(
     "        x = torch.flatten(x, 1)\n",
-    "        x = self.relu2(self.bn2(self.conv2(x)))\n        x = self.conv3(x)\n        x = torch.flatten(x, 1)\n")
-UNBUILT_ERR = '''File "<candidate>", line 17, in forward
-    x = self.relu2(self.bn2(self.conv2(x)))
-AttributeError: 'Net' object has no attribute 'conv2\''''
+    "        x = F.relu(self.bn2(self.conv2(x)))\n        x = self.conv3(x)\n        x = torch.flatten(x, 1)\n")
+UNBUILT_DIAG = Diagnosis(kind='no_attribute', exc_type='AttributeError', line=16, module_path='(model)', layer_type='Net', input_shapes=[[2, 1, 28, 28]], name='bn2', owner='Net')
 
 # Seen in five 1.5B iterations: squeeze-excitation written with Linears on the pooled map, no flatten.
 SE_LINEAR = HEAD + '''class SE(nn.Module):
@@ -317,11 +264,7 @@ class Net(nn.Module):
         x = F.adaptive_avg_pool2d(self.se(F.relu(self.conv(x))), 1)
         return self.fc(torch.flatten(x, 1))
 '''
-SE_LINEAR_ERR = '''File "<candidate>", line 12, in forward
-    return x * torch.sigmoid(self.fc2(F.relu(self.fc1(self.pool(x)))))
-RuntimeError: mat1 and mat2 shapes cannot be multiplied (32x1 and 16x4)
-in module 'se.fc1' = Linear(in_features=16, out_features=4, bias=False), called with input shape (2, 16, 1, 1)
-dummy input batch: (2, 1, 28, 28)'''
+SE_LINEAR_DIAG = Diagnosis(kind='linear_size', exc_type='RuntimeError', line=13, module_path='se.fc1', layer_type='Linear', input_shapes=[[2, 16, 1, 1]], got=[1], expected=[16])
 
 # Seen after Lazy fixes in three 1.5B runs: a weight-init loop reaching a Lazy layer.
 INIT_LAZY = WRONG_FLATTEN.replace("nn.Linear(16 * 7 * 7, 32)", "nn.LazyLinear(32)").replace(
@@ -329,9 +272,7 @@ INIT_LAZY = WRONG_FLATTEN.replace("nn.Linear(16 * 7 * 7, 32)", "nn.LazyLinear(32
     "        for m in self.modules():\n            if isinstance(m, nn.Linear):\n"
     "                nn.init.kaiming_normal_(m.weight)\n                nn.init.zeros_(m.bias)\n"
     "        self.to(device)\n")
-INIT_LAZY_ERR = '''File "<candidate>", line 14, in __init__
-    nn.init.kaiming_normal_(m.weight)
-RuntimeError: Can't access the shape of an uninitialized parameter or buffer. This error usually happens in `load_state_dict`'''
+INIT_LAZY_DIAG = Diagnosis(kind='uninitialized', exc_type='RuntimeError', line=14)
 
 # Seen 25 times in eight 1.5B runs: a residual block that downsamples and widens, added to its input.
 RESIDUAL = HEAD + '''class Block(nn.Module):
@@ -355,83 +296,90 @@ class Net(nn.Module):
     def forward(self, x):
         return self.fc(torch.flatten(self.block(x) + 1, 1))
 '''
-RESIDUAL_ERR = '''File "<candidate>", line 21, in forward
-    return self.fc(torch.flatten(self.block(x) + 1, 1))
-File "<candidate>", line 12, in forward
-    out += x
-RuntimeError: The size of tensor a (14) must match the size of tensor b (28) at non-singleton dimension 3
-in module 'block' = Block, called with input shape (2, 1, 28, 28)
-dummy input batch: (2, 1, 28, 28)'''
+RESIDUAL_DIAG = Diagnosis(kind='spatial', exc_type='RuntimeError', line=12, module_path='block', layer_type='Block', input_shapes=[[2, 1, 28, 28]], name='add', got=[14, 28], dim=3)
 
+UNUSED_IMPORT = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
+    "import torch.nn.functional as F\n", "import torch.nn.functional as F\nimport torchvision\n")
+UNUSED_IMPORT_DIAG = Diagnosis(kind="forbidden_import", line=4, lines=[4], name="torchvision")
+
+# One fixture per registered rule: a real failing module, its diagnosis, and a line the fix must write.
 CASES = {
-    "lazy_linear": (WRONG_FLATTEN, WRONG_FLATTEN_ERR, "nn.LazyLinear(32)"),
-    "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_ERR, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
-    "lazy_conv2d": (WRONG_CHANNELS, WRONG_CHANNELS_ERR, "nn.LazyConv2d(16, 3, padding=1)"),
-    "define_attribute": (NO_FLATTEN_ATTR, NO_FLATTEN_ATTR_ERR, "super().__init__()\n        self.flatten = nn.Flatten()"),
-    "function_to_layer": (FUNCTION_AS_LAYER, FUNCTION_AS_LAYER_ERR, "self.flatten = nn.Flatten()"),
-    "drop_groups": (BAD_GROUPS, BAD_GROUPS_ERR, "nn.Conv2d(in_shape[1], 16, 3, padding=1)  # keep this comment"),
-    "drop_device_keyword": (DEVICE_KW, DEVICE_KW_ERR, "self.act = nn.ReLU()"),
-    "bare_torch_name": (BARE_NAME, BARE_NAME_ERR, "self.skip = nn.Identity()"),
-    "drop_pool": (POOL_TOO_SMALL, POOL_TOO_SMALL_ERR, "self.pool5 = nn.Identity()"),
-    "unknown_layer": (UNKNOWN_LAYER, UNKNOWN_LAYER_ERR, "self.gap = nn.AdaptiveAvgPool2d(1)"),
-    "helper_device": (HELPER_DEVICE, HELPER_DEVICE_ERR, "nn.Conv2d(c_in, c_out, 3, padding=1)\n"
+    "lazy_input_size/linear": (WRONG_FLATTEN, WRONG_FLATTEN_DIAG, "nn.LazyLinear(32)"),
+    "flatten_before_linear": (NOT_FLATTENED, NOT_FLATTENED_DIAG, "x = torch.flatten(x, 1)\n        x = F.relu(self.fc1(x))"),
+    "lazy_input_size/conv2d": (WRONG_CHANNELS, WRONG_CHANNELS_DIAG, "nn.LazyConv2d(16, 3, padding=1)"),
+    "define_attribute": (NO_FLATTEN_ATTR, NO_FLATTEN_ATTR_DIAG, "super().__init__()\n        self.flatten = nn.Flatten()"),
+    "function_to_layer": (FUNCTION_AS_LAYER, FUNCTION_AS_LAYER_DIAG, "self.flatten = nn.Flatten()"),
+    "drop_groups": (BAD_GROUPS, BAD_GROUPS_DIAG, "nn.Conv2d(in_shape[1], 16, 3, padding=1)  # keep this comment"),
+    "drop_device_keyword": (DEVICE_KW, DEVICE_KW_DIAG, "self.act = nn.ReLU()"),
+    "bare_torch_name": (BARE_NAME, BARE_NAME_DIAG, "self.skip = nn.Identity()"),
+    "drop_pool": (POOL_TOO_SMALL, POOL_TOO_SMALL_DIAG, "self.pool5 = nn.Identity()"),
+    "unknown_layer": (UNKNOWN_LAYER, UNKNOWN_LAYER_DIAG, "self.gap = nn.AdaptiveAvgPool2d(1)"),
+    "helper_device": (HELPER_DEVICE, HELPER_DEVICE_DIAG, "nn.Conv2d(c_in, c_out, 3, padding=1)\n"
                       "        self.bn = nn.BatchNorm2d(c_out)\n\n    def forward(self, x):\n"
                       "        return F.relu(self.bn(self.conv(x))) + torch.zeros(1, device=x.device)"),
-    "unshare_layer": (SHARED, SHARED_ERR, "# keep this comment\n        self.conv1_2 = nn.LazyConv2d(16, 3, padding=1)\n"),
-    "format_attribute": (FORMAT_ATTR, FORMAT_ATTR_ERR, 'setattr(self, f"conv{i}", nn.Conv2d(16, 16, 3, padding=1))'),
-    "lazy_from_attribute": (LAZY_FROM_ATTRIBUTE, LAZY_FROM_ATTRIBUTE_ERR, "self.fc1 = nn.LazyLinear(32)"),
-    "write_forward": (NO_FORWARD, NO_FORWARD_ERR, "    def forward(self, x):\n        x = self.conv1(x)\n"
+    "unshare_layer": (SHARED, SHARED_DIAG, "# keep this comment\n        self.conv1_2 = nn.LazyConv2d(16, 3, padding=1)\n"),
+    "format_attribute": (FORMAT_ATTR, FORMAT_ATTR_DIAG, 'setattr(self, f"conv{i}", nn.Conv2d(16, 16, 3, padding=1))'),
+    "lazy_from_attribute": (LAZY_FROM_ATTRIBUTE, LAZY_FROM_ATTRIBUTE_DIAG, "self.fc1 = nn.LazyLinear(32)"),
+    "write_forward": (NO_FORWARD, NO_FORWARD_DIAG, "    def forward(self, x):\n        x = self.conv1(x)\n"
                       "        x = self.pool(x)\n        x = torch.flatten(x, 1)\n        x = self.fc1(x)\n"
                       "        x = self.fc2(x)\n        return x\n"),
-    "norm_for_rank": (NORM_RANK, NORM_RANK_ERR, "self.bn = nn.LazyBatchNorm1d()"),
-    "same_padding": (BRANCHES, BRANCHES_ERR, "nn.Conv2d(c, 8, 3, 1, 1)  # keep this comment"),
-    "functional_to_layer": (FUNCTIONAL_LAYER, FUNCTIONAL_LAYER_ERR, "nn.Sequential(nn.MaxPool2d(2), nn.ReLU(inplace=True))"),
-    "drop_splat_keywords": (SPLAT, SPLAT_ERR, "nn.Conv2d(in_shape[1], 16, 3, padding=1)  # keep this comment"),
-    "define_from_contract": (CONTRACT_NAME, CONTRACT_NAME_ERR, "super().__init__()\n        in_channels = in_shape[1]\n"),
-    "linear_to_conv1x1": (SE_LINEAR, SE_LINEAR_ERR, "self.fc2 = nn.Conv2d(in_channels=c // r, out_channels=c, kernel_size=1)"),
-    "drop_init_of_lazy": (INIT_LAZY, INIT_LAZY_ERR, "if isinstance(m, nn.Linear):\n                pass\n                pass\n"),
-    "fit_residual": (RESIDUAL, RESIDUAL_ERR, "        out = _fit_add(out, x)\n"),
-    "add_output_head": (NO_HEAD, NO_HEAD_ERR, "self.head = nn.LazyLinear(out_shape[0])\n        self.to(device)"),
-    "add_return": (NO_RETURN, NO_RETURN_ERR, "        x = self.fc2(x)\n        return x\n"),
-    "drop_unbuilt_layer": (UNBUILT, UNBUILT_ERR, "        x = self.pool(F.relu(self.conv1(x)))\n"
-                           "        x = torch.flatten(x, 1)\n"),
+    "norm_for_rank": (NORM_RANK, NORM_RANK_DIAG, "self.bn = nn.LazyBatchNorm1d()"),
+    "same_padding": (BRANCHES, BRANCHES_DIAG, "nn.Conv2d(c, 8, 3, 1, 1)  # keep this comment"),
+    "functional_to_layer": (FUNCTIONAL_LAYER, FUNCTIONAL_LAYER_DIAG, "nn.Sequential(nn.MaxPool2d(2), nn.ReLU(inplace=True))"),
+    "drop_splat_keywords": (SPLAT, SPLAT_DIAG, "nn.Conv2d(in_shape[1], 16, 3, padding=1)  # keep this comment"),
+    "define_from_contract": (CONTRACT_NAME, CONTRACT_NAME_DIAG, "super().__init__()\n        in_channels = in_shape[1]\n"),
+    "linear_to_conv1x1": (SE_LINEAR, SE_LINEAR_DIAG, "self.fc2 = nn.Conv2d(in_channels=c // r, out_channels=c, kernel_size=1)"),
+    "drop_init_of_lazy": (INIT_LAZY, INIT_LAZY_DIAG, "if isinstance(m, nn.Linear):\n                pass\n                pass\n"),
+    "fit_residual": (RESIDUAL, RESIDUAL_DIAG, "        out = _fit_add(out, x)\n"),
+    "add_output_head": (NO_HEAD, NO_HEAD_DIAG, "self.head = nn.LazyLinear(out_shape[0])\n        self.to(device)"),
+    "add_return": (NO_RETURN, NO_RETURN_DIAG, "        x = self.fc2(x)\n        return x\n"),
+    "drop_unused_import": (UNUSED_IMPORT, UNUSED_IMPORT_DIAG, "import torch.nn.functional as F\n\nclass Net"),
+    "inplace": (INPLACE, INPLACE_DIAG, "self.act = nn.ReLU(inplace=False)"),
+    "shrink_widths": (WIDE, WIDE_DIAG, "nn.Conv2d(in_shape[1], 40, kernel_size=3, padding=1)  # keep this comment"),
+    "drop_unbuilt_layer": (UNBUILT, UNBUILT_DIAG, "        x = self.pool(F.relu(self.conv1(x)))\n"
+                           "        x = F.relu(x)\n        x = torch.flatten(x, 1)\n"),
 }
+
+
+def test_every_registered_rule_has_a_fixture_and_a_summary():
+    assert {case.split("/")[0] for case in CASES} == set(REGISTRY)
+    for r in REGISTRY.values():
+        assert r.summary and r.kinds and set(r.kinds) <= set(get_args(Kind)), r.id
 
 
 @pytest.mark.parametrize("rule", sorted(CASES))
 def test_rule_applies_and_keeps_the_rest(rule):
     code, error, expected = CASES[rule]
     fix = find_fix(code, error)
-    assert fix is not None and fix.rule == rule, fix
+    assert fix is not None and fix.rule == rule.split("/")[0], fix
     assert expected in fix.code
     assert "# keep this comment" in fix.code  # a fix edits the offending layer only
     assert fix.description
 
 
 def test_an_output_map_is_pooled_into_the_head_and_tuples_are_left_alone():
-    fix = find_fix(MAP_OUT, MAP_OUT_ERR)
+    fix = find_fix(MAP_OUT, MAP_OUT_DIAG)
     assert fix.rule == "add_output_head" and "return self.head(x)" in fix.code
     assert "self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LazyLinear(out_shape[0]))" in fix.code
-    assert find_fix(MAP_OUT.replace("return x", "return (x, x)"), MAP_OUT_ERR) is None
-    assert find_fix(NO_HEAD, NO_HEAD_ERR.replace("got (2, 3136)", "got (1, 3136)")) is None  # batch mixed up: not this
+    assert find_fix(MAP_OUT.replace("return x", "return (x, x)"), MAP_OUT_DIAG) is None
+    assert find_fix(NO_HEAD, NO_HEAD_DIAG.model_copy(update={"got": [1, 3136]})) is None  # batch mixed up: not this
 
 
 def test_every_unbuilt_layer_is_skipped_in_one_fix_and_built_ones_stay():
-    fix = find_fix(UNBUILT.replace("self.relu2(", "self.pool("), UNBUILT_ERR)
+    fix = find_fix(UNBUILT.replace("F.relu(self.bn2", "self.pool(self.bn2"), UNBUILT_DIAG)
     assert "conv2" not in fix.code and "conv3" not in fix.code and "        x = self.pool(x)\n" in fix.code
     assert "self.bn2, self.conv2, self.conv3" in fix.description
     # read as something other than a layer applied to one input: not this failure
-    assert find_fix(UNBUILT.replace("self.conv2(x)", "self.conv2(x, 1)"), UNBUILT_ERR) is None
-    assert find_fix(UNBUILT.replace("self.conv3(x)", "self.conv3.weight"), UNBUILT_ERR) is None
+    assert find_fix(UNBUILT.replace("self.conv2(x)", "self.conv2(x, 1)"), UNBUILT_DIAG) is None
+    assert find_fix(UNBUILT.replace("self.conv3(x)", "self.conv3.weight"), UNBUILT_DIAG) is None
     built = UNBUILT.replace("        self.pool =", "        setattr(self, 'conv2', nn.Identity())\n        self.pool =")
-    assert find_fix(built, UNBUILT_ERR) is None  # built by name: some other failure
+    assert find_fix(built, UNBUILT_DIAG.model_copy(update={"name": "conv2"})) is None  # built by name: some other failure
 
 
 def test_net_own_classifier_on_a_pooled_map_is_flattened_not_made_a_conv():
     code = SE_LINEAR.replace("self.fc = nn.Linear(16, out_shape[0])", "self.fc = nn.Sequential(nn.Linear(16, out_shape[0]))") \
         .replace("return self.fc(torch.flatten(x, 1))", "return self.fc(x)").replace("self.se(F.relu", "(F.relu")
-    error = SE_LINEAR_ERR.replace("in module 'se.fc1' = Linear(in_features=16, out_features=4, bias=False)",
-                                  "in module 'fc.0' = Linear(in_features=16, out_features=10, bias=True)")
+    error = SE_LINEAR_DIAG.model_copy(update={"module_path": "fc.0"})
     fix = find_fix(code, error)
     assert fix is None or fix.rule != "linear_to_conv1x1"
 
@@ -440,8 +388,7 @@ def test_a_linear_given_a_map_inside_sequential_gets_a_flatten_before_it(evaluat
     code = NOT_FLATTENED.replace("self.pool = nn.MaxPool2d(2)", "self.pool = nn.Sequential(nn.MaxPool2d(2), "
                                  "nn.Linear(16 * 7 * 7, out_shape[0]))").replace(
         "        x = F.relu(self.fc1(x))\n        return self.fc2(x)\n", "        return x\n")
-    error = NOT_FLATTENED_ERR.replace("in module 'fc1' = Linear(in_features=784, out_features=32, bias=True)",
-                                      "in module 'pool.1' = Linear(in_features=784, out_features=10, bias=True)")
+    error = NOT_FLATTENED_DIAG.model_copy(update={"module_path": "pool.1"})
     fix = find_fix(code, error)
     assert fix.rule == "flatten_before_linear"
     assert "nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.LazyLinear(out_shape[0]))" in fix.code
@@ -450,56 +397,55 @@ def test_a_linear_given_a_map_inside_sequential_gets_a_flatten_before_it(evaluat
     assert after.status == "over_budget" and after.stage == "measure", after.error
 
 def test_a_forward_cut_short_gets_no_return():
-    assert find_fix(NO_RETURN.replace("x = self.fc2(x)", "x = self.fc2"), NO_RETURN_ERR) is None
+    assert find_fix(NO_RETURN.replace("x = self.fc2(x)", "x = self.fc2"), NO_RETURN_DIAG) is None
 
 
 def test_shared_layer_gets_a_copy_at_its_later_uses_only():
-    fix = find_fix(SHARED, SHARED_ERR)
+    fix = find_fix(SHARED, SHARED_DIAG)
     assert "self.conv1 = nn.LazyConv2d(16, 3, padding=1)" in fix.code
     assert "x = F.relu(self.conv1(x))\n        x = self.pool(F.relu(self.conv1_2(x)))" in fix.code
     # A layer used once is not shared: the plain input-size rule handles it.
-    assert find_fix(WRONG_CHANNELS, WRONG_CHANNELS_ERR).rule == "lazy_conv2d"
+    assert find_fix(WRONG_CHANNELS, WRONG_CHANNELS_DIAG).rule == "lazy_input_size"
 
 
 def test_a_written_forward_stops_at_the_last_linear_or_adds_a_head():
-    fix = find_fix(NO_FORWARD, NO_FORWARD_ERR)
+    fix = find_fix(NO_FORWARD, NO_FORWARD_DIAG)
     assert "self.fc1 = nn.LazyLinear(32)" in fix.code  # the flatten size the model computed is not trusted
     # a norm and a dropout after the classifier are left out of the forward
     code = NO_FORWARD.replace("        self.to(device)", "        self.bn = nn.BatchNorm1d(10)\n"
                               "        self.drop = nn.Dropout(0.2)\n        self.to(device)")
-    fix = find_fix(code, NO_FORWARD_ERR)
+    fix = find_fix(code, NO_FORWARD_DIAG)
     assert "x = self.fc2(x)\n        return x\n" in fix.code and "self.bn(x)" not in fix.code
     # a reply that stopped before any Linear gets a pooled head, built before self.to(device)
     code = NO_FORWARD.replace("        self.fc1 = nn.Linear(16 * 7 * 7, 32)\n        self.fc2 = nn.Linear(32, out_shape[0])\n", "")
-    fix = find_fix(code, NO_FORWARD_ERR)
+    fix = find_fix(code, NO_FORWARD_DIAG)
     assert fix is not None and "added a pooled Linear head" in fix.description
     assert "self.pool = nn.MaxPool2d(2)\n        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), " \
            "nn.LazyLinear(out_shape[0]))\n        self.to(device)" in fix.code
     assert "x = self.pool(x)\n        x = self.head(x)\n        return x" in fix.code
-    assert find_fix(WRONG_FLATTEN, NO_FORWARD_ERR) is None  # it has a forward: not this rule's error
+    assert find_fix(WRONG_FLATTEN, NO_FORWARD_DIAG) is None  # it has a forward: not this rule's error
 
 
 def test_contract_names_come_from_the_arguments_of_that_function_only():
     code = CONTRACT_NAME.replace("nn.Linear(32, out_shape[0])", "nn.Linear(32, num_classes)")
-    fix = find_fix(find_fix(code, CONTRACT_NAME_ERR).code,
-                   CONTRACT_NAME_ERR.replace("line 8", "line 12").replace("in_channels", "num_classes"))
+    fix = find_fix(find_fix(code, CONTRACT_NAME_DIAG).code,
+                   CONTRACT_NAME_DIAG.model_copy(update={"line": 12, "name": "num_classes"}))
     assert fix.rule == "define_from_contract"
     assert "super().__init__()\n        num_classes = out_shape[0]\n        in_channels = in_shape[1]\n" in fix.code
     # read in a block that takes no in_shape: there is nothing to define it from
     block = HEAD + ("class Block(nn.Module):\n    def __init__(self, c):\n        super().__init__()\n"
                     "        self.conv = nn.Conv2d(in_channels, c, 3)\n")
-    assert find_fix(block, CONTRACT_NAME_ERR) is None
-    assert find_fix(code, CONTRACT_NAME_ERR.replace("'in_channels'", "'width'")) is None  # not the contract's
+    assert find_fix(block, CONTRACT_NAME_DIAG) is None
+    assert find_fix(code, CONTRACT_NAME_DIAG.model_copy(update={"name": "width"})) is None  # not the contract's
 
 
 def test_branch_padding_leaves_a_stride_mismatch_alone():
     # 14 against 7: one branch has stride 2, which padding cannot fix.
-    err = BRANCHES_ERR.replace("Expected size 28 but got size 26", "Expected size 14 but got size 7")
+    err = BRANCHES_DIAG.model_copy(update={"got": [14, 7]})
     assert find_fix(BRANCHES, err) is None
-    add = BRANCHES_ERR.replace("Sizes of tensors must match except in dimension 1. Expected size 28 but got size 26 "
-                               "for tensor number 2 in the list.", "The size of tensor a (28) must match the size "
-                               "of tensor b (26) at non-singleton dimension 3")
+    add = BRANCHES_DIAG.model_copy(update={"name": "add", "got": [28, 26], "dim": 3})
     assert find_fix(BRANCHES, add).rule == "same_padding"
+    assert find_fix(BRANCHES, add.model_copy(update={"dim": 1})) is None  # channels differ: not padding's
 
 
 def test_groups_given_by_one_name_go_in_one_fix():
@@ -508,24 +454,23 @@ def test_groups_given_by_one_name_go_in_one_fix():
         .replace("nn.Conv2d(c, 8, 1)", "nn.Conv2d(c, 8, 1, groups=groups)") \
         .replace("nn.Conv2d(c, 8, kernel_size=5, padding=padding)", "nn.Conv2d(c, 8, kernel_size=5, padding=padding, groups=groups)") \
         .replace("self.mixed = Mixed(8)", "self.mixed = Mixed(8, groups=16)")
-    error = 'File "<candidate>", line 21, in __init__\nFile "<candidate>", line 8, in __init__\n' \
-            "ValueError: in_channels must be divisible by groups"
+    error = Diagnosis(kind="groups", exc_type="ValueError", line=8)
     fix = find_fix(code, error)
     assert fix.rule == "drop_groups" and "groups=groups" not in fix.code and "line(s) 8, 10" in fix.description
 
 
 def test_format_attributes_are_read_with_getattr():
-    fix = find_fix(FORMAT_ATTR, FORMAT_ATTR_ERR)
+    fix = find_fix(FORMAT_ATTR, FORMAT_ATTR_DIAG)
     assert 'x = F.relu(getattr(self, f"conv{i}")(x))' in fix.code
-    assert find_fix(FORMAT_ATTR, "RuntimeError: boom") is None  # only for the syntax error
+    assert find_fix(FORMAT_ATTR, Diagnosis(kind="other", exc_type="RuntimeError")) is None  # only for the syntax error
 
 
 def test_a_layer_inside_sequential_is_found_by_its_index():
-    fix = find_fix(IN_SEQUENTIAL, IN_SEQUENTIAL_ERR)
-    assert fix.rule == "lazy_linear"
+    fix = find_fix(IN_SEQUENTIAL, IN_SEQUENTIAL_DIAG)
+    assert fix.rule == "lazy_input_size"
     assert "nn.Sequential(nn.Dropout(0.1), nn.Sequential(nn.LazyLinear(32)))" in fix.code
     for path in ("fc1.0", "fc1.1.1", "fc1.2", "fc1"):  # a dropout, past the end, the container itself
-        assert find_fix(IN_SEQUENTIAL, IN_SEQUENTIAL_ERR.replace("'fc1.1.0'", f"'{path}'")) is None, path
+        assert find_fix(IN_SEQUENTIAL, IN_SEQUENTIAL_DIAG.model_copy(update={"module_path": path})) is None, path
 
 
 def test_a_layer_built_by_a_helper_method_is_found_in_its_return():
@@ -533,8 +478,8 @@ def test_a_layer_built_by_a_helper_method_is_found_in_its_return():
     code = WRONG_CHANNELS.replace("self.conv2 = nn.Conv2d(8, 16, 3, padding=1)", "self.conv2 = self._make_conv(8, 16)") \
         .replace("    def forward(self, x):", "    def _make_conv(self, c_in, c_out):\n"
                  "        return nn.Conv2d(c_in, c_out, 3, padding=1)\n\n    def forward(self, x):")
-    fix = find_fix(code, WRONG_CHANNELS_ERR)
-    assert fix is not None and fix.rule == "lazy_conv2d"
+    fix = find_fix(code, WRONG_CHANNELS_DIAG)
+    assert fix is not None and fix.rule == "lazy_input_size"
     assert "return nn.LazyConv2d(c_out, 3, padding=1)" in fix.code and "self._make_conv(8, 16)" in fix.code
 
 
@@ -550,10 +495,9 @@ def test_layers_a_builder_appends_in_a_loop_all_infer_their_input_size(evaluator
         "            layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))\n"
         "        return nn.Sequential(*layers)\n\n"
         "    def forward(self, x):\n        x = self.pool(F.relu(self.stage2(self.conv1(x))))\n")
-    error = WRONG_CHANNELS_ERR.replace("in module 'conv2' = Conv2d(8,", "in module 'stage2.0' = Conv2d(8,")
-    assert "in module 'stage2.0'" in error
+    error = WRONG_CHANNELS_DIAG.model_copy(update={"module_path": "stage2.0"})
     fix = find_fix(code, error)
-    assert fix.rule == "lazy_conv2d" and "layers.append(nn.LazyConv2d(c_out, 3, padding=1))" in fix.code
+    assert fix.rule == "lazy_input_size" and "layers.append(nn.LazyConv2d(c_out, 3, padding=1))" in fix.code
     cfg, ev = evaluator
     after = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=fix.code, dataset="mnist-5k", max_flops=1))
     assert after.status == "over_budget" and after.stage == "measure", after.error
@@ -563,19 +507,18 @@ def test_layers_a_builder_appends_in_a_loop_all_infer_their_input_size(evaluator
 def test_a_numbered_layer_never_defined_is_defined(attr, layer):
     # Seen from the 1.5B model (fm15-l): forward used self.pool2, __init__ never built it.
     code = WRONG_FLATTEN.replace("x = self.pool(F.relu(self.conv1(x)))", f"x = self.{attr}(F.relu(self.conv1(x)))")
-    error = NO_FLATTEN_ATTR_ERR.replace("'flatten'", f"'{attr}'")
+    error = NO_FLATTEN_ATTR_DIAG.model_copy(update={"name": attr})
     fix = find_fix(code, error)
     assert fix.rule == "define_attribute" and f"super().__init__()\n        self.{attr} = {layer}\n" in fix.code
     # a width it cannot guess: the layer is skipped instead
-    assert find_fix(code.replace(attr, "conv2"), error.replace(attr, "conv2")).rule == "drop_unbuilt_layer"
+    assert find_fix(code.replace(attr, "conv2"), error.model_copy(update={"name": "conv2"})).rule == "drop_unbuilt_layer"
 
 
 def test_an_init_argument_used_as_an_attribute_is_stored():
     # Seen from the 1.5B model: self.in_shape read in __init__ though never assigned.
     code = WRONG_FLATTEN.replace("self.fc1 = nn.Linear(16 * 7 * 7, 32)",
                                  "self.fc1 = nn.Linear(16 * (self.in_shape[2] // 2) ** 2, 32)")
-    error = ('File "<candidate>", line 10, in __init__\n'
-             "AttributeError: 'Net' object has no attribute 'in_shape'")
+    error = Diagnosis(kind="no_attribute", exc_type="AttributeError", line=10, owner="Net", name="in_shape")
     fix = find_fix(code, error)
     assert fix is not None and fix.rule == "define_attribute"
     assert "super().__init__()\n        self.in_shape = in_shape\n" in fix.code
@@ -586,7 +529,7 @@ def test_every_broken_groups_goes_in_one_fix_and_sound_ones_stay():
     code = BAD_GROUPS.replace("self.pool = nn.MaxPool2d(2)\n", "self.pool = nn.MaxPool2d(2)\n"
                               "        self.c2 = nn.Conv2d(16, 32, 3, groups=32)\n"
                               "        self.c3 = nn.Conv2d(32, 32, 3, groups=32)\n")
-    fix = find_fix(code, BAD_GROUPS_ERR)
+    fix = find_fix(code, BAD_GROUPS_DIAG)
     assert fix is not None and fix.rule == "drop_groups" and "line(s) 8, 10" in fix.description
     assert "nn.Conv2d(16, 32, 3)" in fix.code and "nn.Conv2d(32, 32, 3, groups=32)" in fix.code
 
@@ -596,10 +539,8 @@ def test_unused_forbidden_imports_are_dropped_used_ones_kept():
     code = WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14").replace(
         "import torch.nn.functional as F\n", "import torch.nn.functional as F\nimport torch.utils.data as td\n"
         "from torchvision import datasets, transforms\n")
-    error = ("forbidden: line 4: torch.utils.data: module 'torch.utils.data' is not allowed; allowed: torch\n"
-             "  line 4: import torch.utils.data as td\n"
-             "forbidden: line 5: torchvision: module 'torchvision' is not allowed; allowed: torch\n"
-             "  line 5: from torchvision import datasets, transforms")
+    error = static_check(code).diagnosis  # the policy's own diagnosis
+    assert error.kind == "forbidden_import" and error.lines == [4, 5]
     fix = find_fix(code, error)
     assert fix is not None and fix.rule == "drop_unused_import"
     assert fix.code == WRONG_FLATTEN.replace("16 * 7 * 7", "16 * 14 * 14")
@@ -608,7 +549,7 @@ def test_unused_forbidden_imports_are_dropped_used_ones_kept():
 
 def test_device_keyword_is_dropped_where_the_callee_takes_none():
     # Seen six times in one 1.5B run: nn.ReLU(device=device), nn.MaxPool2d(2, device=device), own helpers.
-    fix = find_fix(DEVICE_KW, DEVICE_KW_ERR)
+    fix = find_fix(DEVICE_KW, DEVICE_KW_DIAG)
     assert fix is not None and fix.rule == "drop_device_keyword" and "3 call(s)" in fix.description
     assert "nn.MaxPool2d(2)\n" in fix.code and "nn.ReLU()\n" in fix.code and "self._conv(16)\n" in fix.code
     assert "nn.Linear(32, out_shape[0], device=device)" in fix.code  # a layer with weights takes it
@@ -617,27 +558,27 @@ def test_device_keyword_is_dropped_where_the_callee_takes_none():
 def test_bare_names_are_real_torch_layers():
     import torch.nn
     assert all(isinstance(getattr(torch.nn, n, None), type) for n in NN_LAYERS)
-    assert find_fix(BARE_NAME, BARE_NAME_ERR.replace("'Identity'", "'Residual'")) is None  # not torch's
+    assert find_fix(BARE_NAME, BARE_NAME_DIAG.model_copy(update={"name": "Residual"})) is None  # not torch's
 
 
 def test_no_rule_for_unknown_errors_or_broken_code():
-    assert find_fix(WRONG_FLATTEN, "ZeroDivisionError: division by zero") is None
-    assert find_fix("def broken(:", WRONG_FLATTEN_ERR) is None
+    assert find_fix(WRONG_FLATTEN, Diagnosis(kind="other", exc_type="ZeroDivisionError")) is None
+    assert find_fix("def broken(:", WRONG_FLATTEN_DIAG) is None
     # the module named in the error is not built as `self.fc1 = nn.Linear(...)`: nothing to edit
-    assert find_fix(WRONG_FLATTEN.replace("self.fc1 =", "self.head ="), WRONG_FLATTEN_ERR) is None
+    assert find_fix(WRONG_FLATTEN.replace("self.fc1 =", "self.head ="), WRONG_FLATTEN_DIAG) is None
 
 
 def test_unknown_names_are_replaced_everywhere_through_the_imports():
     code = WRONG_FLATTEN.replace("import torch.nn.functional as F", "from torch.nn import functional as G") \
         .replace("F.relu", "G.swish").replace("x = torch.flatten(x, 1)", "x = G.flatten(x, start_dim=1)")
-    error = "AttributeError: module 'torch.nn.functional' has no attribute 'swish'"
+    error = Diagnosis(kind="no_torch_attribute", owner="torch.nn.functional", name="swish")
     fix = find_fix(code, error)
     assert fix is not None and fix.rule == "unknown_layer" and "G.swish" not in fix.code
     assert fix.code.count("G.silu(") == 2
-    fix = find_fix(fix.code, error.replace("swish", "flatten"))
+    fix = find_fix(fix.code, error.model_copy(update={"name": "flatten"}))
     assert fix is not None and "x = torch.flatten(x, 1)" in fix.code
     # a name with no known replacement is left to the LLM
-    assert find_fix(code, error.replace("swish", "gelu2")) is None
+    assert find_fix(code, error.model_copy(update={"name": "gelu2"})) is None
 
 
 def test_aliases_replace_names_torch_lacks_by_names_it_has():
@@ -652,7 +593,7 @@ def test_aliases_replace_names_torch_lacks_by_names_it_has():
 
 def test_helper_device_read_some_other_way_is_left_alone():
     code = HELPER_DEVICE.replace("        self.to(self.device)\n", "        self.on_gpu = self.device == 'cuda'\n")
-    assert find_fix(code, HELPER_DEVICE_ERR) is None
+    assert find_fix(code, HELPER_DEVICE_DIAG) is None
 
 
 def test_a_block_defined_inside_init_gets_its_argument_stored():
@@ -669,25 +610,25 @@ def test_a_block_defined_inside_init_gets_its_argument_stored():
             def forward(self, x):
                 return self.conv(x) if self.stride == 1 else x
 '''
-    fix = find_fix(code, "AttributeError: 'Block' object has no attribute 'stride'")
+    fix = find_fix(code, Diagnosis(kind="no_attribute", owner="Block", name="stride"))
     assert fix is not None and "super().__init__()\n                self.stride = stride\n" in fix.code
 
 
 def test_inplace_ops_become_out_of_place():
-    fix = find_fix(INPLACE, INPLACE_ERR)
+    fix = find_fix(INPLACE, INPLACE_DIAG)
     assert fix is not None and fix.rule == "inplace"
     assert "self.act = nn.ReLU(inplace=False)" in fix.code and "        y = y + x\n" in fix.code
     assert "# keep this comment" in fix.code
     # a lone in-place call keeps its result; one inside an expression loses its underscore
     code = INPLACE.replace("        y += x\n", "        F.relu_(y)\n        y *= x + 1\n        y = y.add_(x) * 2\n")
-    fix = find_fix(code, INPLACE_ERR)
+    fix = find_fix(code, INPLACE_DIAG)
     assert fix is not None
     assert "        y = F.relu(y)\n        y = y * (x + 1)\n        y = y.add(x) * 2\n" in fix.code
-    assert find_fix(WRONG_FLATTEN, INPLACE_ERR) is None  # nothing in-place to change
+    assert find_fix(WRONG_FLATTEN, INPLACE_DIAG) is None  # nothing in-place to change
 
 
 def test_widths_scale_together_and_nothing_else_does():
-    fix = find_fix(CHANNEL_LIST.replace("out_shape[0])", "100)"), TOO_SLOW_ERR)
+    fix = find_fix(CHANNEL_LIST.replace("out_shape[0])", "100)"), TOO_SLOW_DIAG)
     assert fix is not None and fix.rule == "shrink_widths"
     assert fix.description == "scaled channel widths by 0.69 (epoch time 250.7s > 180s): 128->88, 256->176, 512->352"
     assert "channels = [88, 176, 352]  # keep this comment" in fix.code  # the list the loop reads
@@ -696,7 +637,7 @@ def test_widths_scale_together_and_nothing_else_does():
 
 
 def test_the_worst_budget_sets_the_factor_for_every_width():
-    fix = find_fix(WIDE, WIDE_ERR)
+    fix = find_fix(WIDE, WIDE_DIAG)
     assert fix is not None and fix.rule == "shrink_widths"
     assert fix.description == "scaled channel widths by 0.32 (FLOPs 478.9M > 60M): 128->40, 256->80, 512->160"
     for kept in ("def __init__(self, channels=80):", "groups=channels)", "nn.Conv2d(in_shape[1], 40, kernel_size=3",
@@ -704,11 +645,11 @@ def test_the_worst_budget_sets_the_factor_for_every_width():
                  "nn.BatchNorm1d(160)", "nn.Linear(160, out_shape[0])"):
         assert kept in fix.code, kept
     # a lone Linear size is the input size or the class count: it stays
-    fix = find_fix(HEAD + "fc1 = nn.Linear(784, 512)\nfc2 = nn.Linear(512, 100)\n", WIDE_ERR)
+    fix = find_fix(HEAD + "fc1 = nn.Linear(784, 512)\nfc2 = nn.Linear(512, 100)\n", WIDE_DIAG)
     assert fix is not None and "nn.Linear(784, 160)\nfc2 = nn.Linear(160, 100)" in fix.code
     # no literal widths, or no budget in the error: nothing to scale
-    assert find_fix(WIDE.replace("128", "w1").replace("256", "w2").replace("512", "w3"), WIDE_ERR) is None
-    assert find_fix(WIDE, "over_budget") is None
+    assert find_fix(WIDE.replace("128", "w1").replace("256", "w2").replace("512", "w3"), WIDE_DIAG) is None
+    assert find_fix(WIDE, Diagnosis(kind="over_budget")) is None
 
 
 @pytest.fixture(scope="module")
@@ -718,12 +659,15 @@ def evaluator(tmp_path_factory):
         yield cfg, ev
 
 
-@pytest.mark.parametrize("rule", sorted(CASES))
+# The in-place and budget rules show their fix in training and against the budget (tests below).
+@pytest.mark.parametrize("rule", sorted(set(CASES) - {"inplace", "shrink_widths"}))
 def test_fixed_code_builds_runs_and_is_measured(rule, evaluator):
     cfg, ev = evaluator
     code, _, _ = CASES[rule]
     before = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=code, dataset="mnist-5k", max_flops=1))
-    assert before.status != "over_budget"  # the case really fails in the sandbox
+    assert before.status != "over_budget"  # the case really fails in the sandbox ...
+    if rule != "function_to_layer":  # ... with the diagnosis its fixture states (that one is hand-made, below)
+        assert before.diagnosis == CASES[rule][1]
     fixed = find_fix(code, CASES[rule][1]).code
     # A FLOP budget of 1 stops the candidate right after build, forward shape check and measurement.
     after = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=fixed, dataset="mnist-5k", max_flops=1))
@@ -733,7 +677,7 @@ def test_fixed_code_builds_runs_and_is_measured(rule, evaluator):
 
 def test_fixed_sequential_layer_builds(evaluator):
     cfg, ev = evaluator
-    fixed = find_fix(IN_SEQUENTIAL, IN_SEQUENTIAL_ERR).code
+    fixed = find_fix(IN_SEQUENTIAL, IN_SEQUENTIAL_DIAG).code
     after = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=fixed, dataset="mnist-5k", max_flops=1))
     assert after.status == "over_budget" and after.stage == "measure", after.error
 
@@ -742,7 +686,7 @@ def test_fixed_inplace_code_trains(evaluator):
     cfg, ev = evaluator
     before = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=INPLACE, dataset="mnist-5k", epochs=1))
     assert before.status == "runtime_error" and "inplace operation" in before.error
-    fixed = find_fix(INPLACE, before.error).code
+    fixed = find_fix(INPLACE, before.diagnosis).code
     after = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=fixed, dataset="mnist-5k", epochs=1))
     assert after.ok, after.error
 
@@ -753,7 +697,7 @@ def test_shrunk_model_fits_the_flop_budget(code, evaluator):
     budget = 60_000_000
     before = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=code, dataset="mnist-5k", max_flops=budget))
     assert before.status == "over_budget" and "FLOPs per sample exceed" in before.error
-    fixed = find_fix(code, before.error).code
+    fixed = find_fix(code, before.diagnosis).code
     # A parameter budget of 1 stops the candidate right after measuring it, before training.
     after = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=fixed, dataset="mnist-5k", max_flops=budget,
                                                 max_params=1))

@@ -81,3 +81,12 @@ def test_failed_candidate_exits_non_zero_with_typed_outcome(tmp_path):
     p = nasgraph(tmp_path, "eval", str(f), "--dataset", "digits", "--json")
     assert p.returncode == 1
     assert json.loads(p.stdout)["status"] == "forbidden"
+
+
+def test_autofix_rules_prints_the_catalogue(capsys):
+    from nasgraph.cli import main
+    from nasgraph.tools.autofix import REGISTRY
+
+    assert main(["autofix", "rules", "--json"]) == 0
+    rules = json.loads(capsys.readouterr().out)
+    assert {r["id"] for r in rules} == set(REGISTRY) and all(r["summary"] and r["kinds"] for r in rules)

@@ -171,7 +171,7 @@ def test_rule_fix_repairs_a_wrong_flatten_size_without_an_llm_call(cfg):
     assert llm.calls.count("generator") == 1  # no LLM repair was asked for
     events = list(read_events(RunPaths(cfg.runs_dir / "r7").trace))
     fix = next(e for e in events if e["node"] == "fix")
-    assert fix["rule"] == "lazy_linear" and "nn.LazyLinear(out_shape[0])" in fix["code"]
+    assert fix["rule"] == "lazy_input_size" and "nn.LazyLinear(out_shape[0])" in fix["code"]
     assert [e["node"] for e in events].count("evaluate") == 2
     # its novelty is against earlier designs (none in this store), not against its own unfixed draft
     assert [e["novelty"] for e in events if e["node"] == "fingerprint"] == [1.0, 1.0]

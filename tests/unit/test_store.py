@@ -306,3 +306,29 @@ def test_record_new_and_run_evaluation(store):
     arch2, _ = store.record_new(CODE_COMMENTED, "llm:other", ok(0.71), dataset="ds", epochs=1, prm=PRM,
                                 hardware=HW, run_id="run", iteration=5)
     assert arch2 == arch and store.architecture(arch).origin == "llm:m"  # first origin kept
+
+
+def test_a_schema_1_store_gains_the_diagnosis_column_and_keeps_its_rows(tmp_path):
+    from nasgraph.tools.evaluator.diagnosis import Diagnosis
+
+    path = tmp_path / "old.db"
+    s = Store(path)
+    arch, _ = s.record_new(CODE, "llm:m", ok(0.7), dataset="ds", epochs=1, prm=PRM, hardware=HW)
+    s.close()
+    conn = sqlite3.connect(path)  # make it a store as schema 1 wrote it
+    conn.execute("ALTER TABLE evaluations DROP COLUMN diagnosis")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    s = Store(path)
+    try:
+        assert s.lookup(arch, "ds", 1, PRM).diagnosis is None
+        failed = Outcome(status="shape_error", stage="shape", error="mat1 and mat2",
+                         diagnosis=Diagnosis(kind="linear_size", module_path="fc", got=[3136], expected=[784]))
+        arch2, _ = s.record_new(CODE_COMMENTED.replace("fwd", "forward pass"), "llm:m", failed, dataset="ds",
+                                epochs=1, prm=PRM, hardware=HW)
+        again = s.lookup(arch2, "ds", 1, PRM).to_outcome()
+        assert again.diagnosis == failed.diagnosis  # a cached failure keeps its facts for the rules
+    finally:
+        s.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2

@@ -7,10 +7,11 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
-from nasgraph.tools.evaluator import messages as msg
+from nasgraph.tools.evaluator.diagnosis import Diagnosis
 from nasgraph.tools.fmt import human
 
 from .edit import Fix, call_name, init_of, splice
+from .registry import rule
 
 # Channel widths: the leading positional parameters of torch layers (as torch names them) and of the
 # code's own blocks, of which those with a width-like name (and no size-like one) are scaled.
@@ -25,9 +26,11 @@ _NOT_WIDTH = re.compile(r"kernel|stride|pad|dilation|group|size|shape|class", re
 MIN_WIDTH = 16  # smaller literals are kernel sizes, strides, spatial sizes ... rather than widths
 
 
-def fix_shrink_widths(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("shrink_widths", 'over_budget', 10,
+      "a model over its parameter, FLOP or epoch-time budget: every literal width scaled by one factor")
+def fix_shrink_widths(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """Over a parameter / FLOP / epoch-time budget: scale every literal channel width by one factor."""
-    excess = msg.budget_excess(error)
+    excess = d.budgets if d.kind == "over_budget" else {}
     if not excess:
         return None
     what, (measured, budget) = min(excess.items(), key=lambda kv: kv[1][1] / kv[1][0])

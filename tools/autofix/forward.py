@@ -6,24 +6,28 @@ from __future__ import annotations
 import ast
 import re
 
+from nasgraph.tools.evaluator.diagnosis import Diagnosis
+
 from .edit import Fix, call_name, init_of, is_self_attr, is_self_call, span, splice
+from .registry import rule
 from .shapes import lazy_call
 
-_MISSING = re.compile(r'Module \[(\w+)\] is missing the required "forward" function')
 _LINEAR = ("Linear", "LazyLinear")
 # Calls that build no layer: values such as ints and shapes, functions, containers read elsewhere.
 _NOT_LAYERS = {"int", "float", "len", "list", "dict", "tuple", "range", "getattr", "Parameter", "ParameterList",
                "ModuleDict", "ParameterDict", "zeros", "ones", "randn", "tensor", "device", "get"}
 
 
-def fix_missing_forward(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("write_forward", 'no_forward', 10,
+      "a forward never written is written from __init__'s layer order")
+def fix_missing_forward(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """forward applies the layers of __init__ in their order of assignment: containers whole, a ModuleList
     one element after another, a flatten before the first Linear (which infers its input size), and
     nothing after the last Linear (a norm or dropout on the logits is not meant). Without any Linear
     (the reply stopped early), a pooled classifier head is added."""
-    m = _MISSING.search(error)
+    owner = d.owner if d.kind == "no_forward" else None
     code = code if code.endswith("\n") else code + "\n"  # the forward goes after the class's last line
-    cls = next((n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and m and n.name == m.group(1)), None)
+    cls = next((n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and owner and n.name == owner), None)
     init = init_of(tree, cls.name) if cls else None
     if init is None or any(isinstance(f, ast.FunctionDef) and f.name == "forward" for f in cls.body):
         return None

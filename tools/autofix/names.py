@@ -6,7 +6,7 @@ import ast
 import re
 from collections import Counter
 
-from nasgraph.tools.evaluator import messages as msg
+from nasgraph.tools.evaluator.diagnosis import Diagnosis
 
 from .edit import (
     Fix,
@@ -22,6 +22,7 @@ from .edit import (
     splice,
     whole_lines,
 )
+from .registry import rule
 
 # Layers that stand in for a function or name the generator forgot to define: only layers without
 # widths, so the guess cannot break a shape. Global pools are named as torchvision names them (avgpool).
@@ -67,13 +68,14 @@ _FORMAT_ATTR = re.compile(r"self\.(\w*\{\w+\}\w*)")
 _FORMAT_ASSIGN = re.compile(r"^(\s*)self\.(\w*\{\w+\}\w*)\s*=\s*(.+?)\s*$")
 
 
-def fix_missing_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("define_attribute", 'no_attribute', 10,
+      "a common layer (self.flatten, self.pool2) or an __init__ argument used but never stored is defined")
+def fix_missing_layer(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """self.flatten / self.relu / self.pool2 ... used but never defined: define the layer; self.in_shape (or
     another __init__ argument) used but never stored: store it."""
-    m = msg.NO_ATTR.search(error)
-    if not m:
+    if d.kind != "no_attribute" or not d.owner or not d.name:
         return None
-    cls, attr = m.group(1), m.group(2)
+    cls, attr = d.owner, d.name
     init = init_of(tree, cls)
     if init is None or not init.body:
         return None
@@ -92,13 +94,15 @@ def fix_missing_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
     return Fix("".join(lines), "define_attribute", f"defined self.{attr} = {value} in {cls}.__init__")
 
 
-def fix_contract_name(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("define_from_contract", 'undefined_name', 20,
+      "in_channels / num_classes read but never defined come from in_shape / out_shape")
+def fix_contract_name(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """`in_channels` or `num_classes` read in a function that takes in_shape / out_shape and never defined
     there (seen three times in one 1.5B run): define it from the argument."""
-    m, line = msg.UNDEFINED.search(error), msg.candidate_line(error)
-    if not m or m.group(1) not in _FROM_CONTRACT or line is None:
+    line = d.line
+    if d.kind != "undefined_name" or d.name not in _FROM_CONTRACT or line is None:
         return None
-    name, (arg, index) = m.group(1), _FROM_CONTRACT[m.group(1)]
+    name, (arg, index) = d.name, _FROM_CONTRACT[d.name]
     fns = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
            and f.lineno <= line <= (f.end_lineno or f.lineno) and arg in {a.arg for a in f.args.args}]
     if not fns:
@@ -110,12 +114,13 @@ def fix_contract_name(code: str, tree: ast.Module, error: str) -> Fix | None:
                f"defined {name} = {arg}{index} in {fn.name}")
 
 
-def fix_function_as_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("function_to_layer", 'assign_function', 10,
+      "a function assigned where a module goes (self.flatten = torch.flatten) becomes the layer")
+def fix_function_as_layer(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """self.flatten = torch.flatten (a function) where a module is required: use the layer."""
-    m = msg.ASSIGN_FN.search(error)
-    if not m or m.group(1).lower() not in _LAYER_FOR:
+    if d.kind != "assign_function" or not d.owner or d.owner.lower() not in _LAYER_FOR or not d.name:
         return None
-    fn, attr = m.group(1).lower(), m.group(2)
+    fn, attr = d.owner.lower(), d.name
     edits = [(node.value, _LAYER_FOR[fn]) for node in ast.walk(tree)
              if isinstance(node, ast.Assign) and is_self_attr(node.targets[0], attr)
              and isinstance(node.value, (ast.Attribute, ast.Name))]
@@ -124,31 +129,34 @@ def fix_function_as_layer(code: str, tree: ast.Module, error: str) -> Fix | None
     return Fix(splice(code, edits), "function_to_layer", f"self.{attr}: function {fn} -> {_LAYER_FOR[fn]}")
 
 
-def fix_functional_as_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("functional_to_layer", 'missing_input', 10,
+      "F.relu(inplace=True) used as a layer becomes nn.ReLU(inplace=True)")
+def fix_functional_as_layer(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """F.relu(inplace=True) where a layer is meant (in nn.Sequential, add_module), called without the input
     it needs (seen twice from the 1.5B model): every such call becomes its layer, nn.ReLU(inplace=True)."""
-    m = msg.NO_INPUT.search(error)
-    layer = _LAYER_OF.get(m.group(1)) if m else None
+    fname = d.name if d.kind == "missing_input" else None
+    layer = _LAYER_OF.get(fname) if fname else None
     imports = import_map(tree)
     nn_alias = next((local for local, module in imports.items() if module == "torch.nn"), None)
     if layer is None or nn_alias is None:
         return None
     edits = [(n, ast.unparse(ast.Call(func=ast.Attribute(ast.Name(nn_alias), layer), args=[], keywords=n.keywords)))
              for n in ast.walk(tree) if isinstance(n, ast.Call) and not n.args and isinstance(n.func, ast.Attribute)
-             and n.func.attr == m.group(1) and module_name(n.func.value, imports) == "torch.nn.functional"]
+             and n.func.attr == fname and module_name(n.func.value, imports) == "torch.nn.functional"]
     if not edits:
         return None
     return Fix(splice(code, edits), "functional_to_layer",
-               f"{len(edits)} call(s) of {m.group(1)}() without an input -> {nn_alias}.{layer}(...)")
+               f"{len(edits)} call(s) of {fname}() without an input -> {nn_alias}.{layer}(...)")
 
 
-def fix_bare_torch_name(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("bare_torch_name", 'undefined_name', 10,
+      "a torch layer named without nn. gets it")
+def fix_bare_torch_name(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """A torch.nn layer named without its module (`Identity()`, NameError): `nn.Identity()`."""
-    m = msg.UNDEFINED.search(error)
     alias = next((local for local, module in import_map(tree).items() if module == "torch.nn"), None)
-    if not m or m.group(1) not in NN_LAYERS or alias is None:
+    if d.kind != "undefined_name" or d.name not in NN_LAYERS or alias is None:
         return None
-    name = m.group(1)
+    name = d.name
     edits = [(n, f"{alias}.{name}") for n in ast.walk(tree)
              if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)]
     if not edits:
@@ -156,12 +164,13 @@ def fix_bare_torch_name(code: str, tree: ast.Module, error: str) -> Fix | None:
     return Fix(splice(code, edits), "bare_torch_name", f"{name} -> {alias}.{name} ({len(edits)}x)")
 
 
-def fix_unknown_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("unknown_layer", 'no_torch_attribute', 10,
+      "a layer torch does not have (nn.GlobalAvgPool2d, F.swish) becomes the real one")
+def fix_unknown_layer(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """A layer or function torch does not have (nn.GlobalAvgPool2d, F.swish): the real one, everywhere."""
-    m = msg.NO_MODULE_ATTR.search(error)
-    if not m or m.group(2) not in ALIASES[m.group(1)]:
+    if d.kind != "no_torch_attribute" or d.owner not in ALIASES or d.name not in ALIASES[d.owner]:
         return None
-    module, name = m.groups()
+    module, name = d.owner, d.name
     new = ALIASES[module][name]
     imports = import_map(tree)
     calls = {id(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
@@ -181,10 +190,12 @@ def fix_unknown_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
                f"{module} has no {name}: -> {edits[0][1]} ({len(edits)} place{'s' * (len(edits) > 1)})")
 
 
-def fix_unused_forbidden_import(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("drop_unused_import", 'forbidden_import', 10,
+      "a refused import that nothing uses is dropped")
+def fix_unused_forbidden_import(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """`import torchvision` / `import torch.utils.data as td` that nothing in the module uses (left from a
     data-loading script): drop the import. Any forbidden module actually used keeps the LLM repair."""
-    lines = {int(n) for n in msg.FORBIDDEN_MODULE.findall(error)}
+    lines = set(d.lines) if d.kind == "forbidden_import" else set()
     if not lines:
         return None
     imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) and n.lineno in lines]
@@ -198,15 +209,16 @@ def fix_unused_forbidden_import(code: str, tree: ast.Module, error: str) -> Fix 
                "dropped unused forbidden import(s): " + "; ".join(ast.unparse(n) for n in imports))
 
 
-def fix_helper_device(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("helper_device", 'no_attribute', 20,
+      "self.device in a block that never stores one: dropped, or its input's device")
+def fix_helper_device(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """self.device read in a block never given a device: its __init__ drops it, forward uses its input's."""
-    m = msg.NO_ATTR.search(error)
-    if not m or m.group(2) != "device":
+    if d.kind != "no_attribute" or d.name != "device" or not d.owner:
         return None
-    init = init_of(tree, m.group(1))
+    init = init_of(tree, d.owner)
     if init is None or "device" in {a.arg for a in init.args.args}:
         return None  # an __init__ argument read as an attribute is fix_missing_layer's
-    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == m.group(1))
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == d.owner)
     edits: list[tuple[ast.AST, str]] = []
     notes: set[str] = set()
     for method in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
@@ -233,11 +245,13 @@ def fix_helper_device(code: str, tree: ast.Module, error: str) -> Fix | None:
     return Fix(splice(code, edits), "helper_device", f"{cls.name} never stores a device: " + "; ".join(sorted(notes)))
 
 
-def fix_device_keyword(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("drop_device_keyword", 'unexpected_keyword', 10,
+      "device= dropped wherever the callee takes none")
+def fix_device_keyword(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """`nn.ReLU(device=device)`, `self.block(c, device=device)`: drop `device=` wherever the callee takes
     none (every torch layer but those with weights; the module's own functions and classes without a
     `device` parameter). Seen six times in one 30-iteration run, on several lines of each module."""
-    if not msg.DEVICE_KW.search(error):
+    if d.kind != "unexpected_keyword" or d.name != "device":
         return None
     own = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
     own |= {n.name: init for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and (init := init_of(tree, n.name))}
@@ -256,23 +270,26 @@ def fix_device_keyword(code: str, tree: ast.Module, error: str) -> Fix | None:
     return Fix(splice(code, edits), "drop_device_keyword", f"dropped device= from {len(edits)} call(s) that take none")
 
 
-def fix_splat_keywords(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("drop_splat_keywords", 'unexpected_keyword', 20,
+      "**prm splatted into a torch layer is dropped")
+def fix_splat_keywords(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """`nn.Conv2d(c, 64, 3, **prm)`: the hyperparameters (lr, momentum ...) splatted into a torch layer that
     takes none of them (seen in fm15-o). Every `**` is dropped from the torch layers' calls."""
-    m = msg.UNEXPECTED_KW.search(error)
-    if not m or m.group(2) == "device":
+    if d.kind != "unexpected_keyword" or d.name == "device" or not d.owner:
         return None
     edits = [(keyword_span(n, k), "") for n in ast.walk(tree) if isinstance(n, ast.Call) and call_name(n) in NN_LAYERS
-             | {m.group(1)} for k in n.keywords if k.arg is None]
+             | {d.owner} for k in n.keywords if k.arg is None]
     if not edits:
         return None
     return Fix(splice(code, edits), "drop_splat_keywords",
-               f"dropped ** keywords from {len(edits)} torch layer call(s) ({m.group(1)} takes no '{m.group(2)}')")
+               f"dropped ** keywords from {len(edits)} torch layer call(s) ({d.owner} takes no '{d.name}')")
 
 
-def fix_format_attribute(code: str, error: str) -> Fix | None:
+@rule("format_attribute", 'syntax', 10,
+      "self.conv{i} = ... becomes setattr / getattr with an f-string")
+def fix_format_attribute(code: str, tree: ast.Module | None, d: Diagnosis) -> Fix | None:
     """`self.conv{i} = ...` (an attribute name written like an f-string, a syntax error): setattr/getattr."""
-    if "SyntaxError" not in error or not _FORMAT_ATTR.search(code):
+    if d.kind != "syntax" or not _FORMAT_ATTR.search(code):
         return None
     lines = []
     for line in code.splitlines():
@@ -281,9 +298,11 @@ def fix_format_attribute(code: str, error: str) -> Fix | None:
     return Fix("".join(lines), "format_attribute", "self.name{i} -> setattr(self, f\"name{i}\", ...) / getattr(self, f\"name{i}\")")
 
 
-def fix_inplace(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("inplace", 'inplace', 10,
+      "in-place ops autograd still needed become out-of-place")
+def fix_inplace(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """An in-place op overwrote a tensor autograd needed: inplace=False, F.relu_ -> F.relu, x += y -> x = x + y."""
-    if not msg.INPLACE.search(error):
+    if d.kind != "inplace":
         return None
     edits: list[tuple[ast.AST, str]] = []
     done: Counter[str] = Counter()

@@ -7,26 +7,27 @@ from __future__ import annotations
 import ast
 import re
 
-from nasgraph.tools.evaluator import messages as msg
+from nasgraph.tools.evaluator.diagnosis import Diagnosis
 
 from .edit import Fix, init_of, is_self_attr, is_self_call, method_of, span, splice, whole_lines
+from .registry import rule
 
 # What turns an output of this rank into (batch, classes); the Linear infers its input size.
 _HEADS = {2: "nn.LazyLinear({k})", 3: "nn.Sequential(nn.Flatten(), nn.LazyLinear({k}))",
           4: "nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LazyLinear({k}))"}
-_NO_TENSOR = re.compile(r"forward must return a Tensor of shape .*, got NoneType")
 
 
-def fix_output_head(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("add_output_head", 'output_shape', 10,
+      "a forward that returns features or a map gets a pooled / flattened LazyLinear head")
+def fix_output_head(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """forward returned (batch, features) or a map instead of logits: every return of Net.forward goes
     through a classifier head built in __init__ (pool and flatten as its rank needs, then a LazyLinear)."""
-    m = msg.OUTPUT.search(error)
-    if not m:
+    if d.kind != "output_shape" or not d.got or not d.expected:
         return None
-    got = msg.dims(m.group(3))
+    got = d.got
     head = _HEADS.get(len(got))
     init, forward = init_of(tree, "Net"), method_of(tree, "Net", "forward")
-    if head is None or got[0] != int(m.group(1)) or init is None or forward is None or len(init.args.args) < 3:
+    if head is None or got[0] != d.expected[0] or init is None or forward is None or len(init.args.args) < 3:
         return None
     returns = [r for r in _walk_own(forward) if isinstance(r, ast.Return)]
     if not returns or any(r.value is None or isinstance(r.value, ast.Tuple) for r in returns):
@@ -40,9 +41,11 @@ def fix_output_head(code: str, tree: ast.Module, error: str) -> Fix | None:
                f"self.{name} = {layer}")
 
 
-def fix_missing_return(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("add_return", 'not_tensor', 10,
+      "a forward that never returns returns its last variable")
+def fix_missing_return(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """forward computes x and never returns it: return the variable its last statement assigns."""
-    forward = method_of(tree, "Net", "forward") if _NO_TENSOR.search(error) else None
+    forward = method_of(tree, "Net", "forward") if d.kind == "not_tensor" and d.owner == "NoneType" else None
     if forward is None or any(isinstance(r, ast.Return) for r in _walk_own(forward)):
         return None
     last = forward.body[-1]
@@ -55,13 +58,15 @@ def fix_missing_return(code: str, tree: ast.Module, error: str) -> Fix | None:
                "add_return", f"Net.forward never returned: added `return {var}` after its last line")
 
 
-def fix_unbuilt_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("drop_unbuilt_layer", 'no_attribute', 40,
+      "layers forward applies but __init__ never built are skipped")
+def fix_unbuilt_layer(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """forward applies self.<name> that __init__ never built (`x = self.relu(self.bn7(self.conv7(x)))` after
     six convs): skip it, `self.conv7(x)` -> `x`, and every other layer forward applies and never built
     (the reply that forgot conv7 also forgot bn7 and conv8). A line left as `x = x` goes."""
-    m = msg.NO_ATTR.search(error)
-    forward = method_of(tree, m.group(1), "forward") if m else None
-    if forward is None or not _unbuilt(tree, code, m.group(2)):
+    found = d.kind == "no_attribute" and d.owner and d.name
+    forward = method_of(tree, d.owner, "forward") if found else None
+    if forward is None or not _unbuilt(tree, code, d.name):
         return None
     uses = [n for n in _walk_own(forward) if isinstance(n, ast.Attribute) and is_self_attr(n, n.attr)
             and _unbuilt(tree, code, n.attr)]
@@ -77,7 +82,7 @@ def fix_unbuilt_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
                                                     if not any(c is s.value for s in idle)]
     names = sorted({c.func.attr for c in calls})
     return Fix(splice(code, edits), "drop_unbuilt_layer",
-               f"{m.group(1)}.forward applied layers never built ({', '.join('self.' + a for a in names)}): "
+               f"{d.owner}.forward applied layers never built ({', '.join('self.' + a for a in names)}): "
                "each now passes its input through")
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import ast
 import re
 
-from nasgraph.tools.evaluator import messages as msg
+from nasgraph.tools.evaluator.diagnosis import Diagnosis
 
 from .edit import Fix, span, splice
+from .registry import rule
 
-_MISMATCH = re.compile(r"The size of tensor a \(\d+\) must match the size of tensor b \(\d+\) at non-singleton")
 HELPER = "_fit_add"
 _HELPER_CODE = f'''
 
@@ -29,10 +29,12 @@ def {HELPER}(main, skip):
 '''
 
 
-def fix_residual_shape(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("fit_residual", 'spatial', 20,
+      "a residual addition of different shapes goes through a parameter-free shortcut (_fit_add)")
+def fix_residual_shape(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """Every addition on the failing line goes through the helper; the computed branch (not a bare
     name) sets the shape, else the left operand."""
-    line = msg.candidate_line(error) if _MISMATCH.search(error) else None
+    line = d.line if d.kind == "spatial" and d.name == "add" else None
     if line is None or re.search(rf"\bdef {HELPER}\b", code):
         return None
     edits = []

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ast
 import re
 
-from nasgraph.tools.evaluator import messages as msg
+from nasgraph.tools.evaluator.diagnosis import Diagnosis
 
 from .edit import Fix, call_name, is_self_attr, layer_calls, span, splice
+from .registry import rule
 
 # Layers whose input size can be inferred at the first forward (the harness runs one before training).
 _LAZY = {"Linear": "nn.LazyLinear", "Conv2d": "nn.LazyConv2d", "BatchNorm2d": "nn.LazyBatchNorm2d"}
@@ -22,18 +23,17 @@ _PADDED = {"Conv2d": (2, 4), "LazyConv2d": (1, 3), "MaxPool2d": (0, 2), "AvgPool
 _SIZE_ATTRS = {"out_features", "out_channels", "in_features", "in_channels", "num_features"}
 
 
-def fix_unflattened(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("flatten_before_linear", 'linear_size', 20,
+      "a Linear given a map: flatten before it (or nn.Flatten() in its Sequential) and infer its input size")
+def fix_unflattened(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """A Linear fed a 4-D map: flatten before it, and let the Linear infer its input size."""
-    m = msg.MODULE.search(error)
-    if not m or m.group(2) != "Linear" or not msg.MATMUL.search(error):
+    shape = d.shape()
+    if d.kind != "linear_size" or d.layer_type != "Linear" or not d.module_path or not shape or len(shape) <= 2:
         return None
-    shape = msg.dims(m.group(3))
-    if len(shape) <= 2:
-        return None
-    attr = m.group(1).rsplit(".", 1)[-1]
+    attr = d.module_path.rsplit(".", 1)[-1]
     if attr.isdigit():  # an element of nn.Sequential(..., nn.Linear(...)): a Flatten goes in before it
-        return _flatten_in_sequential(code, tree, m.group(1), len(shape))
-    line_no = msg.candidate_line(error)
+        return _flatten_in_sequential(code, tree, d.module_path, len(shape))
+    line_no = d.line
     lines = code.splitlines(keepends=True)
     if line_no is None or not (1 <= line_no <= len(lines)):
         return None
@@ -45,22 +45,23 @@ def fix_unflattened(code: str, tree: ast.Module, error: str) -> Fix | None:
     indent = line[: len(line) - len(line.lstrip())]
     lines.insert(line_no - 1, f"{indent}{var} = torch.flatten({var}, 1)\n")
     flattened = "".join(lines)
-    lazy = fix_lazy_input_size(flattened, ast.parse(flattened), error)
+    lazy = fix_lazy_input_size(flattened, ast.parse(flattened), d)
     return Fix(lazy.code if lazy else flattened, "flatten_before_linear",
                f"flatten {var} before self.{attr} (it was called on a {len(shape)}-D tensor)"
                + ("; " + lazy.description if lazy else ""))
 
 
-def fix_pooled_linear(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("linear_to_conv1x1", 'linear_size', 10,
+      "the Linears of a block given a pooled (B, C, 1, 1) map become 1x1 convs (squeeze-excitation)")
+def fix_pooled_linear(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """A Linear inside a block applied to a pooled (B, C, 1, 1) map: the squeeze-excitation the model
     wrote with Linears and no flatten (5 iterations of nine 1.5B runs). Every Linear of that block becomes
     the 1x1 Conv2d it stands for, so the excitation keeps the map's rank and scales it by broadcasting;
     flattening instead (fix_unflattened) returned (B, C) to a block that multiplies it with the map."""
-    m = msg.MODULE.search(error)
-    if not m or m.group(2) != "Linear" or "." not in m.group(1) or not msg.MATMUL.search(error):
+    path, shape = d.module_path or "", d.shape() or []
+    if d.kind != "linear_size" or d.layer_type != "Linear" or "." not in path:
         return None
-    shape = msg.dims(m.group(3))
-    failing = layer_calls(tree, m.group(1), "Linear")
+    failing = layer_calls(tree, path, "Linear")
     if len(shape) != 4 or shape[2:] != [1, 1] or not failing:
         return None
     blocks = [c for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name != "Net"
@@ -70,7 +71,7 @@ def fix_pooled_linear(code: str, tree: ast.Module, error: str) -> Fix | None:
     linears = [n for c in blocks for n in ast.walk(c) if isinstance(n, ast.Call) and call_name(n) == "Linear"]
     edits = [(n, _as_pointwise_conv(n)) for n in linears]
     return Fix(splice(code, edits), "linear_to_conv1x1",
-               f"self.{m.group(1)} got a pooled {tuple(shape)} map: the {len(edits)} Linear(s) of "
+               f"self.{path} got a pooled {tuple(shape)} map: the {len(edits)} Linear(s) of "
                f"{', '.join(c.name for c in blocks)} -> 1x1 Conv2d (the map keeps its rank)")
 
 
@@ -104,13 +105,14 @@ def _flatten_in_sequential(code: str, tree: ast.Module, path: str, rank: int) ->
                "and it infers its input size (nn.LazyLinear)")
 
 
-def fix_shared_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("unshare_layer", ('linear_size', 'channels'), 30,
+      "one layer applied to inputs of different sizes: each later use gets its own Lazy copy")
+def fix_shared_layer(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """One layer applied at several places to inputs of different sizes (self.conv1 on the image, then on
     a 128-channel map): every place after the first gets its own copy, and all infer their input size."""
-    m = msg.MODULE.search(error)
-    if not m or m.group(2) not in _LAZY or not (msg.MATMUL.search(error) or msg.CHANNELS.search(error)):
+    if d.kind not in ("linear_size", "channels") or d.layer_type not in _LAZY or not d.module_path:
         return None
-    attr, kind = m.group(1).rsplit(".", 1)[-1], m.group(2)
+    attr, kind = d.module_path.rsplit(".", 1)[-1], d.layer_type
     built = [(cls, n) for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef) for n in ast.walk(cls)
              if isinstance(n, ast.Assign) and len(n.targets) == 1 and is_self_attr(n.targets[0], attr)
              and call_name(n.value) in (kind, _LAZY[kind][3:])]
@@ -136,12 +138,13 @@ def fix_shared_layer(code: str, tree: ast.Module, error: str) -> Fix | None:
                f"its own {layer}: {', '.join('self.' + n for n in names)}")
 
 
-def fix_lazy_input_size(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("lazy_input_size", ('linear_size', 'channels'), 40,
+      "a Linear / Conv2d / BatchNorm2d built for the wrong input size infers it (Lazy form)")
+def fix_lazy_input_size(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """Linear / Conv2d / BatchNorm2d built for the wrong input size: let it infer the size instead."""
-    m = msg.MODULE.search(error)
-    if not m or m.group(2) not in _LAZY or not (msg.MATMUL.search(error) or msg.CHANNELS.search(error)):
+    if d.kind not in ("linear_size", "channels") or d.layer_type not in _LAZY or not d.module_path:
         return None
-    path, kind = m.group(1), m.group(2)
+    path, kind = d.module_path, d.layer_type
     edits = [(call, lazy_call(call, kind)) for call in layer_calls(tree, path, kind)]
     if not edits:
         return None
@@ -149,13 +152,15 @@ def fix_lazy_input_size(code: str, tree: ast.Module, error: str) -> Fix | None:
                f"self.{path}: {kind} -> {_LAZY[kind]} (input size inferred at the first forward)")
 
 
-def fix_groups(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("drop_groups", 'groups', 10,
+      "groups that do not divide the channels are dropped, from every conv where they visibly cannot")
+def fix_groups(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """groups that do not divide the channels: drop `groups` from that conv, from every other conv
     whose literal groups visibly does not divide its literal channels, and from every conv given the
     same non-literal groups (`groups=groups` in each branch of a block). Seen: four in one module, and
     one fix per error spent the fix budget on them."""
-    line_no = msg.candidate_line(error)
-    if not msg.GROUPS.search(error) or line_no is None:
+    line_no = d.line
+    if d.kind != "groups" or line_no is None:
         return None
     at_line = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and any(k.arg == "groups" for k in n.keywords)
                and n.lineno <= line_no <= (n.end_lineno or n.lineno)]
@@ -184,33 +189,36 @@ def _groups_are(call: ast.Call, expr: str) -> bool:
     return not expr.isdigit() and any(k.arg == "groups" and ast.unparse(k.value) == expr for k in call.keywords)
 
 
-def fix_batchnorm_rank(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("norm_for_rank", 'rank', 10,
+      "a BatchNorm of the wrong rank becomes the Lazy norm of the rank it is given")
+def fix_batchnorm_rank(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """BatchNorm2d after the flatten, or BatchNorm1d before it: the norm of the rank it is given."""
-    m, rank = msg.MODULE.search(error), msg.RANK.search(error)
-    if not m or not rank or m.group(2) not in _NORM_FOR_RANK:
+    if d.kind != "rank" or d.layer_type not in _NORM_FOR_RANK or not d.module_path or not d.shape():
         return None
-    got = len(msg.dims(m.group(3)))
-    lazy = _NORM_FOR_RANK[m.group(2)].get(got)
+    path, layer, got = d.module_path, d.layer_type, len(d.shape())
+    lazy = _NORM_FOR_RANK[layer].get(got)
     if lazy is None:
         return None
-    edits = [(call, lazy_call(call, m.group(2), lazy)) for call in layer_calls(tree, m.group(1), m.group(2))]
+    edits = [(call, lazy_call(call, layer, lazy)) for call in layer_calls(tree, path, layer)]
     if not edits:
         return None
     return Fix(splice(code, edits), "norm_for_rank",
-               f"self.{m.group(1)}: {m.group(2)} was given a {got}-D input -> {lazy} "
+               f"self.{path}: {layer} was given a {got}-D input -> {lazy} "
                "(size inferred at the first forward)")
 
 
-def fix_branch_padding(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("same_padding", 'spatial', 10,
+      "branches joined with different spatial sizes: odd kernels get padding kernel // 2")
+def fix_branch_padding(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """Branches concatenated or added with different spatial sizes (a 5x5 conv padded by 1 beside a 3x3
     one): every odd-kernel conv and pool of the module's class gets `same` padding, kernel // 2."""
-    m, sizes = msg.MODULE.search(error), msg.SPATIAL.search(error)
-    if not m or not sizes:
+    spatial = d.name == "cat" or d.dim in (2, 3)  # an addition that differs in channels is not padding's
+    if d.kind != "spatial" or not spatial or not d.layer_type or not d.got or len(d.got) != 2:
         return None
-    small, big = sorted(int(n) for n in sizes.groups() if n)
+    small, big = sorted(d.got)
     if big in (2 * small, 2 * small - 1):  # a stride on one branch only: padding cannot fix that
         return None
-    cls = next((n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == m.group(2)), None)
+    cls = next((n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == d.layer_type), None)
     if cls is None:
         return None
     edits = []
@@ -236,7 +244,7 @@ def fix_branch_padding(code: str, tree: ast.Module, error: str) -> Fix | None:
     if not edits:
         return None
     return Fix(splice(code, edits), "same_padding",
-               f"{m.group(2)}'s branches had different sizes: padding = kernel // 2 for {len(edits)} "
+               f"{d.layer_type}'s branches had different sizes: padding = kernel // 2 for {len(edits)} "
                "conv/pool layer(s)")
 
 
@@ -246,42 +254,47 @@ def _arg(call: ast.Call, position: int, keyword: str) -> ast.expr | None:
     return next((k.value for k in call.keywords if k.arg == keyword), None)
 
 
-def fix_pool_too_small(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("drop_pool", 'too_small', 10,
+      "a pool on a map smaller than its kernel becomes nn.Identity()")
+def fix_pool_too_small(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """A pooling layer applied to a map smaller than its kernel: drop that pooling step."""
-    m = msg.MODULE.search(error)
-    if not msg.TOO_SMALL.search(error) or not m or m.group(2) not in _POOLS:
+    if d.kind != "too_small" or d.layer_type not in _POOLS or not d.module_path:
         return None
-    edits = [(call, "nn.Identity()") for call in layer_calls(tree, m.group(1), m.group(2))]
+    edits = [(call, "nn.Identity()") for call in layer_calls(tree, d.module_path, d.layer_type)]
     if not edits:
         return None
-    return Fix(splice(code, edits), "drop_pool", f"self.{m.group(1)}: {m.group(2)} on a too-small map -> nn.Identity()")
+    return Fix(splice(code, edits), "drop_pool", f"self.{d.module_path}: {d.layer_type} on a too-small map -> nn.Identity()")
 
 
-def fix_lazy_from_attribute(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("lazy_from_attribute", 'no_attribute', 30,
+      "an input size read from a layer without it (pool.out_features): the layer infers it")
+def fix_lazy_from_attribute(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """A layer's input size read from a layer without that attribute (pool.out_features): infer it instead."""
-    m, line = msg.NO_ATTR.search(error), msg.candidate_line(error)
-    if not m or m.group(2) not in _SIZE_ATTRS or line is None:
+    line = d.line
+    if d.kind != "no_attribute" or d.name not in _SIZE_ATTRS or line is None:
         return None
     edits = []
     for node in ast.walk(tree):
         kind = call_name(node)
         if kind in _LAZY and node.lineno <= line <= (node.end_lineno or node.lineno):
             size = [*node.args[:1], *(k.value for k in node.keywords if k.arg == _LAZY_KW[kind])]
-            if any(isinstance(n, ast.Attribute) and n.attr == m.group(2) for arg in size for n in ast.walk(arg)):
+            if any(isinstance(n, ast.Attribute) and n.attr == d.name for arg in size for n in ast.walk(arg)):
                 edits.append((node, lazy_call(node, kind)))
     if not edits:
         return None
     return Fix(splice(code, edits), "lazy_from_attribute",
-               f"line {line} read .{m.group(2)} of a {m.group(1)}, which has none: "
+               f"line {line} read .{d.name} of a {d.owner}, which has none: "
                + ", ".join(f"{call_name(n)} -> {_LAZY[call_name(n)]}" for n, _ in edits)
                + " (input size inferred at the first forward)")
 
 
-def fix_init_of_lazy(code: str, tree: ast.Module, error: str) -> Fix | None:
+@rule("drop_init_of_lazy", 'uninitialized', 10,
+      "nn.init calls that reach a Lazy layer become pass")
+def fix_init_of_lazy(code: str, tree: ast.Module, d: Diagnosis) -> Fix | None:
     """A weight-init loop (`nn.init.kaiming_normal_(m.weight)`) reached a Lazy layer, whose weights exist
     only after the first forward (7 failed evaluations of eight 1.5B runs, after a Lazy fix): the
     function's `nn.init` calls become `pass`, so every layer keeps torch's default initialization."""
-    line = msg.candidate_line(error) if msg.UNINITIALIZED.search(error) else None
+    line = d.line if d.kind == "uninitialized" else None
     fn = next((f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and line is not None
                and f.lineno <= line <= (f.end_lineno or f.lineno)
                and not any(isinstance(g, ast.FunctionDef) and g is not f and g.lineno <= line <= (g.end_lineno or 0)

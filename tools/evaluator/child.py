@@ -18,7 +18,6 @@ import io
 import json
 import linecache
 import os
-import re
 import resource
 import signal
 import sys
@@ -32,6 +31,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nasgraph.tools.evaluator.datasets import TensorData
+from nasgraph.tools.evaluator.diagnosis import Diagnosis, classify_message, is_memory_message, is_shape_message
 from nasgraph.tools.evaluator.harness import DEFAULTS, NaNLoss, OverBudget, _batch_size, pick_device, train_and_test
 from nasgraph.tools.evaluator.outcome import Outcome
 
@@ -44,12 +44,6 @@ PR_SET_PDEATHSIG = 1
 CLONE_NEWNET = 0x40000000
 ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES",
             "CUDA_DEVICE_ORDER")
-SHAPE_WORDS = re.compile(
-    r"shape|size mismatch|sizes? of tensors?|must match the size|mat1 and mat2|expected input|"
-    r"expected \d+d|dimension|kernel size|input size|output size|padded input|channels|groups|"
-    r"view size|invalid for input of size|number of elements|broadcast|too small|non-singleton",
-    re.IGNORECASE)
-MEMORY_WORDS = re.compile(r"can't allocate memory|cannot allocate memory|out of memory", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------- reporting
@@ -207,11 +201,11 @@ def format_error(exc: BaseException, code_lines: list[str], extra: list[str] | N
 
 
 def is_memory_error(exc: BaseException) -> bool:
-    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or bool(MEMORY_WORDS.search(str(exc)))
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or is_memory_message(str(exc))
 
 
 def is_shape_error(exc: BaseException) -> bool:
-    return isinstance(exc, (RuntimeError, ValueError, IndexError, TypeError)) and bool(SHAPE_WORDS.search(str(exc)))
+    return isinstance(exc, (RuntimeError, ValueError, IndexError, TypeError)) and is_shape_message(str(exc))
 
 
 class LayerTracker:
@@ -234,6 +228,14 @@ class LayerTracker:
         if self.stack:
             self.stack.pop()
 
+    def locate(self, d: Diagnosis) -> Diagnosis:
+        """The diagnosis with the running submodule's path, class and input shapes filled in."""
+        if not self.stack:
+            return d
+        name, mod, shapes = self.stack[-1]
+        return d.model_copy(update={"module_path": name, "layer_type": type(mod).__name__,
+                                    "input_shapes": [list(s) for s in shapes]})
+
     def describe(self) -> list[str]:
         if not self.stack:
             return []
@@ -253,21 +255,33 @@ class LayerTracker:
 class Failure(Exception):
     """A stage's typed failure, carried up to `run_stages`."""
 
-    def __init__(self, status: str, error: str, detail: dict | None = None) -> None:
+    def __init__(self, status: str, error: str, detail: dict | None = None, diagnosis: Diagnosis | None = None) -> None:
         super().__init__(error)
         self.status, self.error, self.detail = status, error, detail or {}
+        self.diagnosis = diagnosis or Diagnosis()
 
 
-def _classify(exc: BaseException, default: str, code_lines: list[str], extra: list[str] | None = None) -> Failure:
+def diagnose(exc: BaseException, tracker: LayerTracker | None = None) -> Diagnosis:
+    """Kind and fields of a candidate's exception: the message's, the innermost own frame's line,
+    and the running submodule (when forward hooks were on)."""
+    d = classify_message(type(exc).__name__, str(exc))
+    own = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == FILENAME]
+    d.line = own[-1].lineno if own else None
+    return tracker.locate(d) if tracker is not None else d
+
+
+def _classify(exc: BaseException, default: str, code_lines: list[str], extra: list[str] | None = None,
+              tracker: LayerTracker | None = None) -> Failure:
+    d = diagnose(exc, tracker)
     if isinstance(exc, SystemExit):
         text = "\n".join([*candidate_frames(exc, code_lines),
                            f"the candidate called sys.exit({exc.code!r}) before reporting a result"])
-        return Failure("runtime_error", text, {"exit_code": exc.code if isinstance(exc.code, int) else None})
+        return Failure("runtime_error", text, {"exit_code": exc.code if isinstance(exc.code, int) else None}, d)
     if is_memory_error(exc):
-        return Failure("memory", format_error(exc, code_lines, extra))
+        return Failure("memory", format_error(exc, code_lines, extra), diagnosis=d)
     if default != "build_error" and is_shape_error(exc):
-        return Failure("shape_error", format_error(exc, code_lines, extra))
-    return Failure(default, format_error(exc, code_lines, extra))
+        return Failure("shape_error", format_error(exc, code_lines, extra), diagnosis=d)
+    return Failure(default, format_error(exc, code_lines, extra), diagnosis=d)
 
 
 def build(code: str, req: dict, data: TensorData, device: torch.device) -> nn.Module:
@@ -302,17 +316,21 @@ def shape_check(model: nn.Module, code_lines: list[str], data: TensorData, devic
             out = model(x)
     except BaseException as e:  # noqa: BLE001
         extra = [*tracker.describe(), f"dummy input batch: {tuple(x.shape)}"]
-        raise _classify(e, "runtime_error", code_lines, extra) from None
+        raise _classify(e, "runtime_error", code_lines, extra, tracker) from None
     finally:
         tracker.close()
         model.train()
     if not isinstance(out, torch.Tensor):
         raise Failure("shape_error", f"forward must return a Tensor of shape (2, {data.classes}) for a batch of 2, "
-                                     f"got {type(out).__name__}")
+                                     f"got {type(out).__name__}",
+                      diagnosis=Diagnosis(kind="not_tensor", owner=type(out).__name__, expected=[2, data.classes],
+                                          input_shapes=[list(x.shape)]))
     if tuple(out.shape) != (2, data.classes):
         raise Failure("shape_error", f"output shape: expected (2, {data.classes}) (batch, classes) for input "
                                      f"{tuple(x.shape)}, got {tuple(out.shape)}",
-                      {"expected": [2, data.classes], "got": list(out.shape)})
+                      {"expected": [2, data.classes], "got": list(out.shape)},
+                      Diagnosis(kind="output_shape", expected=[2, data.classes], got=list(out.shape),
+                                input_shapes=[list(x.shape)]))
     return x
 
 
@@ -344,14 +362,17 @@ def measure(model: nn.Module, x: torch.Tensor, req: dict) -> tuple[int, int | No
 
 
 def _check_budgets(params: int, flops: int | None, req: dict) -> None:
-    problems = []
+    problems, budgets = [], {}
     if params > int(req["max_params"]):
         problems.append(f"{params:,} parameters exceed the budget of {int(req['max_params']):,}")
+        budgets["parameters"] = [float(params), float(req["max_params"])]
     if flops is not None and flops > int(req["max_flops"]):
         problems.append(f"{flops:,} FLOPs per sample exceed the budget of {int(req['max_flops']):,}")
+        budgets["FLOPs"] = [float(flops), float(req["max_flops"])]
     if problems:
         raise Failure("over_budget", "; ".join(problems) + " (checked before training)",
-                      {"params": params, "max_params": req["max_params"], "flops": flops, "max_flops": req["max_flops"]})
+                      {"params": params, "max_params": req["max_params"], "flops": flops, "max_flops": req["max_flops"]},
+                      Diagnosis(kind="over_budget", budgets=budgets))
 
 
 def train(model: nn.Module, code_lines: list[str], data: TensorData, req: dict, device: torch.device):
@@ -361,9 +382,10 @@ def train(model: nn.Module, code_lines: list[str], data: TensorData, req: dict, 
                               device=device, seed=int(req["seed"]), augment=bool(req["augment"]))
     except OverBudget as e:
         raise Failure("over_budget", f"too slow: {e}", {"projected_s": round(e.projected_s, 2), "budget_s": e.budget_s,
-                                                        "batches_timed": e.batches_timed, "epoch": e.epoch}) from None
+                                                        "batches_timed": e.batches_timed, "epoch": e.epoch},
+                      Diagnosis(kind="over_budget", budgets={"epoch time": [e.projected_s, e.budget_s]})) from None
     except NaNLoss as e:
-        raise Failure("nan_loss", str(e), {"batch": e.batch, "epoch": e.epoch}) from None
+        raise Failure("nan_loss", str(e), {"batch": e.batch, "epoch": e.epoch}, Diagnosis(exc_type="NaNLoss")) from None
     except BaseException as e:  # noqa: BLE001
         raise _classify(e, "runtime_error", code_lines) from None
 
@@ -419,11 +441,12 @@ def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
                        seconds=seconds, detail=detail, epochs=res.epochs)
     except Failure as f:
         return Outcome(status=f.status, stage=stage, params=result.get("params"), flops=result.get("flops"),
-                       seconds=failed_in(), error=f.error, detail={**result.get("detail", {}), **f.detail})
+                       seconds=failed_in(), error=f.error, detail={**result.get("detail", {}), **f.detail},
+                       diagnosis=f.diagnosis)
     except BaseException as e:  # noqa: BLE001 - our own bug or an odd device failure: still an outcome
         failure = _classify(e, "runtime_error", code_lines)
         return Outcome(status=failure.status, stage=stage, params=result.get("params"), flops=result.get("flops"),
-                       seconds=failed_in(), error=failure.error, detail=failure.detail)
+                       seconds=failed_in(), error=failure.error, detail=failure.detail, diagnosis=failure.diagnosis)
 
 
 def run(req: dict, data: TensorData, result_fd: int) -> NoReturn:

@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from .diagnosis import Diagnosis
+
 Status = Literal[
     "ok",
     "syntax",         # does not parse
@@ -33,6 +35,7 @@ class Outcome(BaseModel):
     error: str = Field("", description="short, useful error text for the Prompt Improver")
     detail: dict = Field(default_factory=dict, description="stage-specific extras, e.g. budget projection")
     epochs: list[dict] = Field(default_factory=list, description="per-epoch stats: loss, accuracy, seconds")
+    diagnosis: Diagnosis | None = Field(None, description="a failure's facts as fields, for rules, hints and routers")
 
     @property
     def ok(self) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
+from .diagnosis import Diagnosis
 from .outcome import Outcome
 
 ALLOWED_MODULES = (
@@ -91,6 +92,7 @@ class Violation:
     line: int
     name: str
     reason: str
+    module: bool = False  # an import of a module outside the allow-list (a rule can drop an unused one)
 
 
 def _module_allowed(mod: str) -> bool:
@@ -188,8 +190,8 @@ class _Checker(ast.NodeVisitor):
             return ".".join([self.aliases[node.id], *reversed(parts)])
         return None
 
-    def add(self, node: ast.AST, name: str, reason: str) -> None:
-        self.violations.append(Violation(getattr(node, "lineno", 0), name, reason))
+    def add(self, node: ast.AST, name: str, reason: str, module: bool = False) -> None:
+        self.violations.append(Violation(getattr(node, "lineno", 0), name, reason, module))
 
     # ---- imports
     def visit_Import(self, node: ast.Import) -> None:
@@ -223,7 +225,7 @@ class _Checker(ast.NodeVisitor):
             self.add(node, mod, why)
             return False
         if not _module_allowed(mod):
-            self.add(node, mod, f"module '{mod}' is not allowed; allowed: {', '.join(ALLOWED_MODULES)}")
+            self.add(node, mod, f"module '{mod}' is not allowed; allowed: {', '.join(ALLOWED_MODULES)}", module=True)
             return False
         return True
 
@@ -318,9 +320,11 @@ def check_syntax(code: str) -> tuple[ast.Module | None, Outcome | None]:
         src = _line(code, lineno)
         if src:
             text += f"\n  line {lineno}: {src}"
-        return None, Outcome(status="syntax", stage="parse", error=text, detail={"line": lineno})
+        return None, Outcome(status="syntax", stage="parse", error=text, detail={"line": lineno},
+                             diagnosis=Diagnosis(kind="syntax", exc_type=type(e).__name__, line=lineno or None))
     except (ValueError, MemoryError, RecursionError) as e:  # null bytes, absurd nesting
-        return None, Outcome(status="syntax", stage="parse", error=f"{type(e).__name__}: {e}")
+        return None, Outcome(status="syntax", stage="parse", error=f"{type(e).__name__}: {e}",
+                             diagnosis=Diagnosis(kind="syntax", exc_type=type(e).__name__))
 
 
 def check_policy(tree: ast.Module, code: str) -> Outcome | None:
@@ -339,8 +343,12 @@ def check_policy(tree: ast.Module, code: str) -> Outcome | None:
              for v in found[:MAX_VIOLATIONS]]
     if len(found) > MAX_VIOLATIONS:
         lines.append(f"... and {len(found) - MAX_VIOLATIONS} more")
+    # A refused module import is a kind of its own (an unused one is dropped by a rule); `lines` lists them.
+    imports = sorted({v.line for v in found if v.module})
     return Outcome(status="forbidden", stage="policy", error="\n".join(lines),
-                   detail={"violations": [v.__dict__ for v in found]})
+                   detail={"violations": [v.__dict__ for v in found]},
+                   diagnosis=Diagnosis(kind="forbidden_import" if imports else "forbidden", line=found[0].line,
+                                       lines=imports or sorted({v.line for v in found}), name=found[0].name))
 
 
 def static_check(code: str) -> Outcome | None:
