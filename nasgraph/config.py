@@ -38,6 +38,7 @@ class EvaluatorConfig(BaseModel):
     memory_limit_mb: int = Field(6144, ge=256)
     timeout_grace_s: float = Field(60.0, ge=1, description="wall-clock slack beyond the training budget")
     max_output_mb: int = Field(16, ge=1, description="cap on what a candidate may print or write")
+    setup_timeout_s: float = Field(60.0, gt=0, description="wall-clock limit for build + shape check + measure")
 
 
 class LLMConfig(BaseModel):

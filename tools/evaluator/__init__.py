@@ -17,23 +17,23 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
+
+from nasgraph.config import EvaluatorConfig
 
 from .outcome import STAGES, Outcome, Status
 from .policy import check_policy, check_syntax, static_check
 from .sandbox import EvaluatorUnavailable, WarmParent
 
-if TYPE_CHECKING:
-    from nasgraph.config import EvaluatorConfig
-
 __all__ = ["STAGES", "EvalRequest", "Evaluator", "EvaluatorUnavailable", "Outcome", "Status", "static_check",
            "training_recipe"]
 
 
-class EvalRequest(BaseModel):
-    """One candidate plus every budget and setting its child needs."""
+class EvalRequest(EvaluatorConfig):
+    """One candidate plus every budget and setting its child needs: the config's evaluator section
+    (same fields, same defaults) and what is particular to this candidate."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -41,18 +41,6 @@ class EvalRequest(BaseModel):
     dataset: str
     epochs: int = Field(1, ge=1)
     prm: dict[str, Any] = Field(default_factory=dict, description="hyperparameters passed to Net and the harness")
-    time_budget_s: float = Field(180.0, gt=0, description="projected training seconds per epoch allowed")
-    max_params: int = Field(5_000_000, ge=1)
-    max_flops: int = Field(1_000_000_000, ge=1, description="forward FLOPs per sample")
-    threads: int = Field(2, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
-    batch_size: int = Field(128, ge=1)
-    augment: bool = True
-    memory_limit_mb: int = Field(6144, ge=64, description="what the candidate may allocate beyond torch + data")
-    timeout_grace_s: float = Field(60.0, ge=0, description="wall-clock slack beyond epochs * time_budget_s")
-    max_output_mb: int = Field(16, ge=1)
-    setup_timeout_s: float = Field(60.0, gt=0, description="wall-clock limit for build + shape + measure")
 
     @field_validator("prm")
     @classmethod
@@ -64,12 +52,12 @@ class EvalRequest(BaseModel):
         return v
 
     @classmethod
-    def from_config(cls, cfg: "EvaluatorConfig", *, code: str, dataset: str, **overrides: Any) -> "EvalRequest":
+    def from_config(cls, cfg: EvaluatorConfig, *, code: str, dataset: str, **overrides: Any) -> "EvalRequest":
         """Settings and budgets from the config's evaluator section; `overrides` win (epochs, prm, ...)."""
         return cls(**{**cfg.model_dump(), "code": code, "dataset": dataset, **overrides})
 
 
-def training_recipe(cfg: "EvaluatorConfig", prm: dict[str, Any]) -> dict[str, Any]:
+def training_recipe(cfg: EvaluatorConfig, prm: dict[str, Any]) -> dict[str, Any]:
     """Every setting a candidate is trained with: the harness defaults, the evaluator's batch size,
     augmentation and seed, and the task's `prm` over the defaults. Results are stored and looked up
     under this, so a changed default or setting never returns a stale cached result."""

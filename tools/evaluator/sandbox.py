@@ -36,6 +36,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import nasgraph
 from nasgraph.errors import NasgraphError
 
 from .outcome import Outcome
@@ -46,7 +47,9 @@ EXIT_WAIT_S = 20.0          # after a kill, how long the warm parent may take to
 OUTPUT_TAIL_CHARS = 1500
 ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "LD_LIBRARY_PATH", "PYTHONPATH",
             "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The folder the nasgraph package imports from (the checkout, or site-packages when installed): the warm
+# parent's PYTHONPATH, so that it imports this very nasgraph whatever its working directory.
+PROJECT_ROOT = Path(nasgraph.__file__).resolve().parents[1]
 
 
 class EvaluatorUnavailable(NasgraphError, RuntimeError):
