@@ -10,8 +10,6 @@ import json
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from langgraph.checkpoint.sqlite import SqliteSaver
@@ -19,6 +17,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from nasgraph.agents.schemas import Task
 from nasgraph.config import Config
 from nasgraph.errors import NasgraphError
+from nasgraph.paths import RunPaths, list_runs  # noqa: F401 - list_runs is part of this module's API
 from nasgraph.tools.evaluator import Evaluator, training_recipe
 from nasgraph.tools.evaluator.datasets import load_dataset
 from nasgraph.tools.evaluator.harness import pick_device
@@ -37,23 +36,6 @@ class RunError(NasgraphError, RuntimeError):
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-
-
-@dataclass
-class RunPaths:
-    root: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint.sqlite"
-
-    @property
-    def trace(self) -> Path:
-        return self.root / "trace.jsonl"
-
-    @property
-    def meta(self) -> Path:
-        return self.root / "run.json"
 
 
 def make_task(cfg: Config, goal: str = "") -> Task:
@@ -169,7 +151,3 @@ def _check_resumable(values: dict, task: Task) -> None:
     if values.get("task", {}).get("dataset") != task.dataset:
         raise RunError(f"run {values.get('run_id')} was started on {values['task']['dataset']!r}, "
                        f"not {task.dataset!r}; start a new run id for another dataset")
-
-
-def list_runs(runs_dir: Path) -> list[str]:
-    return sorted(p.name for p in runs_dir.iterdir() if (p / "checkpoint.sqlite").exists()) if runs_dir.exists() else []

@@ -13,10 +13,7 @@ from typing import Any, Iterable
 
 from nasgraph.errors import NasgraphError
 from nasgraph.graph.trace import read_events
-
-# The run folder's files, as nasgraph.graph.run.RunPaths names them (not imported: nasgraph.graph.run pulls in torch and
-# langgraph, seconds of start-up for a command that only reads text; a test keeps the two in step).
-TRACE, META, CHECKPOINT = "trace.jsonl", "run.json", "checkpoint.sqlite"
+from nasgraph.paths import CHECKPOINT, META, TRACE, list_runs  # noqa: F401 - re-exported for the readers
 
 # Fields a text search looks into (the rest are numbers and names).
 SEARCH_FIELDS = ("node", "status", "first_status", "repairing", "prompt_text", "reply", "code", "error", "triple",
@@ -155,13 +152,6 @@ def iteration_rows(events: Iterable[dict]) -> list[IterationRow]:
     for r in rows:
         r.flops = flops.get(r.arch_id)
     return rows
-
-
-def list_runs(runs_dir: Path) -> list[str]:
-    """Run ids in `runs_dir` (folders with a checkpoint, as nasgraph.graph.run.list_runs)."""
-    if not runs_dir.is_dir():
-        return []
-    return sorted(p.name for p in runs_dir.iterdir() if (p / CHECKPOINT).exists())
 
 
 def _mtime(path: Path) -> float:
