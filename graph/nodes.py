@@ -176,7 +176,8 @@ class Nodes:
         if state.get("first_status") is None and outcome is not None:
             update["first_status"] = outcome.status
         update["_event"] = {"status": outcome.status if outcome else "pass",
-                            "error": outcome.error if outcome else ""}
+                            "error": outcome.error if outcome else "",
+                            "diagnosis": outcome.diagnosis.kind if outcome and outcome.diagnosis else None}
         return update
 
     def fingerprint(self, state: LoopState) -> dict:
@@ -232,6 +233,7 @@ class Nodes:
                         "_train_s": sum(v for k, v in outcome.seconds.items() if k not in ("parse", "policy")),
                         "_event": {"code_hash": arch_id, "status": outcome.status, "accuracy": outcome.accuracy,
                                    "params": outcome.params, "flops": outcome.flops, "error": outcome.error,
+                                   "diagnosis": outcome.diagnosis.kind if outcome.diagnosis else None,
                                    "stage_seconds": outcome.seconds, "reused": done is not None}}
         if state.get("first_status") is None:
             update["first_status"] = outcome.status
