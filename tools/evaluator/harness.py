@@ -331,6 +331,22 @@ def _batch_size(prm: dict, default: int, n: int) -> int:
     return min(b, n)
 
 
+def _prepare(model: nn.Module, data: TensorData, prm: dict, device: torch.device, batch_size: int, augment: bool,
+             gen: torch.Generator, amp: torch.dtype | None, epochs: int):
+    """The recipe's setup, shared by training and the warm parent's rehearsal: numeric hyperparameters,
+    the batches, the memory format, the model's own train_setup, and our optimizer, loss and schedule
+    unless the model trains itself (then None). Returns (batches, (opt, loss_fn, sched) | None)."""
+    prm = _numbers({**DEFAULTS, **(prm or {})})
+    prm["batch"] = _batch_size(prm, batch_size, len(data.train_x))
+    batches = _Batches(data, device, prm["batch"], augment, gen)
+    _choose_memory_format(model, batches, amp)
+    if callable(getattr(model, "train_setup", None)):
+        model.train_setup(prm)
+    if callable(getattr(model, "learn", None)):
+        return batches, None
+    return batches, _setup(model, prm, len(batches), epochs)
+
+
 @torch.no_grad()
 def rehearse(model: nn.Module, data: TensorData, prm: dict, *, batch_size: int = 32) -> None:
     """Walk the recipe's code paths once without autograd: setup, one forward and loss, an optimizer
@@ -338,16 +354,11 @@ def rehearse(model: nn.Module, data: TensorData, prm: dict, *, batch_size: int =
     training imports lazily are loaded before it forks. It must never run backward: autograd's engine
     starts a thread per CUDA device on the first backward, after which no forked child can train
     (nor use CUDA) on a GPU machine."""
-    device = torch.device("cpu")
-    prm = _numbers({**DEFAULTS, **(prm or {})})
-    batches = _Batches(data, device, _batch_size(prm, batch_size, len(data.train_x)), False,
-                       torch.Generator().manual_seed(0))
-    _choose_memory_format(model, batches, None)
-    if callable(getattr(model, "train_setup", None)):
-        model.train_setup(prm)
-    if callable(getattr(model, "learn", None)):
-        return  # its loop runs backward by itself; the setup above is what can be rehearsed
-    opt, loss_fn, sched = _setup(model, prm, len(batches), 1)
+    batches, recipe = _prepare(model, data, prm, torch.device("cpu"), batch_size, False,
+                               torch.Generator().manual_seed(0), None, 1)
+    if recipe is None:
+        return  # the model trains itself through learn(), which runs backward: its setup is what can be rehearsed
+    opt, loss_fn, sched = recipe
     model.train()
     x, y = next(iter(batches.epoch()))
     loss_fn(model(x), y)
@@ -374,26 +385,17 @@ def train_and_test(model: nn.Module, data: TensorData, prm: dict, *, epochs: int
     if len(data.train_x) == 0 or len(data.test_x) == 0:
         raise ValueError(f"dataset {data.name!r} has an empty train or test split")
     device = device or pick_device("auto")
-    prm = _numbers({**DEFAULTS, **(prm or {})})
-    batch = _batch_size(prm, batch_size, len(data.train_x))
-    prm["batch"] = batch
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
-    cuda = device.type == "cuda"
-    if cuda:
+    if device.type == "cuda":
         # Off: measured on an H200, autotuning doubled the time of a one-epoch proxy (tiny CNN 1.90 -> 4.43 s).
         torch.backends.cudnn.benchmark = False
     model.to(device)
-    batches = _Batches(data, device, batch, augment, gen)
     amp = _amp_dtype(device, amp)
-    _choose_memory_format(model, batches, amp)
-    if callable(getattr(model, "train_setup", None)):
-        model.train_setup(prm)
-    hooked = callable(getattr(model, "learn", None))
-    opt = loss_fn = sched = scaler = None
-    if not hooked:
-        opt, loss_fn, sched = _setup(model, prm, len(batches), epochs)
-        scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
+    batches, recipe = _prepare(model, data, prm, device, batch_size, augment, gen, amp, epochs)
+    hooked = recipe is None
+    opt, loss_fn, sched = recipe or (None, None, None)
+    scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 and not hooked else None
 
     history, train_s, test_s, images, accuracy = [], 0.0, 0.0, 0, 0.0
     for epoch in range(epochs):
