@@ -31,6 +31,7 @@ _KIND_HINTS = {
                     "in __init__ (after super().__init__()).",
     "undefined_name": "A name is used but not defined or imported: keep `import torch`, `import torch.nn as nn`, "
                       "`import torch.nn.functional as F` at the top and define every helper you call.",
+    "signature": "Keep the exact signatures: __init__(self, in_shape, out_shape, prm, device) and forward(self, x).",
     "too_small": "The feature map shrinks below the kernel size: use fewer stride-2/pooling steps for this input "
                  "size, or padding=kernel_size//2.",
     "output_shape": "forward must end in logits of shape (batch, out_shape[0]): pool, flatten, then one nn.Linear.",
@@ -95,6 +96,8 @@ def error_hint(status: str, diagnosis: Diagnosis | dict | None) -> str:
         return hint
     if d is not None and d.kind == "no_attribute" and d.name == "flatten":
         return _FLATTEN_HINT
+    if d is not None and d.kind == "rank" and d.got != [2]:
+        return _STATUS_HINTS.get(status, "")  # the rank hint is about a flattened (2-D) tensor only
     if d is not None and d.kind in _KIND_HINTS:
         return _KIND_HINTS[d.kind]
     return _STATUS_HINTS.get(status, "")

@@ -302,6 +302,11 @@ def test_error_hints_pick_the_right_failure() -> None:
     assert "divide" in error_hint("build_error", _diag("ValueError: in_channels must be divisible by groups"))
     assert "flattened (2-D)" in error_hint("shape_error", _diag(
         "ValueError: expected 4D input (got 2D input)"))
+    assert "flattened (2-D)" in error_hint("shape_error", _diag(
+        "RuntimeError: Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: [128, 3136]"))
+    assert "flattened (2-D)" not in error_hint("shape_error", _diag("ValueError: expected 2D or 3D input (got 4D input)"))
+    assert "exact signatures" in error_hint("build_error", _diag(
+        "TypeError: Block.forward() takes 2 positional arguments but 3 were given"))
     assert "does not exist" in error_hint("build_error", _diag(
         "AttributeError: module 'torch.nn' has no attribute 'SeparableConv2d'"))
     assert "smaller" in error_hint("over_budget", Diagnosis(kind="over_budget"))

@@ -33,6 +33,7 @@ Kind = Literal[
     "missing_input",        # a functional called without its input where a layer goes (F.relu(inplace=True))
     "no_torch_attribute",   # torch.nn / torch.nn.functional has no such name (nn.GlobalAvgPool2d)
     "unexpected_keyword",   # a callee given a keyword it does not take (device=, groups=, **prm)
+    "signature",            # a function called with the wrong number of positional arguments
     "inplace",              # an in-place op autograd still needed
     "uninitialized",        # a Lazy layer's shape read before its first forward
     "output_shape",         # forward returned the wrong shape
@@ -72,6 +73,8 @@ _MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) a
 _CHANNELS = re.compile(r"to have (\d+) channels, but got (\d+) channels|running_mean should contain (\d+) elements")
 _GROUPS = re.compile(r"(in|out)_channels must be divisible by groups")
 _RANK = re.compile(r"expected (\d+)D (?:or (\d+)D )?input \(got (\d+)D input\)")
+# A conv given a flattened tensor: "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: [128, 3136]"
+_CONV_RANK = re.compile(r"Expected (\d+)D \(unbatched\) or (\d+)D \(batched\) input to \w+, but got input of size: \[([\d, ]*)\]")
 _CAT = re.compile(r"Sizes of tensors must match except in dimension (\d+)\. Expected size (\d+) but got size (\d+)"
                   r"(?: for tensor number \d+ in the list)?")
 _ADD = re.compile(r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) at non-singleton dimension (\d+)")
@@ -81,6 +84,7 @@ _MODULE_NO_ATTR = re.compile(r"module '([\w.]+)' has no attribute '(\w+)'")
 _UNDEFINED = re.compile(r"name '(\w+)' is not defined")
 _ASSIGN_FN = re.compile(r"cannot assign '[\w.]*?(\w+)' as child module '(\w+)'")
 _NO_INPUT = re.compile(r"(\w+)\(\) missing 1 required positional argument: 'input'")
+_SIGNATURE = re.compile(r"takes \d+ positional arguments? but \d+ (?:were|was) given|missing \d+ required positional")
 _UNEXPECTED_KW = re.compile(r"(\w+)(?:\.__init__)?\(\) got an unexpected keyword argument '(\w+)'")
 _INPLACE = re.compile(r"modified by an inplace operation")
 _UNINITIALIZED = re.compile(r"uninitialized parameter")
@@ -117,6 +121,9 @@ def classify_message(exc_type: str, message: str) -> Diagnosis:
     if m := _RANK.search(message):
         wanted = [int(g) for g in m.group(1, 2) if g]
         return Diagnosis(kind="rank", exc_type=exc_type, expected=wanted, got=[int(m.group(3))])
+    if m := _CONV_RANK.search(message):
+        return Diagnosis(kind="rank", exc_type=exc_type, expected=[int(m.group(1)), int(m.group(2))],
+                         got=[len([n for n in m.group(3).split(",") if n.strip()])])
     if m := _CAT.search(message):  # torch.cat of maps that differ in a dimension other than the joined one
         return Diagnosis(kind="spatial", exc_type=exc_type, name="cat", got=[int(m.group(2)), int(m.group(3))])
     if m := _ADD.search(message):  # an elementwise op (a residual addition) of tensors of different shapes
@@ -140,6 +147,8 @@ def classify_message(exc_type: str, message: str) -> Diagnosis:
         return Diagnosis(kind="assign_function", exc_type=exc_type, owner=m.group(1), name=m.group(2))
     if m := _NO_INPUT.search(message):
         return Diagnosis(kind="missing_input", exc_type=exc_type, name=m.group(1))
+    if _SIGNATURE.search(message):
+        return Diagnosis(kind="signature", exc_type=exc_type)
     if m := _UNEXPECTED_KW.search(message):
         return Diagnosis(kind="unexpected_keyword", exc_type=exc_type, owner=m.group(1), name=m.group(2))
     return Diagnosis(kind="other", exc_type=exc_type)
