@@ -1,6 +1,8 @@
-"""The graph's nodes. Each takes the state and returns an update; the LLM, evaluator, store and trace
-come from `Deps` (they are live objects, not state). `Nodes.wrap` adds the bookkeeping every node
-shares: its step number, its trace event, and the split of wall time into LLM, training and other.
+"""The graph's nodes. Each takes the state and returns a `NodeResult`: the state update, and beside
+it, through its own channel, the node's trace event and its training seconds. The LLM, evaluator,
+store and trace come from `Deps` (live objects, not state). `Nodes.wrap` adds the bookkeeping every
+node shares: its step number, its trace event, and the split of wall time into LLM, training and other.
+The loop's nodes (improve, retrieve, record) take `LoopState`; the attempt's nodes take `AttemptState`.
 """
 from __future__ import annotations
 
@@ -14,16 +16,23 @@ from nasgraph.agents import code_generator, prompt_improver
 from nasgraph.agents.schemas import BestDesign, HistoryEntry, Task, Triple
 from nasgraph.config import Config
 from nasgraph.tools.autofix import find_fix
+from nasgraph.tools.candidate import Candidate
 from nasgraph.tools.evaluator import EvalRequest, Evaluator, Outcome, static_check
 from nasgraph.tools.evaluator.diagnosis import Diagnosis
-from nasgraph.tools.fingerprint import canonical_id
 from nasgraph.tools.store import Store
 
 from .routing import repairable, stop_reason
-from .state import LoopState
+from .state import AttemptState, LoopState
 from .trace import TraceWriter
 
 NET_DEF = re.compile(r"^class\s+Net\b", re.M)
+
+
+@dataclass
+class NodeResult:
+    update: dict                                      # the state update, nothing else
+    event: dict = field(default_factory=dict)         # the node's trace event fields
+    train_s: float = 0.0                              # seconds of training inside the node
 
 
 @dataclass
@@ -39,21 +48,21 @@ class Deps:
     _last_end: float | None = None
 
 
-def _llm_for(deps: Deps, state: LoopState, temperature: float | None = None):
+def _llm_for(deps: Deps, state: LoopState | AttemptState, temperature: float | None = None):
     """The chat model seeded for this step of this run: a replayed step samples the same reply, and
     a new run (another id) does not replay an old run's designs."""
     return deps.llm.at_step(zlib.crc32(state["run_id"].encode()) % 1_000_003 + state.get("step", 0), temperature)
 
 
-def _task(state: LoopState) -> Task:
+def _task(state: LoopState | AttemptState) -> Task:
     return Task(**state["task"])
 
 
-def _history(state: LoopState) -> list[HistoryEntry]:
+def _history(state: LoopState | AttemptState) -> list[HistoryEntry]:
     return [HistoryEntry(**h) for h in state.get("history", [])]
 
 
-def _best(state: LoopState) -> BestDesign | None:
+def _best(state: LoopState | AttemptState) -> BestDesign | None:
     return BestDesign(**state["best"]) if state.get("best") else None
 
 
@@ -68,13 +77,12 @@ class Nodes:
         self.d = deps
 
     # -- bookkeeping shared by every node -------------------------------------------------------
-    def wrap(self, name: str, fn: Callable[[LoopState], dict]) -> Callable[[LoopState], dict]:
-        def node(state: LoopState) -> dict:
+    def wrap(self, name: str, fn: Callable[[Any], NodeResult]) -> Callable[[Any], dict]:
+        def node(state: Any) -> dict:
             start = time.perf_counter()
-            update = fn(state)
-            event = update.pop("_event", {})
+            result = fn(state)
+            update, event, train_s = dict(result.update), result.event, result.train_s
             llm_s = float(event.get("latency", 0.0))
-            train_s = float(update.pop("_train_s", 0.0))
             now = time.perf_counter()
             # Time since the previous node ended also covers LangGraph's own checkpoint writes.
             elapsed = now - (self.d._last_end if self.d._last_end is not None else start)
@@ -92,7 +100,7 @@ class Nodes:
         node.__name__ = name
         return node
 
-    def _pending_fix(self, state: LoopState, update: dict) -> dict | None:
+    def _pending_fix(self, state: AttemptState, update: dict) -> dict | None:
         """The rule fix for the outcome just set, while the draft has fixes left; None otherwise."""
         outcome = update["outcome"]
         fixes = update.get("fixes", state.get("fixes", 0))
@@ -103,7 +111,7 @@ class Nodes:
         return {"code": fix.code, "rule": fix.rule, "description": fix.description} if fix else None
 
     # -- agents ------------------------------------------------------------------------------
-    def improve(self, state: LoopState) -> dict:
+    def improve(self, state: LoopState) -> NodeResult:
         history = _history(state)
         last = history[-1] if history else None
         window = prompt_improver.window(history, self.d.cfg.loop.history_k)
@@ -112,27 +120,27 @@ class Nodes:
                                                novelty_threshold=self.d.cfg.loop.novelty_threshold)
         event = {**_llm_event(meta), "triple": triple.model_dump(), "parse_mode": meta.parse_mode,
                  "repeated": meta.repeated}
-        return {"triple": triple.model_dump(), "code": None, "cut": False, "outcome": None, "repairs": 0, "fixes": 0,
-                "first_status": None, "arch_id": None, "drafts": [], "novelty": None, "nearest": None,
-                "blocks": [], "_event": event}
+        return NodeResult({"triple": triple.model_dump(), "attempt": None}, event)
 
-    def retrieve(self, state: LoopState) -> dict:
+    def retrieve(self, state: LoopState) -> NodeResult:
         if self.d.retrieve is None:
-            return {"blocks": [], "_event": {"enabled": False}}
+            return NodeResult({"blocks": []}, {"enabled": False})
         blocks, info = self.d.retrieve(_task(state), Triple(**state["triple"]))
-        return {"blocks": blocks, "_event": {"enabled": True, **info}}
+        return NodeResult({"blocks": blocks}, {"enabled": True, **info})
 
-    def _draft(self, state: LoopState, llm, instruction: str) -> code_generator.Generation:
+    # -- the attempt subgraph ------------------------------------------------------------------
+    def _draft(self, state: AttemptState, llm, instruction: str) -> code_generator.Generation:
         window = prompt_improver.window(_history(state), self.d.cfg.loop.history_k)
         return code_generator.generate(llm, _task(state), instruction, window, _best(state), state.get("blocks") or [],
                                        novelty_threshold=self.d.cfg.loop.novelty_threshold)
 
-    def generate(self, state: LoopState) -> dict:
+    def generate(self, state: AttemptState) -> NodeResult:
         gen = self._draft(state, _llm_for(self.d, state), Triple(**state["triple"]).as_instruction())
-        return {"code": gen.code, "cut": gen.cut,
-                "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code, "cut": gen.cut}}
+        cand = Candidate.of(gen.code)
+        return NodeResult({"code": gen.code, "cut": gen.cut, "candidate": cand.to_state()},
+                          {**_llm_event(gen), "code_hash": _code_hash(cand), "code": gen.code, "cut": gen.cut})
 
-    def repair(self, state: LoopState) -> dict:
+    def repair(self, state: AttemptState) -> NodeResult:
         outcome = state["outcome"]
         # Each further attempt samples hotter: the 1.5B model, asked at the same temperature, often
         # returned its input unchanged.
@@ -151,20 +159,24 @@ class Nodes:
             gen = code_generator.repair(llm, _task(state), state["code"], outcome["error"], outcome["status"],
                                         outcome.get("diagnosis"))
         # A new draft gets its own rule fixes: a redraft needs them as much as the first draft did.
-        return {"code": gen.code, "cut": gen.cut, "repairs": state.get("repairs", 0) + 1, "fixes": 0, "outcome": None,
-                "_event": {**_llm_event(gen), "code_hash": _safe_id(gen.code), "code": gen.code, "cut": gen.cut,
-                           "repairing": outcome["status"], "mode": mode, "temperature": temperature}}
+        cand = Candidate.of(gen.code)
+        return NodeResult({"code": gen.code, "cut": gen.cut, "candidate": cand.to_state(),
+                           "repairs": state.get("repairs", 0) + 1, "fixes": 0, "outcome": None},
+                          {**_llm_event(gen), "code_hash": _code_hash(cand), "code": gen.code, "cut": gen.cut,
+                           "repairing": outcome["status"], "mode": mode, "temperature": temperature})
 
     # -- tools -------------------------------------------------------------------------------
-    def fix(self, state: LoopState) -> dict:
+    def fix(self, state: AttemptState) -> NodeResult:
         fix = state.get("pending_fix")
         if fix is None:  # the router only comes here when a rule applies
             raise ValueError("fix ran without an applicable rule")
-        return {"code": fix["code"], "fixes": state.get("fixes", 0) + 1, "outcome": None, "stats": {"rule_fixes": 1},
-                "_event": {"rule": fix["rule"], "description": fix["description"], "code_hash": _safe_id(fix["code"]),
-                           "code": fix["code"], "repairing": state["outcome"]["status"]}}
+        cand = Candidate.of(fix["code"])
+        return NodeResult({"code": fix["code"], "candidate": cand.to_state(), "fixes": state.get("fixes", 0) + 1,
+                           "outcome": None, "stats": {"rule_fixes": 1}},
+                          {"rule": fix["rule"], "description": fix["description"], "code_hash": _code_hash(cand),
+                           "code": fix["code"], "repairing": state["outcome"]["status"]})
 
-    def check(self, state: LoopState) -> dict:
+    def check(self, state: AttemptState) -> NodeResult:
         code = state["code"]
         # A reply with no module (prose only) is a failed attempt to repair, not an empty architecture
         # to fingerprint: every such reply would otherwise count as a "duplicate" of the empty module.
@@ -175,24 +187,24 @@ class Nodes:
         update: dict = {"outcome": outcome.model_dump() if outcome else None}
         if state.get("first_status") is None and outcome is not None:
             update["first_status"] = outcome.status
-        update["_event"] = {"status": outcome.status if outcome else "pass",
-                            "error": outcome.error if outcome else "",
-                            "diagnosis": outcome.diagnosis.kind if outcome and outcome.diagnosis else None}
-        return update
+        return NodeResult(update, {"status": outcome.status if outcome else "pass",
+                                   "error": outcome.error if outcome else "",
+                                   "diagnosis": outcome.diagnosis.kind if outcome and outcome.diagnosis else None})
 
-    def fingerprint(self, state: LoopState) -> dict:
-        code, task = state["code"], _task(state)
-        arch_id = canonical_id(code)
+    def fingerprint(self, state: AttemptState) -> NodeResult:
+        """The lookup half of the store's cache-or-evaluate (`Store.cached`), plus novelty; the
+        evaluate node is the other half (`Store.record_new`)."""
+        cand, task = Candidate.from_state(state["candidate"]), _task(state)
+        arch_id = cand.arch_id
         # A repair is measured against earlier designs, not against the drafts it was repaired from.
         drafts = state.get("drafts") or []
-        novelty, nearest = self.d.store.novelty(code, exclude=drafts)
+        novelty, nearest = self.d.store.novelty(cand, exclude=drafts)
         update: dict = {"arch_id": arch_id, "novelty": novelty, "nearest": nearest, "outcome": None,
                         "drafts": drafts if arch_id in drafts else [*drafts, arch_id]}
-        cached = self.d.store.lookup(arch_id, task.dataset, task.epochs, self.d.prm)
+        cached = self.d.store.cached(cand, task.dataset, task.epochs, self.d.prm, run_id=state["run_id"],
+                                     iteration=state.get("iteration", 0) + 1)
         status = "new"
         if cached is not None:
-            self.d.store.record_cache_hit(arch_id, cached.id, run_id=state["run_id"],
-                                          iteration=state.get("iteration", 0) + 1)
             previous = cached.to_outcome()
             if repairable(previous.model_dump()):
                 # Not a duplicate design but the same broken code again: it keeps its failure, and the
@@ -209,38 +221,41 @@ class Nodes:
             update["outcome"] = outcome.model_dump()
             if state.get("first_status") is None:
                 update["first_status"] = outcome.status
-        update["_event"] = {"code_hash": arch_id, "novelty": novelty, "nearest": nearest, "status": status}
-        return update
+        return NodeResult(update, {"code_hash": arch_id, "novelty": novelty, "nearest": nearest, "status": status})
 
-    def evaluate(self, state: LoopState) -> dict:
+    def evaluate(self, state: AttemptState) -> NodeResult:
         task, run_id = _task(state), state["run_id"]
         iteration = state.get("iteration", 0) + 1
-        arch_id = state["arch_id"]
+        cand = Candidate.from_state(state["candidate"])
+        arch_id = cand.arch_id
         # Idempotent across a crash: if this very attempt was recorded before the checkpoint, reuse it.
         done = self.d.store.run_evaluation(run_id, iteration, arch_id)
         if done is not None:
             outcome = done.to_outcome()
         else:
             self.d.llm.release_for_training()
-            req = EvalRequest.from_config(self.d.cfg.evaluator, code=state["code"], dataset=task.dataset,
+            req = EvalRequest.from_config(self.d.cfg.evaluator, code=cand.code, dataset=task.dataset,
                                           epochs=task.epochs, prm=self.d.prm, max_params=task.max_params,
                                           max_flops=task.max_flops)
             outcome = self.d.evaluator.evaluate(req)
-            self.d.store.record_new(state["code"], f"llm:{self.d.llm.model}", outcome, dataset=task.dataset,
+            self.d.store.record_new(cand, f"llm:{self.d.llm.model}", outcome, dataset=task.dataset,
                                     epochs=task.epochs, prm=self.d.prm, hardware=self.d.hardware,
                                     run_id=run_id, iteration=iteration)
-        update: dict = {"outcome": outcome.model_dump(),
-                        "_train_s": sum(v for k, v in outcome.seconds.items() if k not in ("parse", "policy")),
-                        "_event": {"code_hash": arch_id, "status": outcome.status, "accuracy": outcome.accuracy,
-                                   "params": outcome.params, "flops": outcome.flops, "error": outcome.error,
-                                   "diagnosis": outcome.diagnosis.kind if outcome.diagnosis else None,
-                                   "stage_seconds": outcome.seconds, "reused": done is not None}}
+        update: dict = {"outcome": outcome.model_dump()}
         if state.get("first_status") is None:
             update["first_status"] = outcome.status
-        return update
+        return NodeResult(update,
+                          {"code_hash": arch_id, "status": outcome.status, "accuracy": outcome.accuracy,
+                           "params": outcome.params, "flops": outcome.flops, "error": outcome.error,
+                           "diagnosis": outcome.diagnosis.kind if outcome.diagnosis else None,
+                           "stage_seconds": outcome.seconds, "reused": done is not None},
+                          train_s=sum(v for k, v in outcome.seconds.items() if k not in ("parse", "policy")))
 
-    def record(self, state: LoopState) -> dict:
-        outcome = Outcome(**state["outcome"])
+    # -- back in the loop ----------------------------------------------------------------------
+    def record(self, state: LoopState) -> NodeResult:
+        attempt = state["attempt"]
+        outcome = Outcome(**attempt["outcome"])
+        arch_id = attempt.get("arch_id")  # None when the attempt ended before its fingerprint
         iteration = state.get("iteration", 0) + 1
         cached_ok = outcome.status == "duplicate" and outcome.detail.get("cached_status") == "ok"
         valid = outcome.status == "ok" or cached_ok
@@ -248,21 +263,21 @@ class Nodes:
             if outcome.status == "ok" and outcome.params is not None and outcome.flops is not None else None
         entry = HistoryEntry(iteration=iteration, triple=Triple(**state["triple"]), status=outcome.status,
                              accuracy=outcome.accuracy if valid else None, params=outcome.params,
-                             error=outcome.error, arch_id=state.get("arch_id") or "", novelty=state.get("novelty"),
+                             error=outcome.error, arch_id=arch_id or "", novelty=attempt.get("novelty"),
                              diagnosis=outcome.diagnosis.model_dump(exclude_defaults=True) if outcome.diagnosis else None,
                              same_as=same_as)
         best = state.get("best")
         if outcome.status == "ok" and outcome.accuracy is not None and (
                 best is None or outcome.accuracy > best["accuracy"]):
-            best = BestDesign(arch_id=state["arch_id"], code=state["code"], accuracy=outcome.accuracy,
+            best = BestDesign(arch_id=arch_id, code=attempt["code"], accuracy=outcome.accuracy,
                               params=outcome.params).model_dump()
         threshold = self.d.cfg.loop.novelty_threshold
         novel = outcome.status == "ok" and same_as is None and (
-            state.get("novelty") is None or state["novelty"] >= threshold)
+            attempt.get("novelty") is None or attempt["novelty"] >= threshold)
         stats = {
-            "valid_first_attempt": float(state.get("first_status") == "ok"),
+            "valid_first_attempt": float(attempt.get("first_status") == "ok"),
             "valid_after_repair": float(outcome.status == "ok"),
-            "repaired": float(outcome.status == "ok" and state.get("first_status") != "ok"),
+            "repaired": float(outcome.status == "ok" and attempt.get("first_status") != "ok"),
             "duplicates": float(outcome.status == "duplicate"),
             "novel": float(novel),
             "near_copies": float(outcome.status == "ok" and not novel),
@@ -275,17 +290,14 @@ class Nodes:
         reason = stop_reason(iteration, state["max_iterations"], active_s,
                              self.d.cfg.loop.time_budget_s, best["accuracy"] if best else None,
                              self.d.cfg.loop.target_accuracy)
-        return {"iteration": iteration, "history": [entry.model_dump()], "best": best, "stats": stats,
-                "stop_reason": reason,
-                "_event": {"status": outcome.status, "accuracy": outcome.accuracy, "params": outcome.params,
-                           "code_hash": state.get("arch_id"), "novelty": state.get("novelty"),
-                           "first_status": state.get("first_status"), "repairs": state.get("repairs", 0),
-                           "same_as": same_as,
-                           "error": outcome.error, "stop_reason": reason}}
+        return NodeResult({"iteration": iteration, "history": [entry.model_dump()], "best": best, "stats": stats,
+                           "stop_reason": reason},
+                          {"status": outcome.status, "accuracy": outcome.accuracy, "params": outcome.params,
+                           "code_hash": arch_id, "novelty": attempt.get("novelty"),
+                           "first_status": attempt.get("first_status"), "repairs": attempt.get("repairs", 0),
+                           "same_as": same_as, "error": outcome.error, "stop_reason": reason})
 
 
-def _safe_id(code: str) -> str | None:
-    try:
-        return canonical_id(code)
-    except SyntaxError:
-        return None
+def _code_hash(cand: Candidate) -> str | None:
+    """The id a trace shows for a draft: its architecture id, none for code that does not parse."""
+    return cand.arch_id if cand.parsed else None

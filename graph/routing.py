@@ -1,9 +1,10 @@
-"""Pure routing functions: state in, next node out. They raise on states the graph should never reach."""
+"""Pure routing functions: state in, next node out. They raise on states the graph should never reach.
+The attempt's routers end it with "done" (back to the loop, which records it)."""
 from __future__ import annotations
 
 from typing import Literal
 
-from .state import LoopState
+from .state import AttemptState, LoopState
 
 # Failures the generator can fix from the error text alone: static checks, build, and the shape check
 # (any exception on the dummy forward, e.g. an attribute used but never defined, counts as the latter),
@@ -12,7 +13,7 @@ REPAIRABLE = frozenset({"syntax", "forbidden", "build_error", "shape_error", "ov
 REPAIRABLE_STAGES = frozenset({"parse", "policy", "build", "shape"})
 
 
-def _status(state: LoopState) -> str | None:
+def _status(state: AttemptState) -> str | None:
     outcome = state.get("outcome")
     return outcome["status"] if outcome else None
 
@@ -22,26 +23,26 @@ def repairable(outcome: dict) -> bool:
         outcome["status"] == "runtime_error" and outcome.get("stage") in REPAIRABLE_STAGES)
 
 
-Attempt = Literal["fix", "repair", "record"]
+Attempt = Literal["fix", "repair", "done"]
 
 
-def _next_attempt(state: LoopState, max_repairs: int, max_fixes: int) -> Attempt:
+def _next_attempt(state: AttemptState, max_repairs: int, max_fixes: int) -> Attempt:
     """A rule-based fix when one applies (instant, no LLM), else an LLM repair, each within its bound."""
     outcome = state.get("outcome")
     if not outcome:
-        return "record"
+        return "done"
     # A rule knows its error exactly, whatever the stage (an in-place op fails only in the first backward).
     # The node that set the outcome found the fix (pending_fix); this only reads it.
     if state.get("fixes", 0) < max_fixes and state.get("pending_fix"):
         return "fix"
     if not repairable(outcome):
-        return "record"
+        return "done"
     if state.get("repairs", 0) < max_repairs:
         return "repair"
-    return "record"
+    return "done"
 
 
-def after_check(state: LoopState, max_repairs: int, max_fixes: int = 0) -> Literal["fingerprint", "fix", "repair", "record"]:
+def after_check(state: AttemptState, max_repairs: int, max_fixes: int = 0) -> Literal["fingerprint", "fix", "repair", "done"]:
     if state.get("code") is None:
         raise ValueError("check ran without a candidate")
     if _status(state) is None:
@@ -49,19 +50,19 @@ def after_check(state: LoopState, max_repairs: int, max_fixes: int = 0) -> Liter
     return _next_attempt(state, max_repairs, max_fixes)
 
 
-def after_fingerprint(state: LoopState, max_repairs: int, max_fixes: int = 0) -> Literal["evaluate", "fix", "repair", "record"]:
+def after_fingerprint(state: AttemptState, max_repairs: int, max_fixes: int = 0) -> Literal["evaluate", "fix", "repair", "done"]:
     if state.get("arch_id") is None:
         raise ValueError("fingerprint left no architecture id")
     status = _status(state)
     if status is None:
         return "evaluate"
     if status == "duplicate":
-        return "record"
+        return "done"
     # The exact code of an earlier failure (often a repair that echoed its input): repair it again.
     return _next_attempt(state, max_repairs, max_fixes)
 
 
-def after_evaluate(state: LoopState, max_repairs: int, max_fixes: int = 0) -> Attempt:
+def after_evaluate(state: AttemptState, max_repairs: int, max_fixes: int = 0) -> Attempt:
     if _status(state) is None:
         raise ValueError("evaluate left no outcome")
     return _next_attempt(state, max_repairs, max_fixes)

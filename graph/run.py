@@ -1,8 +1,9 @@
 """Start or resume one autonomous run: the graph, its SQLite checkpoint, its trace and its summary.
 
 A run lives in `<home>/runs/<run_id>/` (checkpoint.sqlite, trace.jsonl, run.json). LangGraph writes a
-checkpoint after every node, so `kill -9` loses at most the node in flight; resuming re-runs that node
-(the evaluate node first looks for its own result in the store, so nothing is trained or counted twice).
+checkpoint after every node, the attempt subgraph's nodes included, so `kill -9` loses at most the node
+in flight; resuming re-runs that node (the evaluate node first looks for its own result in the store,
+so nothing is trained or counted twice).
 """
 from __future__ import annotations
 
@@ -99,11 +100,11 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
                     retrieve=retrieve)
         graph = build_graph(Nodes(deps), cfg.loop.max_repairs, checkpointer=saver, max_fixes=cfg.loop.max_fixes)
         config = {"configurable": {"thread_id": run_id}}
-        snapshot = graph.get_state(config)
+        snapshot = graph.get_state(config, subgraphs=True)
         values = snapshot.values or {}
         if values:
             _check_resumable(values, task)
-            trace.truncate_from(values.get("step", 0))
+            trace.truncate_from(_resume_step(snapshot))
             total = iterations or values["max_iterations"]
             retasked = {"task": task.model_dump(), "user_goal": goal} if retask else {}
             # Finished before only if no task is left, not merely none to run: the live snapshot lists a
@@ -120,7 +121,7 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
         else:
             total = iterations or cfg.loop.iterations
             inputs = LoopState(run_id=run_id, max_iterations=total, task=task.model_dump(), user_goal=goal,
-                               iteration=0, step=0, history=[], best=None, stats={}, repairs=0, fixes=0)
+                               iteration=0, step=0, history=[], best=None, stats={})
             paths.meta.write_text(json.dumps({"run_id": run_id, "created": time.time(),
                                               "config": json.loads(cfg.model_dump_json())}, indent=1))
         config["recursion_limit"] = recursion_limit(total, cfg.loop.max_repairs, cfg.loop.max_fixes)
@@ -135,15 +136,34 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
             evaluator.close()
 
 
+def _resume_step(snapshot) -> int:
+    """The step a resumed run continues from: that of the innermost checkpoint (an attempt subgraph
+    in flight has run nodes past the loop's own checkpoint; their trace events stay)."""
+    step = snapshot.values.get("step", 0)
+    for task in snapshot.tasks:
+        if task.state is not None and getattr(task.state, "values", None):
+            step = max(step, _resume_step(task.state))
+    return step
+
+
 def _stream(graph, inputs, config) -> Iterator[tuple[str, dict, dict]]:
-    """Yield (node, its update, the state after it) as each node finishes."""
+    """Yield (node, its update, the loop's state) as each node finishes, the attempt subgraph's
+    nodes included (with the loop's state as of their attempt's start)."""
     pending: list[tuple[str, dict]] = []
-    for mode, payload in graph.stream(inputs, config, stream_mode=["updates", "values"]):
+    loop_state: dict = {}
+    for namespace, mode, payload in graph.stream(inputs, config, stream_mode=["updates", "values"], subgraphs=True):
+        if namespace:  # inside the attempt subgraph
+            if mode == "updates":
+                for node, update in payload.items():
+                    yield node, update or {}, loop_state
+            continue
         if mode == "updates":
             pending.extend((node, update or {}) for node, update in payload.items())
         else:  # "values" follows the updates of the same step
+            loop_state = payload
             for node, update in pending:
-                yield node, update, payload
+                if node != "attempt":  # its nodes were yielded as they ran
+                    yield node, update, payload
             pending = []
 
 

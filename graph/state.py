@@ -23,26 +23,50 @@ def add_counts(old: dict[str, float], new: dict[str, float]) -> dict[str, float]
 
 
 class LoopState(TypedDict, total=False):
+    """Run and iteration scope. One attempt at a design lives in its own subgraph (`AttemptState`)
+    and comes back as `attempt`."""
     run_id: str
     max_iterations: int
     task: dict[str, Any]                 # nasgraph.agents.code_generator.Task
     user_goal: str
     iteration: int                       # completed iterations; the one in flight is iteration + 1
-    step: Annotated[int, operator.add]   # node runs so far; trace events carry it (resume dedup)
+    step: Annotated[int, operator.add]   # node runs so far, subgraph nodes included; trace events carry it
     triple: dict[str, Any] | None        # the Prompt Improver's current triple
     blocks: list[str]                    # retrieved blocks for this iteration (RAG node, when enabled)
-    code: str | None                     # the candidate in flight
-    cut: bool                            # the reply behind it stopped at the token limit (code unfinished)
-    first_status: str | None             # status of the iteration's first attempt
-    repairs: int                         # LLM repairs spent on this iteration
-    fixes: int                           # rule-based fixes (nasgraph.tools.autofix) applied to the current draft
-    arch_id: str | None
-    drafts: list[str]                    # ids of this iteration's earlier attempts (not novelty rivals)
-    novelty: float | None
-    nearest: str | None
-    outcome: dict[str, Any] | None       # nasgraph.tools.evaluator.Outcome of the latest attempt
-    pending_fix: dict[str, Any] | None   # the rule fix decided for that outcome: {code, rule, description}
+    attempt: dict[str, Any] | None       # AttemptResult of this iteration's attempt subgraph
     history: Annotated[list[dict], keep_recent]   # nasgraph.agents.prompt_improver.HistoryEntry dicts
     best: dict[str, Any] | None          # nasgraph.agents.prompt_improver.BestDesign
     stats: Annotated[dict[str, float], add_counts]
     stop_reason: str | None
+
+
+class AttemptState(TypedDict, total=False):
+    """One iteration's attempt: draft -> check -> (fix | repair)* -> fingerprint -> evaluate.
+    Its own checkpointed subgraph; the parent hands in the first block and reads `AttemptResult`."""
+    # handed in by the parent, read-only here
+    run_id: str
+    task: dict[str, Any]
+    triple: dict[str, Any]
+    blocks: list[str]
+    history: list[dict]                  # the window's source
+    best: dict[str, Any] | None
+    iteration: int
+    # the attempt's own
+    step: Annotated[int, operator.add]
+    stats: Annotated[dict[str, float], add_counts]
+    code: str | None                     # the draft in flight
+    cut: bool                            # the reply behind it stopped at the token limit (code unfinished)
+    candidate: dict[str, Any] | None     # nasgraph.tools.candidate.Candidate of the draft (to_state)
+    arch_id: str | None                  # set by the fingerprint: the draft reached the cache and the store
+    first_status: str | None             # status of the first draft
+    repairs: int                         # LLM repairs spent
+    fixes: int                           # rule fixes (nasgraph.tools.autofix) applied to the current draft
+    drafts: list[str]                    # ids of the earlier drafts (not novelty rivals)
+    novelty: float | None
+    nearest: str | None
+    outcome: dict[str, Any] | None       # nasgraph.tools.evaluator.Outcome of the latest draft
+    pending_fix: dict[str, Any] | None   # the rule fix decided for that outcome: {code, rule, description}
+
+
+# What the attempt subgraph hands back to the loop.
+RESULT_KEYS = ("code", "arch_id", "first_status", "repairs", "novelty", "nearest", "outcome")

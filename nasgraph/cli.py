@@ -54,6 +54,7 @@ def _prm(args: argparse.Namespace) -> dict[str, Any]:
 # -- eval / reference ------------------------------------------------------------------------------
 def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin: str, as_json: bool,
                     console: Console) -> int:
+    from nasgraph.tools.candidate import Candidate
     from nasgraph.tools.evaluator import EvalRequest, Evaluator, static_check, training_recipe
     from nasgraph.tools.evaluator.harness import pick_device
     from nasgraph.tools.hardware import hardware_info
@@ -69,11 +70,13 @@ def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin
             outcome = static_check(code)
             arch_id, cache_hit = None, False
             if outcome is None:
+                cand = Candidate.of(code)
                 req = EvalRequest.from_config(cfg.evaluator, code=code, dataset=cfg.loop.dataset,
                                               epochs=cfg.loop.epochs, prm=prm)
-                outcome, arch_id, cache_hit = store.evaluate_cached(
-                    code, cfg.loop.dataset, cfg.loop.epochs, prm, lambda req=req: evaluator.evaluate(req),
+                outcome, cache_hit = store.evaluate_cached(
+                    cand, cfg.loop.dataset, cfg.loop.epochs, prm, lambda req=req: evaluator.evaluate(req),
                     origin=origin, hardware=hardware)
+                arch_id = cand.arch_id
             failed += not outcome.ok
             if as_json:
                 results.append({"file": name, "arch_id": arch_id, "cache_hit": cache_hit, **outcome.model_dump()})

@@ -3,7 +3,10 @@ designs are all distinct valid models, so every iteration trains for real on `di
 
 With the environment variable EXIT_AT_CHECKPOINT=K the process dies (os._exit, as abrupt as kill -9)
 when LangGraph is about to write its K-th checkpoint: the node before it has run, traced and saved
-its writes, and the checkpoint that would record them is never written."""
+its writes, and the checkpoint that would record them is never written. With EXIT_IN_ATTEMPT=1 it
+dies likewise inside the first attempt subgraph, at the checkpoint after its check node (the first
+one there to carry an outcome): the checkpoint after generate is on disk. The resumed process prints
+how many drafts it asked the LLM for."""
 import itertools
 import os
 import sys
@@ -27,15 +30,31 @@ def _exit_at_checkpoint(k: int) -> None:
     SqliteSaver.put = dying_put
 
 
+def _exit_in_attempt() -> None:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    put = SqliteSaver.put
+
+    def dying_put(self, config, checkpoint, metadata, new_versions):
+        if config["configurable"].get("checkpoint_ns", "").startswith("attempt:") and "outcome" in new_versions:
+            os._exit(9)
+        return put(self, config, checkpoint, metadata, new_versions)
+
+    SqliteSaver.put = dying_put
+
+
 def main(home: str, run_id: str, iterations: int, start_width: int) -> None:
     if os.environ.get("EXIT_AT_CHECKPOINT"):
         _exit_at_checkpoint(int(os.environ["EXIT_AT_CHECKPOINT"]))
+    if os.environ.get("EXIT_IN_ATTEMPT"):
+        _exit_in_attempt()
     cfg = load_config(home=home, evaluator={"threads": 1, "time_budget_s": 60, "batch_size": 32},
                       loop={"dataset": "digits", "max_repairs": 1, "prm": {"lr": 0.1}})
     widths = itertools.count(start_width)
     llm = ScriptedChatModel(improver=[], generator=[C.fenced(C.wide(next(widths))) for _ in range(200)])
     summary = run_loop(cfg, FakeHandle(llm), run_id=run_id, iterations=iterations)
     print("SUMMARY", summary["iterations"], flush=True)
+    print("DRAFTS", llm.calls.count("generator"), flush=True)
 
 
 if __name__ == "__main__":

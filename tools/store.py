@@ -13,7 +13,6 @@ reused. ``duplicate`` is never stored as an evaluation; a reuse is a row in ``ca
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sqlite3
@@ -27,6 +26,7 @@ from typing import Literal
 
 from nasgraph.errors import NasgraphError
 from nasgraph.tools import fingerprint as fp
+from nasgraph.tools.candidate import Candidate
 from nasgraph.tools.evaluator.outcome import Outcome
 
 SCHEMA_VERSION = 2
@@ -173,15 +173,6 @@ def _to_json(value: object) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def architecture_id(code: str) -> str:
-    """Canonical id; code that does not parse gets a hash of its raw text so it can still be stored."""
-    try:
-        return fp.canonical_id(code)
-    except (SyntaxError, ValueError, RecursionError):
-        raw = "\n".join(line.rstrip() for line in code.strip().splitlines())
-        return hashlib.sha256(("unparsed\0" + raw).encode("utf-8")).hexdigest()[:16]
-
-
 class Store:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path).expanduser()
@@ -314,32 +305,30 @@ class Store:
         except (sqlite3.Error, ValueError) as e:
             raise StoreError(f"store {self.path}: cannot load MinHash signatures: {e}") from e
 
-    def novelty(self, code: str, exclude: Collection[str] = ()) -> tuple[float, str | None]:
+    def novelty(self, cand: Candidate, exclude: Collection[str] = ()) -> tuple[float, str | None]:
         """(1 - max Jaccard estimate against every stored architecture but `exclude`, nearest id);
         (1.0, None) if there is none."""
         with self._lock:
             self._refresh_index()
-            return self._index.novelty_of(fp.minhash(code), exclude)
+            return self._index.novelty_of(cand.minhash, exclude)
 
-    def _insert_architecture(self, c: sqlite3.Connection, arch_id: str, code: str, origin: str) -> bool:
+    def _insert_architecture(self, c: sqlite3.Connection, cand: Candidate, origin: str) -> bool:
         """Inside a write transaction: inserts the architecture unless present. Returns is_new."""
-        if c.execute("SELECT 1 FROM architectures WHERE id = ?", (arch_id,)).fetchone():
+        if c.execute("SELECT 1 FROM architectures WHERE id = ?", (cand.arch_id,)).fetchone():
             return False
         if not isinstance(origin, str) or not origin:
             raise StoreError("origin must be a non-empty string such as 'reference' or 'llm:<model>'")
-        m = fp.minhash(code)
         self._refresh_index()  # under the write lock, so the novelty sees every committed design
-        novelty, nearest = self._index.novelty_of(m)
+        novelty, nearest = self._index.novelty_of(cand.minhash)
         c.execute("INSERT INTO architectures(id, code, origin, created, minhash, novelty, nearest_id) "
                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  (arch_id, code, origin, _now(), fp.minhash_to_bytes(m), novelty, nearest))
+                  (cand.arch_id, cand.code, origin, _now(), cand.signature_bytes, novelty, nearest))
         return True
 
-    def add_architecture(self, code: str, origin: str) -> tuple[str, bool]:
-        arch_id = architecture_id(code)
+    def add_architecture(self, cand: Candidate, origin: str) -> tuple[str, bool]:
         with self._write() as c:
-            is_new = self._insert_architecture(c, arch_id, code, origin)
-        return arch_id, is_new
+            is_new = self._insert_architecture(c, cand, origin)
+        return cand.arch_id, is_new
 
     def _resolve(self, arch_id_or_prefix: str) -> str:
         key = (arch_id_or_prefix or "").strip().lower()
@@ -439,42 +428,45 @@ class Store:
         with self._write() as c:
             return self._insert_cache_hit(c, arch_id, evaluation_id, run_id, iteration)
 
-    def evaluate_cached(self, code: str, dataset: str, epochs: int, prm: dict, evaluate: Callable[[], Outcome], *,
-                        origin: str, hardware: dict, run_id: str | None = None,
-                        iteration: int | None = None) -> tuple[Outcome, str, bool]:
-        """The dedup flow: a cached result for an equal architecture, or evaluate() once and record it.
+    def cached(self, cand: Candidate, dataset: str, epochs: int, prm: dict, *, run_id: str | None = None,
+               iteration: int | None = None) -> EvaluationRecord | None:
+        """The lookup half of cache-or-evaluate: the stored evaluation of an equal architecture under
+        the same dataset, epochs and training recipe, recorded as a cache hit; None if there is none."""
+        canonical_prm(prm)  # fail on a bad prm before the caller spends an evaluation on it
+        hit = self.lookup(cand.arch_id, dataset, epochs, prm)
+        if hit is not None:
+            self.record_cache_hit(cand.arch_id, hit.id, run_id=run_id, iteration=iteration)
+        return hit
 
-        Returns (outcome, arch_id, cache_hit). A cached outcome carries the stored fields plus
-        detail['cache_hit'] = True and detail['evaluation_id']. evaluate() runs outside any
-        transaction (it takes minutes); its result and a new architecture are then written together.
+    def record_new(self, cand: Candidate, origin: str, outcome: Outcome, *, dataset: str, epochs: int, prm: dict,
+                   hardware: dict, run_id: str | None = None, iteration: int | None = None) -> int:
+        """The recording half: the architecture (when new, with its MinHash and novelty) and its
+        evaluation in one transaction. Returns the evaluation id."""
+        with self._write() as c:
+            self._insert_architecture(c, cand, origin)
+            return self._insert_evaluation(c, cand.arch_id, outcome, dataset, epochs, prm, hardware, run_id, iteration)
+
+    def evaluate_cached(self, cand: Candidate, dataset: str, epochs: int, prm: dict,
+                        evaluate: Callable[[], Outcome], *, origin: str, hardware: dict, run_id: str | None = None,
+                        iteration: int | None = None) -> tuple[Outcome, bool]:
+        """Cache-or-evaluate: `cached`, else evaluate() once and `record_new`. The loop runs the same
+        two halves as separate graph nodes (its check and novelty sit between them).
+
+        Returns (outcome, cache_hit). The outcome's detail carries 'cache_hit' and 'evaluation_id'.
+        evaluate() runs outside any transaction (it takes minutes).
         """
-        arch_id = architecture_id(code)
-        canonical_prm(prm)  # fail on a bad prm before spending an evaluation on it
-        cached = self.lookup(arch_id, dataset, epochs, prm)
-        if cached is not None:
-            self.record_cache_hit(arch_id, cached.id, run_id=run_id, iteration=iteration)
-            out = cached.to_outcome()
-            out.detail = {**out.detail, "cache_hit": True, "evaluation_id": cached.id}
-            return out, arch_id, True
+        hit = self.cached(cand, dataset, epochs, prm, run_id=run_id, iteration=iteration)
+        if hit is not None:
+            out = hit.to_outcome()
+            out.detail = {**out.detail, "cache_hit": True, "evaluation_id": hit.id}
+            return out, True
         outcome = evaluate()
         if not isinstance(outcome, Outcome):
             raise StoreError(f"evaluate() must return an Outcome, got {type(outcome).__name__}")
-        _, eval_id = self.record_new(code, origin, outcome, dataset=dataset, epochs=epochs, prm=prm,
-                                     hardware=hardware, run_id=run_id, iteration=iteration)
+        eval_id = self.record_new(cand, origin, outcome, dataset=dataset, epochs=epochs, prm=prm,
+                                  hardware=hardware, run_id=run_id, iteration=iteration)
         outcome.detail = {**outcome.detail, "cache_hit": False, "evaluation_id": eval_id}
-        return outcome, arch_id, False
-
-    def record_new(self, code: str, origin: str, outcome: Outcome, *, dataset: str, epochs: int, prm: dict,
-                   hardware: dict, run_id: str | None = None, iteration: int | None = None) -> tuple[str, int]:
-        """Architecture (when new, with its MinHash and novelty) and its evaluation in one transaction.
-
-        For callers that ran the evaluation themselves; returns (arch_id, evaluation_id).
-        """
-        arch_id = architecture_id(code)
-        with self._write() as c:
-            self._insert_architecture(c, arch_id, code, origin)
-            eval_id = self._insert_evaluation(c, arch_id, outcome, dataset, epochs, prm, hardware, run_id, iteration)
-        return arch_id, eval_id
+        return outcome, False
 
     def run_evaluation(self, run_id: str, iteration: int, arch_id: str | None = None) -> EvaluationRecord | None:
         """The evaluation already recorded for this run's iteration (and architecture), if any.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from nasgraph.tools.candidate import Candidate
 from nasgraph.tools.evaluator.outcome import Outcome
 from nasgraph.tools.export import export_lemur, lemur_name
 from nasgraph.tools.store import Store
@@ -32,11 +33,12 @@ def _ok(acc: float, train_s: float) -> Outcome:
 def test_export_round_trip(tmp_path):
     store = Store(tmp_path / "store.db")
     prm_a, prm_b = {"lr": 0.01, "momentum": 0.9, "batch": 64}, {"lr": 0.05, "momentum": 0.8, "batch": 128}
-    _, arch, _ = store.evaluate_cached(CODE, "fashion_mnist", 1, prm_a, lambda: _ok(0.80, 8.0),
+    arch = Candidate.of(CODE).arch_id
+    store.evaluate_cached(Candidate.of(CODE), "fashion_mnist", 1, prm_a, lambda: _ok(0.80, 8.0),
                                        origin="llm:m", hardware=HW)
-    store.evaluate_cached(CODE, "fashion_mnist", 1, prm_b, lambda: _ok(0.86, 6.0), origin="llm:m", hardware=HW)
-    store.evaluate_cached(CODE, "fashion_mnist", 3, prm_a, lambda: _ok(0.89, 20.0), origin="llm:m", hardware=HW)
-    store.evaluate_cached(OTHER, "fashion_mnist", 1, prm_a, lambda: Outcome(status="shape_error", error="bad"),
+    store.evaluate_cached(Candidate.of(CODE), "fashion_mnist", 1, prm_b, lambda: _ok(0.86, 6.0), origin="llm:m", hardware=HW)
+    store.evaluate_cached(Candidate.of(CODE), "fashion_mnist", 3, prm_a, lambda: _ok(0.89, 20.0), origin="llm:m", hardware=HW)
+    store.evaluate_cached(Candidate.of(OTHER), "fashion_mnist", 1, prm_a, lambda: Outcome(status="shape_error", error="bad"),
                           origin="llm:m", hardware=HW)
 
     out = tmp_path / "lemur"

@@ -1,11 +1,13 @@
 """Canonical ids ignore what does not change the network and change with what does; novelty is 1 - Jaccard."""
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
 from nasgraph.tools.fingerprint import (
+    NUM_PERM,
     NoveltyIndex,
     canonical_id,
     minhash,
@@ -271,3 +273,16 @@ def test_index_scan_agrees_with_datasketch_among_thousands():
     assert key == "base" and novelty == pytest.approx(1.0 - near.jaccard(minhash(BASE)))
     random_best = max(near.jaccard(m) for m in stored)
     assert idx.novelty_of(near, exclude=["base"])[0] == pytest.approx(1.0 - random_best)
+
+
+def test_a_candidate_carries_its_identity_through_the_checkpoint():
+    from nasgraph.tools.candidate import Candidate, architecture_id
+
+    code = "import torch.nn as nn\n\nclass Net(nn.Module):\n    def forward(self, x):\n        return x\n"
+    cand = Candidate.of(code)
+    assert cand.parsed and cand.arch_id == canonical_id(code) == architecture_id(code)
+    assert len(cand.signature) == NUM_PERM and cand.minhash.jaccard(minhash(code)) == 1.0
+    back = Candidate.from_state(json.loads(json.dumps(cand.to_state())))  # what the SQLite checkpoint keeps
+    assert back == cand
+    broken = Candidate.of("def f(:\n")
+    assert not broken.parsed and broken.arch_id == architecture_id("def f(:\n  ") != cand.arch_id

@@ -89,3 +89,20 @@ def test_death_between_a_nodes_writes_and_its_checkpoint_resumes_exactly(tmp_pat
         assert [e["step"] for e in events] == list(range(len(events)))
         assert [e["iteration"] for e in events if e["node"] == "record"] == [1, 2]
         assert [e["node"] for e in events].count("improve") == 2
+
+
+def test_a_run_killed_inside_an_attempt_continues_that_attempt(tmp_path):
+    # The attempt is a checkpointed subgraph: dying after its generate node was saved must not draft
+    # the design again on resume (the LLM's minutes are the costliest part of an attempt).
+    env = {**os.environ, "NASGRAPH_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    first = subprocess.run([sys.executable, "-m", "tests.resume_driver", str(tmp_path), "kr", "2", "4"], cwd=ROOT,
+                           env={**env, "EXIT_IN_ATTEMPT": "1"}, capture_output=True, text=True)
+    assert first.returncode == 9, first.stderr[-2000:]
+    proc = _start(tmp_path, 44, iterations=2)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert "DRAFTS 1" in out  # only iteration 2 was drafted by the resumed process
+    events = list(read_events(RunPaths(tmp_path / "runs" / "kr").trace))
+    assert [e["step"] for e in events] == list(range(len(events)))
+    assert [e["node"] for e in events].count("generate") == 2
+    assert [e["iteration"] for e in events if e["node"] == "record"] == [1, 2]

@@ -11,8 +11,8 @@ def st(status=None, repairs=0, code="x", arch_id="a", stage=""):
 @pytest.mark.parametrize("status", sorted(routing.REPAIRABLE))
 def test_repairable_failures_go_to_repair_until_the_bound(status):
     assert routing.after_check(st(status, repairs=0), max_repairs=1) == "repair"
-    assert routing.after_check(st(status, repairs=1), max_repairs=1) == "record"
-    assert routing.after_check(st(status, repairs=0), max_repairs=0) == "record"
+    assert routing.after_check(st(status, repairs=1), max_repairs=1) == "done"
+    assert routing.after_check(st(status, repairs=0), max_repairs=0) == "done"
 
 
 def test_passing_check_goes_to_fingerprint():
@@ -25,7 +25,7 @@ def test_check_without_code_is_impossible():
 
 
 def test_duplicate_skips_training():
-    assert routing.after_fingerprint(st("duplicate"), max_repairs=1) == "record"
+    assert routing.after_fingerprint(st("duplicate"), max_repairs=1) == "done"
     assert routing.after_fingerprint(st(None), max_repairs=1) == "evaluate"
     with pytest.raises(ValueError):
         routing.after_fingerprint(st(None, arch_id=None), max_repairs=1)
@@ -33,11 +33,11 @@ def test_duplicate_skips_training():
 
 def test_repeat_of_a_failed_module_is_repaired_until_the_bound():
     assert routing.after_fingerprint(st("shape_error", repairs=1), max_repairs=2) == "repair"
-    assert routing.after_fingerprint(st("shape_error", repairs=2), max_repairs=2) == "record"
+    assert routing.after_fingerprint(st("shape_error", repairs=2), max_repairs=2) == "done"
 
 
-@pytest.mark.parametrize("status,expected", [("ok", "record"), ("build_error", "repair"), ("shape_error", "repair"),
-                                             ("timeout", "record"), ("nan_loss", "record"), ("over_budget", "repair")])
+@pytest.mark.parametrize("status,expected", [("ok", "done"), ("build_error", "repair"), ("shape_error", "repair"),
+                                             ("timeout", "done"), ("nan_loss", "done"), ("over_budget", "repair")])
 def test_after_evaluate(status, expected):
     assert routing.after_evaluate(st(status), max_repairs=2) == expected
 
@@ -63,7 +63,7 @@ def test_runtime_error_in_the_shape_check_is_repaired_but_not_in_training():
     # Regression: an attribute used in forward but never defined failed the dummy forward as a
     # runtime_error and went unrepaired.
     assert routing.after_evaluate(st("runtime_error", stage="shape"), max_repairs=1) == "repair"
-    assert routing.after_evaluate(st("runtime_error", stage="train"), max_repairs=1) == "record"
+    assert routing.after_evaluate(st("runtime_error", stage="train"), max_repairs=1) == "done"
 
 
 FIX = {"code": "fixed", "rule": "lazy_input_size", "description": "..."}
@@ -76,7 +76,7 @@ def test_a_known_mechanical_failure_goes_to_the_rule_fix_first():
     assert routing.after_evaluate(state, max_repairs=1, max_fixes=1) == "fix"
     assert routing.after_evaluate({**state, "pending_fix": None}, max_repairs=1, max_fixes=1) == "repair"
     assert routing.after_evaluate({**state, "fixes": 1}, max_repairs=1, max_fixes=1) == "repair"
-    assert routing.after_evaluate({**state, "fixes": 1, "repairs": 1}, max_repairs=1, max_fixes=1) == "record"
+    assert routing.after_evaluate({**state, "fixes": 1, "repairs": 1}, max_repairs=1, max_fixes=1) == "done"
     assert routing.after_evaluate(state, max_repairs=1, max_fixes=0) == "repair"
 
 
@@ -84,4 +84,4 @@ def test_a_training_failure_a_rule_knows_is_fixed_but_never_sent_to_the_llm():
     state = {"outcome": {"status": "runtime_error", "stage": "train", "error": "inplace operation"}, "code": "x",
              "repairs": 0, "fixes": 0, "pending_fix": FIX}
     assert routing.after_evaluate(state, max_repairs=1, max_fixes=1) == "fix"
-    assert routing.after_evaluate({**state, "fixes": 1}, max_repairs=1, max_fixes=1) == "record"
+    assert routing.after_evaluate({**state, "fixes": 1}, max_repairs=1, max_fixes=1) == "done"

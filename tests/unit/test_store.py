@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from nasgraph.tools.candidate import Candidate, architecture_id
 from nasgraph.tools.evaluator.outcome import Outcome
-from nasgraph.tools.store import SCHEMA_VERSION, Store, StoreError, architecture_id
+from nasgraph.tools.store import SCHEMA_VERSION, Store, StoreError
 
 REPO = Path(__file__).resolve().parents[2]
 HW = {"cpu": "test-cpu", "threads": 1, "device": "cpu", "torch": "x"}
@@ -61,15 +62,15 @@ def test_schema_created_with_version_wal_and_tables(tmp_path):
 
 
 def test_add_architecture_dedups_and_records_novelty(store):
-    a, new_a = store.add_architecture(CODE, "reference")
-    b, new_b = store.add_architecture(CODE_COMMENTED, "llm:test")
+    a, new_a = store.add_architecture(Candidate.of(CODE), "reference")
+    b, new_b = store.add_architecture(Candidate.of(CODE_COMMENTED), "llm:test")
     assert new_a and not new_b and a == b
-    c, new_c = store.add_architecture(OTHER, "llm:test")
+    c, new_c = store.add_architecture(Candidate.of(OTHER), "llm:test")
     assert new_c and c != a
     detail = store.architecture(c)
     assert detail.nearest_id == a and 0 < detail.novelty < 0.5
     assert store.architecture(a).novelty == 1.0 and store.architecture(a).origin == "reference"
-    assert store.novelty(CODE_COMMENTED) == (0.0, a)
+    assert store.novelty(Candidate.of(CODE_COMMENTED)) == (0.0, a)
 
 
 def test_cache_flow_evaluates_once_for_equal_architectures(store):
@@ -79,9 +80,11 @@ def test_cache_flow_evaluates_once_for_equal_architectures(store):
         calls.append(1)
         return ok(0.87)
 
-    out1, arch1, hit1 = store.evaluate_cached(CODE, "fashion-mnist", 1, PRM, evaluate, origin="llm:m",
+    c1, c2 = Candidate.of(CODE), Candidate.of(CODE_COMMENTED)
+    arch1, arch2 = c1.arch_id, c2.arch_id
+    out1, hit1 = store.evaluate_cached(c1, "fashion-mnist", 1, PRM, evaluate, origin="llm:m",
                                               hardware=HW, run_id="r1", iteration=0)
-    out2, arch2, hit2 = store.evaluate_cached(CODE_COMMENTED, "fashion-mnist", 1, dict(reversed(PRM.items())),
+    out2, hit2 = store.evaluate_cached(c2, "fashion-mnist", 1, dict(reversed(PRM.items())),
                                               evaluate, origin="llm:m", hardware=HW, run_id="r1", iteration=1)
     assert len(calls) == 1
     assert arch1 == arch2 and not hit1 and hit2
@@ -89,8 +92,8 @@ def test_cache_flow_evaluates_once_for_equal_architectures(store):
     assert out2.detail["cache_hit"] is True and out2.detail["evaluation_id"] == out1.detail["evaluation_id"]
     assert out2.epochs == out1.epochs and out2.seconds == out1.seconds
     # Different keys are different cache entries.
-    store.evaluate_cached(CODE, "fashion-mnist", 2, PRM, evaluate, origin="llm:m", hardware=HW)
-    store.evaluate_cached(CODE, "fashion-mnist", 1, {**PRM, "lr": 0.02}, evaluate, origin="llm:m", hardware=HW)
+    store.evaluate_cached(Candidate.of(CODE), "fashion-mnist", 2, PRM, evaluate, origin="llm:m", hardware=HW)
+    store.evaluate_cached(Candidate.of(CODE), "fashion-mnist", 1, {**PRM, "lr": 0.02}, evaluate, origin="llm:m", hardware=HW)
     assert len(calls) == 3
     stats = store.stats()
     assert stats["evaluations"] == 3 and stats["cache_hits"] == 1 and stats["architectures"] == 1
@@ -106,7 +109,7 @@ def test_transient_statuses_are_not_cached(store, status):
         return Outcome(status=status, stage="train", error="ran out")
 
     for _ in range(2):
-        out, _, hit = store.evaluate_cached(CODE, "ds", 1, PRM, evaluate, origin="x", hardware=HW)
+        out, hit = store.evaluate_cached(Candidate.of(CODE), "ds", 1, PRM, evaluate, origin="x", hardware=HW)
         assert not hit and out.status == status
     assert len(calls) == 2
 
@@ -118,20 +121,21 @@ def test_code_failures_are_cached(store):
         calls.append(1)
         return Outcome(status="shape_error", stage="shape", error="mat1 and mat2 shapes cannot be multiplied")
 
-    store.evaluate_cached(CODE, "ds", 1, PRM, evaluate, origin="x", hardware=HW)
-    out, _, hit = store.evaluate_cached(CODE, "ds", 1, PRM, evaluate, origin="x", hardware=HW)
+    store.evaluate_cached(Candidate.of(CODE), "ds", 1, PRM, evaluate, origin="x", hardware=HW)
+    out, hit = store.evaluate_cached(Candidate.of(CODE), "ds", 1, PRM, evaluate, origin="x", hardware=HW)
     assert hit and out.status == "shape_error" and "mat1" in out.error and len(calls) == 1
 
 
 def test_syntax_error_code_is_stored_too(store):
     bad = "class Net(nn.Module:\n    pass\n"
-    out, arch, hit = store.evaluate_cached(bad, "ds", 1, PRM, lambda: Outcome(status="syntax", stage="parse"),
+    arch = Candidate.of(bad).arch_id
+    out, hit = store.evaluate_cached(Candidate.of(bad), "ds", 1, PRM, lambda: Outcome(status="syntax", stage="parse"),
                                            origin="llm:m", hardware=HW)
     assert not hit and arch == architecture_id(bad) and store.architecture(arch).code == bad
 
 
 def test_lookup_record_and_explicit_cache_hit(store):
-    arch, _ = store.add_architecture(CODE, "reference")
+    arch, _ = store.add_architecture(Candidate.of(CODE), "reference")
     assert store.lookup(arch, "ds", 1, PRM) is None
     eid = store.record_evaluation(arch, ok(0.5), dataset="ds", epochs=1, prm=PRM, hardware=HW)
     eid2 = store.record_evaluation(arch, ok(0.6), dataset="ds", epochs=1, prm=PRM, hardware=HW)
@@ -143,7 +147,7 @@ def test_lookup_record_and_explicit_cache_hit(store):
 
 
 def test_bad_requests_raise_store_error(store):
-    arch, _ = store.add_architecture(CODE, "reference")
+    arch, _ = store.add_architecture(Candidate.of(CODE), "reference")
     with pytest.raises(StoreError, match="unknown architecture"):
         store.record_evaluation("0" * 16, ok(), dataset="ds", epochs=1, prm=PRM, hardware=HW)
     with pytest.raises(StoreError, match="cache hit"):
@@ -157,7 +161,7 @@ def test_bad_requests_raise_store_error(store):
 
 
 def test_prefix_lookup_and_ambiguity(store):
-    ids = [store.add_architecture(CODE.replace("16", str(c)), "x")[0] for c in range(8, 80)]
+    ids = [store.add_architecture(Candidate.of(CODE.replace("16", str(c))), "x")[0] for c in range(8, 80)]
     target = ids[0]
     # The shortest prefix that is unique resolves; a shared one is ambiguous.
     for n in range(1, 17):
@@ -179,9 +183,9 @@ def test_prefix_lookup_and_ambiguity(store):
 def test_listing_best_and_stats(store):
     accs = {CODE: 0.8, OTHER: 0.9, CODE.replace("16", "32"): 0.7}
     for code, acc in accs.items():
-        store.evaluate_cached(code, "fm", 1, PRM, lambda a=acc: ok(a), origin="llm:m", hardware=HW)
-    store.evaluate_cached(CODE, "fm", 1, {"lr": 1.0}, lambda: ok(0.95), origin="llm:m", hardware=HW)
-    store.evaluate_cached(CODE.replace("16", "40"), "fm", 1, PRM, lambda: Outcome(status="nan_loss"),
+        store.evaluate_cached(Candidate.of(code), "fm", 1, PRM, lambda a=acc: ok(a), origin="llm:m", hardware=HW)
+    store.evaluate_cached(Candidate.of(CODE), "fm", 1, {"lr": 1.0}, lambda: ok(0.95), origin="llm:m", hardware=HW)
+    store.evaluate_cached(Candidate.of(CODE.replace("16", "40")), "fm", 1, PRM, lambda: Outcome(status="nan_loss"),
                           origin="llm:m", hardware=HW)
     best = store.best("fm", k=3)
     assert [round(b.accuracy, 2) for b in best] == [0.95, 0.9, 0.7]  # one per architecture
@@ -203,16 +207,17 @@ def test_exception_inside_transaction_leaves_no_half_record(store, monkeypatch):
 
     monkeypatch.setattr(Store, "_insert_evaluation", failing_insert)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        store.evaluate_cached(CODE, "ds", 1, PRM, ok, origin="x", hardware=HW)
+        store.evaluate_cached(Candidate.of(CODE), "ds", 1, PRM, ok, origin="x", hardware=HW)
     monkeypatch.undo()
     assert store.stats()["architectures"] == 0  # the architecture insert was rolled back with it
-    assert store.novelty(CODE) == (1.0, None)
-    _, _, hit = store.evaluate_cached(CODE, "ds", 1, PRM, ok, origin="x", hardware=HW)
+    assert store.novelty(Candidate.of(CODE)) == (1.0, None)
+    _, hit = store.evaluate_cached(Candidate.of(CODE), "ds", 1, PRM, ok, origin="x", hardware=HW)
     assert not hit and store.integrity_check() == "ok"
 
 
 CHILD = textwrap.dedent('''
     import sys, time
+    from nasgraph.tools.candidate import Candidate
     from nasgraph.tools.store import Store
     from nasgraph.tools.evaluator.outcome import Outcome
 
@@ -224,7 +229,7 @@ CHILD = textwrap.dedent('''
         return eid
     Store._insert_evaluation = stalled
     store = Store(sys.argv[1])
-    store.evaluate_cached(sys.argv[2], "ds", 1, {"lr": 0.1}, lambda: Outcome(status="ok", accuracy=0.5),
+    store.evaluate_cached(Candidate.of(sys.argv[2]), "ds", 1, {"lr": 0.1}, lambda: Outcome(status="ok", accuracy=0.5),
                           origin="child", hardware={})
 ''')
 
@@ -232,7 +237,7 @@ CHILD = textwrap.dedent('''
 def test_killed_mid_write_leaves_store_consistent(tmp_path):
     path = tmp_path / "store.db"
     with Store(path) as s:
-        s.evaluate_cached(OTHER, "ds", 1, PRM, ok, origin="parent", hardware=HW)
+        s.evaluate_cached(Candidate.of(OTHER), "ds", 1, PRM, ok, origin="parent", hardware=HW)
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), CODE], cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
@@ -251,16 +256,17 @@ def test_killed_mid_write_leaves_store_consistent(tmp_path):
         assert s.stats()["architectures"] == 1 and s.stats()["evaluations"] == 1
         assert s.lookup(architecture_id(CODE), "ds", 1, {"lr": 0.1}) is None
         # The lock died with the child: writing works again.
-        _, arch, hit = s.evaluate_cached(CODE, "ds", 1, {"lr": 0.1}, ok, origin="parent", hardware=HW)
+        arch = Candidate.of(CODE).arch_id
+        _, hit = s.evaluate_cached(Candidate.of(CODE), "ds", 1, {"lr": 0.1}, ok, origin="parent", hardware=HW)
         assert not hit and s.architecture(arch).origin == "parent"
 
 
 def test_second_connection_sees_committed_writes(tmp_path):
     path = tmp_path / "store.db"
     with Store(path) as writer, Store(path) as reader:
-        assert reader.novelty(CODE) == (1.0, None)
-        arch, _ = writer.add_architecture(CODE, "x")
-        assert reader.novelty(CODE) == (0.0, arch)  # the index reloads signatures committed elsewhere
+        assert reader.novelty(Candidate.of(CODE)) == (1.0, None)
+        arch, _ = writer.add_architecture(Candidate.of(CODE), "x")
+        assert reader.novelty(Candidate.of(CODE)) == (0.0, arch)  # the index reloads signatures committed elsewhere
         writer.record_evaluation(arch, ok(), dataset="ds", epochs=1, prm=PRM, hardware=HW)
         assert reader.lookup(arch, "ds", 1, PRM).accuracy == 0.85
 
@@ -296,14 +302,16 @@ def test_newer_schema_and_directory_path_are_refused(tmp_path):
 
 
 def test_record_new_and_run_evaluation(store):
-    arch, eid = store.record_new(CODE, "llm:m", ok(0.7), dataset="ds", epochs=1, prm=PRM, hardware=HW,
+    arch = Candidate.of(CODE).arch_id
+    eid = store.record_new(Candidate.of(CODE), "llm:m", ok(0.7), dataset="ds", epochs=1, prm=PRM, hardware=HW,
                                  run_id="run", iteration=4)
     assert arch == architecture_id(CODE_COMMENTED)
     assert store.run_evaluation("run", 4, arch).id == eid
     assert store.run_evaluation("run", 4).accuracy == 0.7
     assert store.run_evaluation("run", 5) is None and store.run_evaluation("other", 4) is None
     assert store.run_evaluation("run", 4, "0" * 16) is None
-    arch2, _ = store.record_new(CODE_COMMENTED, "llm:other", ok(0.71), dataset="ds", epochs=1, prm=PRM,
+    arch2 = Candidate.of(CODE_COMMENTED).arch_id
+    store.record_new(Candidate.of(CODE_COMMENTED), "llm:other", ok(0.71), dataset="ds", epochs=1, prm=PRM,
                                 hardware=HW, run_id="run", iteration=5)
     assert arch2 == arch and store.architecture(arch).origin == "llm:m"  # first origin kept
 
@@ -313,7 +321,8 @@ def test_a_schema_1_store_gains_the_diagnosis_column_and_keeps_its_rows(tmp_path
 
     path = tmp_path / "old.db"
     s = Store(path)
-    arch, _ = s.record_new(CODE, "llm:m", ok(0.7), dataset="ds", epochs=1, prm=PRM, hardware=HW)
+    arch = Candidate.of(CODE).arch_id
+    s.record_new(Candidate.of(CODE), "llm:m", ok(0.7), dataset="ds", epochs=1, prm=PRM, hardware=HW)
     s.close()
     conn = sqlite3.connect(path)  # make it a store as schema 1 wrote it
     conn.execute("ALTER TABLE evaluations DROP COLUMN diagnosis")
@@ -325,7 +334,8 @@ def test_a_schema_1_store_gains_the_diagnosis_column_and_keeps_its_rows(tmp_path
         assert s.lookup(arch, "ds", 1, PRM).diagnosis is None
         failed = Outcome(status="shape_error", stage="shape", error="mat1 and mat2",
                          diagnosis=Diagnosis(kind="linear_size", module_path="fc", got=[3136], expected=[784]))
-        arch2, _ = s.record_new(CODE_COMMENTED.replace("fwd", "forward pass"), "llm:m", failed, dataset="ds",
+        arch2 = Candidate.of(CODE_COMMENTED.replace("fwd", "forward pass")).arch_id
+        s.record_new(Candidate.of(CODE_COMMENTED.replace("fwd", "forward pass")), "llm:m", failed, dataset="ds",
                                 epochs=1, prm=PRM, hardware=HW)
         again = s.lookup(arch2, "ds", 1, PRM).to_outcome()
         assert again.diagnosis == failed.diagnosis  # a cached failure keeps its facts for the rules
