@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "home", None):
         o["home"] = Path(args.home)
     ev: dict[str, Any] = {}
-    for key in ("threads", "time_budget_s", "max_params", "device"):
+    for key in ("threads", "time_budget_s", "max_params", "device", "workers"):
         if getattr(args, key, None) is not None:
             ev[key] = getattr(args, key)
     if ev:
@@ -54,38 +55,61 @@ def _prm(args: argparse.Namespace) -> dict[str, Any]:
 # -- eval / reference ------------------------------------------------------------------------------
 def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin: str, as_json: bool,
                     console: Console) -> int:
+    """Evaluate files `evaluator.workers` at a time; results print in the order the files were given.
+    Files with the same architecture go to one worker in turn, so it trains once and the rest are
+    cache hits."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from nasgraph.tools.candidate import Candidate
-    from nasgraph.tools.evaluator import EvalRequest, Evaluator, static_check, training_recipe
+    from nasgraph.tools.evaluator import EvalRequest, Evaluator, default_workers, static_check, training_recipe
     from nasgraph.tools.evaluator.harness import pick_device
     from nasgraph.tools.hardware import hardware_info
     from nasgraph.tools.store import Store
     from nasgraph.views import outcome_table
 
     store = Store(cfg.store_path)
-    hardware = hardware_info(cfg.evaluator.threads, str(pick_device(cfg.evaluator.device)))
-    results, failed = [], 0
+    device = str(pick_device(cfg.evaluator.device))
+    hardware = hardware_info(cfg.evaluator.threads, device)
     prm = training_recipe(cfg.evaluator, prm)
-    with Evaluator(cfg.data_dir) as evaluator:
-        for name, code in files:
+    groups: dict[str, list[int]] = {}
+    for i, (_, code) in enumerate(files):
+        groups.setdefault(Candidate.of(code).arch_id, []).append(i)
+    workers = min(default_workers(cfg.evaluator, device), len(groups))
+    if device == "cpu" and workers * cfg.evaluator.threads > (os.cpu_count() or 1) and not as_json:
+        console.print(f"[yellow]{workers} workers x {cfg.evaluator.threads} threads exceed this machine's "
+                      f"{os.cpu_count()} cores: candidates will slow each other down (--threads)[/]")
+    results: list[tuple[str | None, bool, Any] | None] = [None] * len(files)
+
+    def evaluate(evaluator: Evaluator, indices: list[int]) -> None:
+        for i in indices:
+            code = files[i][1]
             outcome = static_check(code)
-            arch_id, cache_hit = None, False
-            if outcome is None:
-                cand = Candidate.of(code)
-                req = EvalRequest.from_config(cfg.evaluator, code=code, dataset=cfg.loop.dataset,
-                                              epochs=cfg.loop.epochs, prm=prm)
-                outcome, cache_hit = store.evaluate_cached(
-                    cand, cfg.loop.dataset, cfg.loop.epochs, prm, lambda req=req: evaluator.evaluate(req),
-                    origin=origin, hardware=hardware)
-                arch_id = cand.arch_id
-            failed += not outcome.ok
-            if as_json:
-                results.append({"file": name, "arch_id": arch_id, "cache_hit": cache_hit, **outcome.model_dump()})
-            else:
-                console.print(outcome_table(f"{name}  [dim]{arch_id or ''}[/]", outcome, cache_hit))
-    store.close()
+            if outcome is not None:
+                results[i] = (None, False, outcome)
+                continue
+            cand = Candidate.of(code)
+            req = EvalRequest.from_config(cfg.evaluator, code=code, dataset=cfg.loop.dataset,
+                                          epochs=cfg.loop.epochs, prm=prm)
+            outcome, cache_hit = store.evaluate_cached(cand, cfg.loop.dataset, cfg.loop.epochs, prm,
+                                                       lambda req=req: evaluator.evaluate(req),
+                                                       origin=origin, hardware=hardware)
+            results[i] = (cand.arch_id, cache_hit, outcome)
+
+    try:
+        with Evaluator(cfg.data_dir, workers=workers) as evaluator, ThreadPoolExecutor(workers) as pool:
+            for f in [pool.submit(evaluate, evaluator, indices) for indices in groups.values()]:
+                f.result()
+    finally:
+        store.close()
+    payload = []
+    for (name, _), (arch_id, cache_hit, outcome) in zip(files, results):
+        if as_json:
+            payload.append({"file": name, "arch_id": arch_id, "cache_hit": cache_hit, **outcome.model_dump()})
+        else:
+            console.print(outcome_table(f"{name}  [dim]{arch_id or ''}[/]", outcome, cache_hit))
     if as_json:
-        print(json.dumps(results[0] if len(results) == 1 else results))
-    return EXIT_FAIL if failed else 0
+        print(json.dumps(payload[0] if len(payload) == 1 else payload))
+    return EXIT_FAIL if any(not outcome.ok for _, _, outcome in results) else 0
 
 
 def cmd_eval(args, cfg: Config, console: Console) -> int:
@@ -250,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate model file(s) under the model contract")
     e.add_argument("files", nargs="+", metavar="FILE")
+    e.add_argument("--workers", type=int, help="candidates evaluated at once (default: evaluator.workers, "
+                                               "else from the hardware)")
     train_flags(e)
     prm_flags(e)
     r = sub.add_parser("reference", help="evaluate the built-in reference models")

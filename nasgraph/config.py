@@ -39,6 +39,10 @@ class EvaluatorConfig(BaseModel):
     timeout_grace_s: float = Field(60.0, ge=1, description="wall-clock slack beyond the training budget")
     max_output_mb: int = Field(16, ge=1, description="cap on what a candidate may print or write")
     setup_timeout_s: float = Field(60.0, gt=0, description="wall-clock limit for build + shape check + measure")
+    workers: int = Field(0, ge=0, description="candidates evaluated at once; 0: from the hardware "
+                                              "(CPU: cores // threads, GPU: 4 per card)")
+    gpu_memory_fraction: float = Field(0.0, ge=0.0, le=1.0,
+                                       description="share of the GPU's memory one candidate may hold; 0: 1/workers")
 
 
 class LLMConfig(BaseModel):

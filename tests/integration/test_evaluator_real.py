@@ -72,7 +72,7 @@ def test_twenty_candidates_leak_nothing(tmp_path):
     with Evaluator(tmp_path / "data") as ev:
         warm = ev.evaluate(EvalRequest(code=TINY.format(width=4, hook="pass"), dataset="digits", threads=1))
         assert warm.status == "ok", warm.error  # dataset cached, file descriptors settled
-        base = ev._parent.base
+        base = ev.sandbox_dirs[0]
         fds_here, fds_warm = _fds(), _fds(ev.warm_pid)
         statuses = []
         for i in range(20):

@@ -75,6 +75,22 @@ def test_eval_json_then_cache_hit_then_store(tmp_path):
     assert list((out / "nn").glob("*.py"))
 
 
+def test_eval_several_files_at_once_in_their_order(tmp_path):
+    files = []
+    for name, code in (("a.py", C.wide(5)), ("bad.py", C.FORBIDDEN), ("b.py", C.wide(6)), ("same.py", C.wide(5))):
+        (tmp_path / name).write_text(code)
+        files.append(str(tmp_path / name))
+    p = nasgraph(tmp_path, "eval", *files, "--workers", "2", "--dataset", "digits", "--threads", "1",
+                 "--batch", "32", "--lr", "0.1", "--json")
+    assert p.returncode == 1, p.stderr  # one file failed
+    out = json.loads(p.stdout)
+    assert [Path(r["file"]).name for r in out] == ["a.py", "bad.py", "b.py", "same.py"]
+    assert [r["status"] for r in out] == ["ok", "forbidden", "ok", "ok"]
+    # the same architecture trains once, whatever the number of workers
+    assert [r["cache_hit"] for r in out] == [False, False, False, True] and out[3]["arch_id"] == out[0]["arch_id"]
+    assert_clean_error(nasgraph(tmp_path, "eval", files[0], "--workers", "-1", "--dataset", "digits"), "workers")
+
+
 def test_failed_candidate_exits_non_zero_with_typed_outcome(tmp_path):
     f = tmp_path / "bad.py"
     f.write_text(C.FORBIDDEN)

@@ -104,7 +104,7 @@ def run(env, request, code: str, *, policy: bool = True, **kw) -> Outcome:
     db.commit()
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     # nothing the candidate started survives it
-    assert _candidate_pids(ev._parent.base) == set()
+    assert _candidate_pids(ev.sandbox_dirs[0]) == set()
     if ev.warm_pid:
         assert _children_of(ev.warm_pid) == []
     return out

@@ -1,7 +1,8 @@
 """The evaluator tool: static checks in this process, everything else in a sandboxed child.
 
-    with Evaluator(cfg.data_dir) as ev:
+    with Evaluator(cfg.data_dir, workers=2) as ev:
         out = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=text, dataset="fashion-mnist"))
+        futures = [ev.submit(req) for req in requests]     # several at once, collected later
 
 Stages: parse -> policy (here) -> build -> shape -> measure -> train -> test (in a child forked from
 a warm parent that already holds torch and the dataset). Each stage is timed into `Outcome.seconds`
@@ -14,8 +15,11 @@ determined attacker; run nasgraph in a container when the code may be hostile.
 from __future__ import annotations
 
 import json
+import os
+import queue
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +31,8 @@ from .outcome import STAGES, Outcome, Status
 from .policy import check_policy, check_syntax, static_check
 from .sandbox import EvaluatorUnavailable, WarmParent
 
-__all__ = ["STAGES", "EvalRequest", "Evaluator", "EvaluatorUnavailable", "Outcome", "Status", "static_check",
-           "training_recipe"]
+__all__ = ["STAGES", "EvalRequest", "Evaluator", "EvaluatorUnavailable", "Outcome", "Status", "default_workers",
+           "static_check", "training_recipe"]
 
 
 class EvalRequest(EvaluatorConfig):
@@ -66,60 +70,120 @@ def training_recipe(cfg: EvaluatorConfig, prm: dict[str, Any]) -> dict[str, Any]
     return {**DEFAULTS, "batch": cfg.batch_size, **prm, "augment": cfg.augment, "seed": cfg.seed}
 
 
-class Evaluator:
-    """Owns the warm parent; a context manager; safe to call `evaluate` thousands of times.
+def default_workers(cfg: EvaluatorConfig, device: str) -> int:
+    """`evaluator.workers` when set; else from the hardware: on CPU as many as the cores hold at
+    `threads` each, on a GPU four per card (one-epoch proxies of small models leave it mostly idle)."""
+    if cfg.workers:
+        return cfg.workers
+    if device == "cuda":
+        return 4
+    return max(1, (os.cpu_count() or 1) // cfg.threads)
 
+
+class Evaluator:
+    """Owns `workers` warm parents, each forking one candidate at a time; a context manager; safe to
+    use for thousands of candidates.
+
+    `submit(req)` returns a Future at once (the loop drafts the next designs meanwhile); `evaluate(req)`
+    waits for one. Candidates beyond `workers` queue. Each keeps its own limits, timeout and outcome,
+    in its own child: one candidate's crash or OOM never reaches its neighbours. On a GPU each
+    candidate may hold `gpu_memory_fraction` of the card (0: an equal share per worker).
     `policy=False` skips the static policy (parsing still runs) so that tests can exercise the
     runtime sandbox behind it; never use it for generated code.
     Raises only for problems that no candidate could fix: an unknown or unavailable dataset
     (`ValueError`, `DatasetUnavailable`) or a warm parent that cannot start (`EvaluatorUnavailable`).
     """
 
-    def __init__(self, data_dir: Path, *, policy: bool = True) -> None:
-        self.policy = policy
-        self._parent = WarmParent(Path(data_dir))
-        self._parent.spawn()  # torch imports while the caller does other work
-        self._lock = threading.Lock()
+    def __init__(self, data_dir: Path, *, policy: bool = True, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.policy, self.workers = policy, workers
+        self._parents = [WarmParent(Path(data_dir)) for _ in range(workers)]
+        for parent in self._parents:
+            parent.spawn()  # torch imports while the caller does other work
+        self._idle: queue.SimpleQueue[WarmParent] = queue.SimpleQueue()
+        for parent in self._parents:
+            self._idle.put(parent)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nasgraph-eval")
+        self._close_lock = threading.Lock()
+        self._busy: set[WarmParent] = set()
         self._closed = False
 
-    def evaluate(self, req: EvalRequest) -> Outcome:
+    def submit(self, req: EvalRequest) -> Future[Outcome]:
         if self._closed:
             raise RuntimeError("Evaluator is closed")
-        with self._lock:
-            seconds: dict[str, float] = {}
+        return self._pool.submit(self._evaluate, req)
+
+    def evaluate(self, req: EvalRequest) -> Outcome:
+        return self.submit(req).result()
+
+    def _evaluate(self, req: EvalRequest) -> Outcome:
+        """One candidate: static checks here, the rest on whichever warm parent is idle."""
+        seconds: dict[str, float] = {}
+        t = time.perf_counter()
+        tree, bad = check_syntax(req.code)
+        seconds["parse"] = round(time.perf_counter() - t, 4)
+        if bad is None and self.policy:
             t = time.perf_counter()
-            tree, bad = check_syntax(req.code)
-            seconds["parse"] = round(time.perf_counter() - t, 4)
-            if bad is None and self.policy:
-                t = time.perf_counter()
-                bad = check_policy(tree, req.code)
-                seconds["policy"] = round(time.perf_counter() - t, 4)
-            if bad is not None:
-                bad.seconds = seconds
-                return bad
-            out = self._parent.run(req.model_dump())
-            out.seconds = {**seconds, **out.seconds}
-            return out
+            bad = check_policy(tree, req.code)
+            seconds["policy"] = round(time.perf_counter() - t, 4)
+        if bad is not None:
+            bad.seconds = seconds
+            return bad
+        msg = req.model_dump()
+        if not msg["gpu_memory_fraction"]:
+            msg["gpu_memory_fraction"] = 1.0 / self.workers
+        parent = self._idle.get()
+        with self._close_lock:
+            self._busy.add(parent)
+        try:
+            out = parent.run(msg)
+        finally:
+            with self._close_lock:
+                self._busy.discard(parent)
+            self._idle.put(parent)
+        out.seconds = {**seconds, **out.seconds}
+        return out
 
     @property
     def restarts(self) -> int:
-        """How many times the warm parent had to be restarted (it died)."""
-        return self._parent.restarts
+        """How many times a warm parent had to be restarted (it died)."""
+        return sum(p.restarts for p in self._parents)
 
     @property
     def warm_state(self) -> dict:
-        """What the warm parent reported when it became ready (pid, threads, grad_enabled, cuda_initialized)."""
-        return dict(self._parent.ready_info)
+        """What the first warm parent reported when it became ready (pid, threads, grad_enabled,
+        cuda_initialized); the others are started alike."""
+        return dict(self._parents[0].ready_info)
 
     @property
     def warm_pid(self) -> int | None:
-        return self._parent.proc.pid if self._parent.proc else None
+        return self.warm_pids[0]
+
+    @property
+    def warm_pids(self) -> list[int | None]:
+        return [p.proc.pid if p.proc else None for p in self._parents]
+
+    @property
+    def sandbox_dirs(self) -> list[Path]:
+        """Each warm parent's folder; candidate `n` works in `<folder>/c<n>`."""
+        return [p.base for p in self._parents]
 
     def close(self) -> None:
-        if not self._closed:
+        with self._close_lock:
+            if self._closed:
+                return
             self._closed = True
-            with self._lock:
-                self._parent.close()
+        # Closing with candidates in flight means the caller gave up on them (an exception, Ctrl-C):
+        # they end now rather than after their training budget; queued ones are dropped.
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._close_lock:
+            busy = list(self._busy)
+        for parent in busy:
+            parent.interrupt()
+        self._pool.shutdown(wait=True)
+        for parent in self._parents:
+            parent.close()
 
     def __enter__(self) -> "Evaluator":
         return self

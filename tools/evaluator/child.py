@@ -421,6 +421,9 @@ def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
             raise Failure("build_error", str(e)) from None
         req = {**req, "prm_full": prm, "batch": batch}
         device = pick_device(req["device"])
+        if device.type == "cuda" and req.get("gpu_memory_fraction"):
+            # Several candidates share a card: past its share a candidate ends `memory`, alone.
+            torch.cuda.set_per_process_memory_fraction(float(req["gpu_memory_fraction"]), device)
         model = build(code, req, data, device)
         done("build", t)
         t = begin("shape")

@@ -246,6 +246,16 @@ class WarmParent:
         self._stop()
         _rmtree(self.base)
 
+    def interrupt(self) -> None:
+        """Kill the warm parent now, from another thread: the thread driving a candidate sees it gone,
+        kills that candidate's group and returns its outcome at once."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                proc.kill()
+
     # ---- one candidate
     def run(self, req: dict) -> Outcome:
         """Evaluate one statically checked candidate; every way it can end is an Outcome."""
