@@ -201,6 +201,33 @@ def cmd_models(args, cfg: Config, console: Console) -> int:
     return 0
 
 
+def cmd_lemur(args, cfg: Config, console: Console) -> int:
+    from nasgraph.lemur_views import detail_views, listing_table, pull_lines, stats_views
+    from nasgraph.tools.lemur import lemur_dir, list_models, pull, show, stats
+
+    root = lemur_dir(cfg.home)
+    if args.lemur_cmd == "pull":
+        result = pull(root, wheel=Path(args.wheel) if args.wheel else None, keep_wheel=args.keep_wheel,
+                      force=args.force, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+        data, views = result, pull_lines(result)
+    elif args.lemur_cmd == "ls":
+        rows = list_models(root, dataset=args.dataset, family=args.family, name=args.name, limit=args.limit)
+        data, views = rows, [listing_table(rows, f"LEMUR models{f' on {args.dataset}' if args.dataset else ''}, best first")]
+    elif args.lemur_cmd == "show":
+        detail = show(root, args.name)
+        data, views = detail, detail_views(detail)
+    else:
+        corpus = stats(root)
+        data, views = corpus, stats_views(corpus)
+    if args.json:
+        payload = [dataclasses.asdict(d) for d in data] if isinstance(data, list) else dataclasses.asdict(data)
+        print(json.dumps(payload, default=str))
+        return 0
+    for view in views:
+        console.print(view)
+    return 0
+
+
 def cmd_datasets(args, cfg: Config, console: Console) -> int:
     from nasgraph.tools.evaluator.datasets import dataset_names
 
@@ -302,6 +329,25 @@ def build_parser() -> argparse.ArgumentParser:
     ml = ms.add_parser("ls")
     ml.add_argument("--json", action="store_true")
 
+    lm = sub.add_parser("lemur", help="the LEMUR corpus of models and training records: pull / ls / show / stats")
+    lms = lm.add_subparsers(dest="lemur_cmd", required=True)
+    lp = lms.add_parser("pull", help="download (once), verify and index the nn-dataset wheel")
+    lp.add_argument("--wheel", help="a local copy of the wheel to use instead of PyPI (must match the pinned sha256)")
+    lp.add_argument("--keep-wheel", dest="keep_wheel", action="store_true", help="keep the 100 MB wheel beside the index")
+    lp.add_argument("--force", action="store_true", help="rebuild the index even if it is current")
+    lp.add_argument("--json", action="store_true")
+    ll = lms.add_parser("ls", help="models ranked by their best result, one row per model and dataset")
+    ll.add_argument("--dataset", help="e.g. cifar-10, svhn, mnist (see `nasgraph lemur stats`)")
+    ll.add_argument("--family", help="name stem, e.g. FractalNet, ga-mut, ast-dimension-AlexNet")
+    ll.add_argument("--name", help="part of the model name")
+    ll.add_argument("--limit", type=int, default=20, help="rows to print (0: all)")
+    ll.add_argument("--json", action="store_true")
+    lsh = lms.add_parser("show", help="one model: code, static facts and its records per dataset and epoch")
+    lsh.add_argument("name")
+    lsh.add_argument("--json", action="store_true")
+    lst = lms.add_parser("stats", help="totals per task and dataset, accuracy distribution, disk used")
+    lst.add_argument("--json", action="store_true")
+
     sub.add_parser("datasets", help="list dataset names")
     af = sub.add_parser("autofix", help="the rule-based repair rules: `autofix rules` prints the catalogue")
     af.add_argument("what", choices=["rules"])
@@ -327,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 PLUGINS: tuple[str, ...] = ("nasgraph.trace_cli", "nasgraph.report", "nasgraph.chat", "nasgraph.rag_index.cli")
 
 COMMANDS = {"eval": cmd_eval, "reference": cmd_reference, "store": cmd_store, "models": cmd_models,
-            "datasets": cmd_datasets, "run": cmd_run, "autofix": cmd_autofix}
+            "datasets": cmd_datasets, "run": cmd_run, "autofix": cmd_autofix, "lemur": cmd_lemur}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/nasgraph models pull qwen2.5-coder-0.5b
+.venv/bin/nasgraph lemur pull   # the LEMUR corpus (103 MB wheel, ~40 s to index) for its integration tests
 exec .venv/bin/python -m pytest -q "$@"
