@@ -90,7 +90,8 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
     device = str(pick_device(cfg.evaluator.device))
     store = Store(cfg.store_path)
     own_evaluator = evaluator is None
-    evaluator = evaluator or Evaluator(cfg.data_dir)
+    # One candidate at a time: an attempt waits for its outcome before it repairs or ends.
+    evaluator = evaluator or Evaluator.from_config(cfg.evaluator, cfg.data_dir, device=device, workers=1)
     trace = TraceWriter(paths.trace)
     conn = sqlite3.connect(paths.checkpoint, check_same_thread=False)
     try:

@@ -337,8 +337,10 @@ class ChatApp:
                  style="dim")
         if self._evaluator is None:
             from nasgraph.tools.evaluator import Evaluator
+            from nasgraph.tools.evaluator.harness import pick_device
 
-            self._evaluator = Evaluator(self.cfg.data_dir)
+            self._evaluator = Evaluator.from_config(self.cfg.evaluator, self.cfg.data_dir, workers=1,
+                                                    device=str(pick_device(self.cfg.evaluator.device)))
         try:
             with RunView(self.console, self.s.run_id, done + n) as view:
                 run_loop(self.run_config(), llm, run_id=self.s.run_id, iterations=done + n, goal=self.s.goal,

@@ -31,6 +31,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("threads", "time_budget_s", "max_params", "device", "workers"):
         if getattr(args, key, None) is not None:
             ev[key] = getattr(args, key)
+    if getattr(args, "eval_backend", None):
+        ev["backend"] = args.eval_backend
     if ev:
         o["evaluator"] = ev
     llm: dict[str, Any] = {k: getattr(args, k) for k in ("backend", "model") if getattr(args, k, None)}
@@ -96,7 +98,8 @@ def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin
             results[i] = (cand.arch_id, cache_hit, outcome)
 
     try:
-        with Evaluator(cfg.data_dir, workers=workers) as evaluator, ThreadPoolExecutor(workers) as pool:
+        with Evaluator.from_config(cfg.evaluator, cfg.data_dir, device=device, workers=workers) as evaluator, \
+                ThreadPoolExecutor(workers) as pool:
             for f in [pool.submit(evaluate, evaluator, indices) for indices in groups.values()]:
                 f.result()
     finally:
@@ -286,11 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="folder for the store, models, datasets and runs (default $NASGRAPH_HOME or ~/.nasgraph)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    def train_flags(sp: argparse.ArgumentParser) -> None:
+    def train_flags(sp: argparse.ArgumentParser, backend_flag: str = "--backend") -> None:
         sp.add_argument("--dataset", help="dataset name (see `nasgraph datasets`)")
         sp.add_argument("--epochs", type=int)
         sp.add_argument("--threads", type=int)
         sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
+        sp.add_argument(backend_flag, dest="eval_backend", choices=["local", "ray"],
+                        help="run candidates here, or on Ray actors (RAY_ADDRESS names a cluster)")
         sp.add_argument("--time-budget-s", dest="time_budget_s", type=float, help="max projected seconds per epoch")
         sp.add_argument("--max-params", dest="max_params", type=int)
         sp.add_argument("--json", action="store_true", help="print one JSON result instead of tables")
@@ -354,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     af.add_argument("--json", action="store_true")
 
     rn = sub.add_parser("run", help="autonomous closed-loop search (resumable)")
-    train_flags(rn)
+    train_flags(rn, backend_flag="--eval-backend")  # --backend picks the LLM's here
     rn.add_argument("--iterations", type=int)
     rn.add_argument("--run-id", dest="run_id", help="resume this run, or name a new one")
     rn.add_argument("--model", help="LLM name (embedded name, GGUF path, or Ollama model)")

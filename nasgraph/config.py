@@ -43,6 +43,9 @@ class EvaluatorConfig(BaseModel):
                                               "(CPU: cores // threads, GPU: 4 per card)")
     gpu_memory_fraction: float = Field(0.0, ge=0.0, le=1.0,
                                        description="share of the GPU's memory one candidate may hold; 0: 1/workers")
+    backend: Literal["local", "ray"] = Field("local", description="where candidates run: warm parents on this "
+                                                                  "machine, or Ray actors on a cluster")
+    ray_address: str = Field("", description="Ray cluster to join (host:port); empty: RAY_ADDRESS, else a local instance")
 
 
 class LLMConfig(BaseModel):

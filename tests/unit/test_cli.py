@@ -34,6 +34,17 @@ def test_unknown_dataset(tmp_path):
     assert_clean_error(nasgraph(tmp_path, "eval", str(f), "--dataset", "imagenet-22k"), "imagenet-22k", "digits")
 
 
+def test_a_gpu_asked_for_on_a_machine_without_one(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        return  # this machine has one: nothing to refuse
+    f = tmp_path / "m.py"
+    f.write_text(C.VALID)
+    assert_clean_error(nasgraph(tmp_path, "eval", str(f), "--device", "cuda", "--dataset", "digits"),
+                       "no usable CUDA GPU", "--device cpu")
+
+
 def test_bad_argument(tmp_path):
     assert_clean_error(nasgraph(tmp_path, "eval", "x.py", "--epochs", "many"), "--epochs")
 

@@ -21,7 +21,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -94,20 +94,39 @@ class Evaluator:
     (`ValueError`, `DatasetUnavailable`) or a warm parent that cannot start (`EvaluatorUnavailable`).
     """
 
-    def __init__(self, data_dir: Path, *, policy: bool = True, workers: int = 1) -> None:
+    def __init__(self, data_dir: Path, *, policy: bool = True, workers: int = 1,
+                 backend: Literal["local", "ray"] = "local", ray_address: str | None = None,
+                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        self.policy, self.workers = policy, workers
-        self._parents = [WarmParent(Path(data_dir)) for _ in range(workers)]
-        for parent in self._parents:
-            parent.spawn()  # torch imports while the caller does other work
-        self._idle: queue.SimpleQueue[WarmParent] = queue.SimpleQueue()
+        self.policy, self.workers, self.backend = policy, workers, backend
+        self._parents: list[Any]
+        if backend == "ray":
+            from .ray_backend import RaySlot, connect
+
+            connect(ray_address, num_cpus=max(1, int(workers * cpus_per_worker)))
+            self._parents = [RaySlot(Path(data_dir), cpus_per_worker, gpus_per_worker) for _ in range(workers)]
+        else:
+            self._parents = [WarmParent(Path(data_dir)) for _ in range(workers)]
+            for parent in self._parents:
+                parent.spawn()  # torch imports while the caller does other work
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for parent in self._parents:
             self._idle.put(parent)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nasgraph-eval")
         self._close_lock = threading.Lock()
-        self._busy: set[WarmParent] = set()
+        self._busy: set[Any] = set()
         self._closed = False
+
+    @classmethod
+    def from_config(cls, cfg: EvaluatorConfig, data_dir: Path, *, device: str, workers: int | None = None,
+                    policy: bool = True) -> "Evaluator":
+        """The evaluator the config asks for: backend, workers (default from the hardware) and, on
+        Ray, each worker's share of CPUs and GPU."""
+        n = workers or default_workers(cfg, device)
+        gpus = (cfg.gpu_memory_fraction or 1.0 / n) if device == "cuda" else 0.0
+        return cls(data_dir, policy=policy, workers=n, backend=cfg.backend, ray_address=cfg.ray_address or None,
+                   cpus_per_worker=cfg.threads, gpus_per_worker=gpus)
 
     def submit(self, req: EvalRequest) -> Future[Outcome]:
         if self._closed:
@@ -151,23 +170,32 @@ class Evaluator:
         return sum(p.restarts for p in self._parents)
 
     @property
+    def worker_pids(self) -> list[int | None]:
+        """Each worker's process: a warm parent here, or a Ray actor on its node."""
+        return [p.pid for p in self._parents]
+
+    # What follows describes the local backend's warm parents (none on Ray).
+    @property
     def warm_state(self) -> dict:
         """What the first warm parent reported when it became ready (pid, threads, grad_enabled,
         cuda_initialized); the others are started alike."""
-        return dict(self._parents[0].ready_info)
+        return dict(self._local()[0].ready_info) if self._local() else {}
 
     @property
     def warm_pid(self) -> int | None:
-        return self.warm_pids[0]
+        return self.warm_pids[0] if self.warm_pids else None
 
     @property
     def warm_pids(self) -> list[int | None]:
-        return [p.proc.pid if p.proc else None for p in self._parents]
+        return [p.proc.pid if p.proc else None for p in self._local()]
 
     @property
     def sandbox_dirs(self) -> list[Path]:
         """Each warm parent's folder; candidate `n` works in `<folder>/c<n>`."""
-        return [p.base for p in self._parents]
+        return [p.base for p in self._local()]
+
+    def _local(self) -> list[WarmParent]:
+        return [p for p in self._parents if isinstance(p, WarmParent)]
 
     def close(self) -> None:
         with self._close_lock:

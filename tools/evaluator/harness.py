@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nasgraph.errors import NasgraphError
 from nasgraph.tools.evaluator.datasets import TensorData
 
 DEFAULTS = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.0}
@@ -54,12 +55,17 @@ class TrainResult:
     epochs: list[dict] = field(default_factory=list)  # {"epoch", "loss", "accuracy", "seconds", ...}
 
 
+class DeviceUnavailable(NasgraphError, RuntimeError):
+    """A GPU was asked for on a machine without one (or without a CUDA build of torch)."""
+
+
 def pick_device(pref: str) -> torch.device:
     if pref == "cpu":
         return torch.device("cpu")
     if pref == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
+            raise DeviceUnavailable("device 'cuda' was asked for, but this machine has no usable CUDA GPU "
+                                    f"(torch {torch.__version__}); use --device cpu or auto")
         return torch.device("cuda")
     if pref == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
