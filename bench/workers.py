@@ -8,7 +8,10 @@ configuration: wall seconds for the batch, candidates per hour, and the overhead
 caller waits for beyond the child's own train + test seconds, with one worker: fork, build, shape
 check, measure, result). Statuses must agree across configurations.
 
-Run: .venv/bin/python -m bench.workers [--candidates 6] [--workers 2] [--dataset fashion-mnist] [--out F.json]
+With --ray the same batches also run on a local Ray instance (one worker, then N): outcomes must
+match the local backend's, and the overhead per candidate shows what Ray adds.
+
+Run: .venv/bin/python -m bench.workers [--candidates 6] [--workers 2] [--dataset fashion-mnist] [--ray] [--out F.json]
 """
 from __future__ import annotations
 
@@ -40,10 +43,10 @@ class Net(nn.Module):
 '''
 
 
-def batch(data_dir: Path, dataset: str, widths: list[int], workers: int, threads: int) -> dict:
-    cfg = load_config(evaluator={"threads": threads, "device": "cpu"})
+def batch(data_dir: Path, dataset: str, widths: list[int], workers: int, threads: int, backend: str = "local") -> dict:
+    cfg = load_config(evaluator={"threads": threads, "device": "cpu", "backend": backend})
     reqs = [EvalRequest.from_config(cfg.evaluator, code=MODEL.format(width=w), dataset=dataset) for w in widths]
-    with Evaluator(data_dir, workers=workers) as ev:
+    with Evaluator.from_config(cfg.evaluator, data_dir, device="cpu", workers=workers) as ev:
         # Warm every parent (torch import, dataset cache) outside the timed batch, as a long run would be.
         for f in [ev.submit(EvalRequest.from_config(cfg.evaluator, code=MODEL.format(width=2), dataset=dataset))
                   for _ in range(workers)]:
@@ -59,7 +62,7 @@ def batch(data_dir: Path, dataset: str, widths: list[int], workers: int, threads
                          "waited_s": round(time.perf_counter() - t0, 2), "train_test_s": round(inside, 2)})
         wall = time.perf_counter() - start
     rows.sort(key=lambda r: r["width"])
-    res = {"workers": workers, "threads": threads, "wall_s": round(wall, 2),
+    res = {"backend": backend, "workers": workers, "threads": threads, "wall_s": round(wall, 2),
            "candidates_per_hour": round(3600 * len(widths) / wall, 1), "candidates": rows}
     if workers == 1:  # one at a time: the batch's wall time beyond the children's own training
         res["overhead_per_candidate_s"] = round((wall - sum(r["train_test_s"] for r in rows)) / len(rows), 2)
@@ -72,17 +75,21 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--ray", action="store_true", help="also run both configurations on a local Ray instance")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     widths = [8 + 2 * i for i in range(args.candidates)]
     data_dir = load_config().data_dir
     runs: dict[str, list[dict]] = {"one": [], "many": []}
+    backends = ["local", "ray"] if args.ray else ["local"]
     for _ in range(args.rounds):
-        runs["one"].append(batch(data_dir, args.dataset, widths, 1, cores))
-        runs["many"].append(batch(data_dir, args.dataset, widths, args.workers, max(1, cores // args.workers)))
-    one = statistics.median(r["wall_s"] for r in runs["one"])
-    many = statistics.median(r["wall_s"] for r in runs["many"])
+        for backend in backends:
+            runs["one"].append(batch(data_dir, args.dataset, widths, 1, cores, backend))
+            runs["many"].append(batch(data_dir, args.dataset, widths, args.workers, max(1, cores // args.workers),
+                                      backend))
+    one = statistics.median(r["wall_s"] for r in runs["one"] if r["backend"] == "local")
+    many = statistics.median(r["wall_s"] for r in runs["many"] if r["backend"] == "local")
     statuses = {k: [[c["status"] for c in r["candidates"]] for r in v] for k, v in runs.items()}
     result = {"machine": f"{cores} CPU cores", "dataset": args.dataset, "candidates": args.candidates,
               "one_worker": runs["one"], f"{args.workers}_workers": runs["many"],
@@ -92,6 +99,8 @@ def main() -> None:
     print(f"\n{args.candidates} candidates, {args.dataset}, {cores} cores: 1 worker x {cores} threads "
           f"{3600 * args.candidates / one:.0f}/h, {args.workers} workers x {max(1, cores // args.workers)} threads "
           f"{3600 * args.candidates / many:.0f}/h -> x{one / many:.2f}")
+    for r in runs["one"]:
+        print(f"{r['backend']}: overhead per candidate {r['overhead_per_candidate_s']} s (1 worker)")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
 

@@ -126,6 +126,8 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
             paths.meta.write_text(json.dumps({"run_id": run_id, "created": time.time(),
                                               "config": json.loads(cfg.model_dump_json())}, indent=1))
         config["recursion_limit"] = recursion_limit(total, cfg.loop.max_repairs, cfg.loop.max_fixes)
+        if on_update:  # a view shows where the run stands before its first node ends
+            on_update("start", {}, graph.get_state(config).values)
         for node, update, state in _stream(graph, inputs, config):
             if on_update:
                 on_update(node, update, state)

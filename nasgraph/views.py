@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 
 from rich.console import Console
 from rich.live import Live
@@ -46,46 +45,71 @@ def code_view(code: str) -> Syntax:
 
 
 class RunView:
-    """The live panel of `nasgraph run`: progress, best so far, recent valid rate, stage times, ETA."""
+    """The live panel of `nasgraph run`: progress, best so far, recent valid rate, stage times, ETA.
+
+    Everything shown comes from the run's state (history, stats), so a resumed run shows where it
+    stands from its first line. When the console is not a terminal (a log file, a pipe) it prints one
+    plain line per finished iteration instead of redrawing a panel nobody sees."""
 
     def __init__(self, console: Console, run_id: str, total: int, window: int = 10):
-        self.console, self.run_id, self.total = console, run_id, total
-        self.recent: deque[bool] = deque(maxlen=window)
+        self.console, self.run_id, self.total, self.window = console, run_id, total, window
         self.node = "starting"
         self.state: dict = {}
-        self.last_failure = "–"
         self.started = time.monotonic()
         self.done_at_start: int | None = None
-        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False) \
+            if console.is_terminal else None
 
     def __enter__(self) -> "RunView":
-        self.live.__enter__()
+        if self.live:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.live.__exit__(*exc)
+        if self.live:
+            self.live.__exit__(*exc)
 
     def update(self, node: str, update: dict, state: dict) -> None:
-        self.state = state
-        self.total = state.get("max_iterations", self.total)
-        if self.done_at_start is None:
-            self.done_at_start = state.get("iteration", 0) - (1 if node == "record" else 0)
+        """`node` is the node that just ran ("start": the state a run starts or resumes from)."""
+        if state:
+            self.state = state
+            self.total = state.get("max_iterations", self.total)
+            if self.done_at_start is None:
+                self.done_at_start = state.get("iteration", 0) - (1 if node == "record" else 0)
         self.node = node
-        if node == "record":
-            status = (state.get("history") or [{}])[-1].get("status")
-            self.recent.append(status == "ok")
-            if status not in ("ok", None):
-                self.last_failure = status
-        self.live.update(self._render())
+        if self.live:
+            self.live.update(self._render())
+        elif node == "record":
+            self.console.print(self._line(), highlight=False)
+
+    def _recent(self) -> list[dict]:
+        return (self.state.get("history") or [])[-self.window:]
+
+    def _valid(self) -> str:
+        recent = self._recent()
+        ok = sum(h.get("status") == "ok" for h in recent)
+        return f"{100 * ok / len(recent):.0f}% of last {len(recent)}" if recent else "–"
+
+    def _eta(self) -> float | None:
+        it = self.state.get("iteration", 0)
+        done_here = it - (self.done_at_start or 0)
+        return (time.monotonic() - self.started) / done_here * (self.total - it) if done_here > 0 else None
+
+    def _line(self) -> str:
+        s, last = self.state, (self.state.get("history") or [{}])[-1]
+        best = s.get("best")
+        eta = self._eta()
+        return (f"iteration {s.get('iteration', 0)}/{self.total}  {last.get('status', '–')}  "
+                f"acc {fmt_acc(last.get('accuracy'))}  best {fmt_acc(best['accuracy'] if best else None)}  "
+                f"valid {self._valid()}  ETA {'–' if eta is None else time.strftime('%H:%M:%S', time.gmtime(eta))}")
 
     def _render(self) -> Panel:
         s = self.state
         stats = s.get("stats", {})
         it = s.get("iteration", 0)
         best = s.get("best")
-        done_here = it - (self.done_at_start or 0)
-        elapsed = time.monotonic() - self.started
-        eta = (elapsed / done_here) * (self.total - it) if done_here > 0 else None
+        eta = self._eta()
+        failures = [h.get("status") for h in s.get("history") or [] if h.get("status") not in ("ok", None)]
         per = {k: stats.get(f"seconds_{k}", 0.0) / max(1, it) for k in ("llm", "train", "other")}
         t = Table.grid(padding=(0, 2))
         t.add_column(style="bold cyan")
@@ -93,9 +117,8 @@ class RunView:
         t.add_row("iteration", f"{it}/{self.total}   [dim]now: {self.node}[/]")
         t.add_row("best", f"{fmt_acc(best['accuracy'])}  ({fmt_int(best['params'])} params, {best['arch_id']})"
                   if best else "–")
-        valid = f"{100 * sum(self.recent) / len(self.recent):.0f}% of last {len(self.recent)}" if self.recent else "–"
-        t.add_row("valid", valid)
-        t.add_row("last failure", self.last_failure)
+        t.add_row("valid", self._valid())
+        t.add_row("last failure", failures[-1] if failures else "–")
         t.add_row("s/iteration", "  ".join(f"{k} {v:.1f}" for k, v in per.items()))
         t.add_row("ETA", "–" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta)))
         return Panel(t, title=f"nasgraph run {self.run_id}", border_style="cyan")
