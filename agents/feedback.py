@@ -36,6 +36,8 @@ _KIND_HINTS = {
                  "size, or padding=kernel_size//2.",
     "output_shape": "forward must end in logits of shape (batch, out_shape[0]): pool, flatten, then one nn.Linear.",
     "not_tensor": "forward must return the logits tensor: end it with `return x`.",
+    "missing_module": "That module does not exist here: import only torch, torch.nn, torch.nn.functional and math, "
+                      "and write any helper you need in the file itself.",
 }
 _FLATTEN_HINT = ("torch.flatten is a function, not a layer: in forward write x = torch.flatten(x, 1), or define "
                  "self.flatten = nn.Flatten() in __init__.")

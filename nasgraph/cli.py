@@ -28,7 +28,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "home", None):
         o["home"] = Path(args.home)
     ev: dict[str, Any] = {}
-    for key in ("threads", "time_budget_s", "max_params", "device", "workers"):
+    for key in ("threads", "time_budget_s", "max_params", "max_flops", "device", "workers"):
         if getattr(args, key, None) is not None:
             ev[key] = getattr(args, key)
     if getattr(args, "eval_backend", None):
@@ -55,11 +55,18 @@ def _prm(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- eval / reference ------------------------------------------------------------------------------
+# Square sides a handed-in model may be rebuilt for when it cannot take the dataset's own size:
+# LEMUR's models were written for inputs resized to 32-299 pixels.
+HANDED_SIDES = [32, 64, 128, 256, 299]
+NO_BUDGET = 10**15
+
+
 def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin: str, as_json: bool,
-                    console: Console) -> int:
+                    console: Console, handed: bool = False, budgets: dict | None = None) -> int:
     """Evaluate files `evaluator.workers` at a time; results print in the order the files were given.
     Files with the same architecture go to one worker in turn, so it trains once and the rest are
-    cache hits."""
+    cache hits. `handed`: code a person wrote (its own policy, larger image sides when needed, no
+    parameter or FLOP budget but the ones in `budgets`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from nasgraph.tools.candidate import Candidate
@@ -73,6 +80,12 @@ def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin
     device = str(pick_device(cfg.evaluator.device))
     hardware = hardware_info(cfg.evaluator.threads, device)
     prm = training_recipe(cfg.evaluator, prm)
+    code_origin = "handed" if handed else "generated"
+    extra = {"origin": code_origin, "image_sides": HANDED_SIDES, "max_params": NO_BUDGET, "max_flops": NO_BUDGET,
+             **(budgets or {})} if handed else {}
+    # Handed-in files are cached apart from generated code: another policy and image sides can
+    # change their outcome. The model still receives `prm` alone.
+    cache_prm = {**prm, "origin": code_origin, "image_sides": HANDED_SIDES, **(budgets or {})} if handed else prm
     groups: dict[str, list[int]] = {}
     for i, (_, code) in enumerate(files):
         groups.setdefault(Candidate.of(code).arch_id, []).append(i)
@@ -85,14 +98,14 @@ def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin
     def evaluate(evaluator: Evaluator, indices: list[int]) -> None:
         for i in indices:
             code = files[i][1]
-            outcome = static_check(code)
+            outcome = static_check(code, code_origin)
             if outcome is not None:
                 results[i] = (None, False, outcome)
                 continue
             cand = Candidate.of(code)
             req = EvalRequest.from_config(cfg.evaluator, code=code, dataset=cfg.loop.dataset,
-                                          epochs=cfg.loop.epochs, prm=prm)
-            outcome, cache_hit = store.evaluate_cached(cand, cfg.loop.dataset, cfg.loop.epochs, prm,
+                                          epochs=cfg.loop.epochs, prm=prm, **extra)
+            outcome, cache_hit = store.evaluate_cached(cand, cfg.loop.dataset, cfg.loop.epochs, cache_prm,
                                                        lambda req=req: evaluator.evaluate(req),
                                                        origin=origin, hardware=hardware)
             results[i] = (cand.arch_id, cache_hit, outcome)
@@ -125,7 +138,8 @@ def cmd_eval(args, cfg: Config, console: Console) -> int:
             files.append((f, path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as exc:
             raise CLIError(f"cannot read {f}: {exc}") from exc
-    return _evaluate_files(cfg, files, _prm(args), "file", args.json, console)
+    budgets = {k: getattr(args, k) for k in ("max_params", "max_flops") if getattr(args, k, None) is not None}
+    return _evaluate_files(cfg, files, _prm(args), "file", args.json, console, handed=True, budgets=budgets)
 
 
 def cmd_reference(args, cfg: Config, console: Console) -> int:
@@ -231,6 +245,55 @@ def cmd_lemur(args, cfg: Config, console: Console) -> int:
     return 0
 
 
+def cmd_predict(args, cfg: Config, console: Console) -> int:
+    """Predict a file's accuracy from its code and run settings; `--train` refits and scores the predictor."""
+    from nasgraph.predictor_views import evaluation_views, prediction_lines
+    from nasgraph.tools.lemur import lemur_dir
+    from nasgraph.tools.predictor import RunSettings, evaluate, load, load_table, save, train
+
+    def say(msg: str) -> None:
+        console.print(f"[dim]{msg}[/]")
+
+    if not args.train and not args.file:
+        raise CLIError("give a model FILE to predict for, or --train to fit the predictor")
+    code = None
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise CLIError(f"no such file: {args.file}")
+        if not args.dataset:
+            raise CLIError("--dataset is needed, e.g. cifar-10, mnist, svhn (LEMUR's image-classification datasets)")
+        try:
+            code = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CLIError(f"cannot read {args.file}: {exc}") from exc
+    predictor = None if args.train else load(cfg.home)
+    if predictor is None:
+        if not args.train:
+            say("no saved predictor yet: fitting one on the LEMUR index, once (about a minute; "
+                "`nasgraph predict --train` also prints its held-out scores)")
+        table = load_table(lemur_dir(cfg.home), progress=say)
+        evaluation = evaluate(table, folds=args.folds, progress=say) if args.train else None
+        predictor = train(table, evaluation=evaluation)
+        say(f"saved {save(predictor, cfg.home)}")
+        if args.train:
+            if args.json:
+                print(json.dumps(dataclasses.asdict(evaluation), default=str))
+            else:
+                for view in evaluation_views(evaluation):
+                    console.print(view)
+    if code is None:
+        return 0
+    prediction = predictor.predict(code, RunSettings(args.dataset, args.epoch, args.lr, args.momentum, args.dropout,
+                                                     args.batch, args.transform))
+    if args.json:
+        print(json.dumps({"file": args.file, **dataclasses.asdict(prediction)}, default=str))
+    else:
+        for line in prediction_lines(args.file, prediction):
+            console.print(line)
+    return 0
+
+
 def cmd_datasets(args, cfg: Config, console: Console) -> int:
     from nasgraph.tools.evaluator.datasets import dataset_names
 
@@ -298,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run candidates here, or on Ray actors (RAY_ADDRESS names a cluster)")
         sp.add_argument("--time-budget-s", dest="time_budget_s", type=float, help="max projected seconds per epoch")
         sp.add_argument("--max-params", dest="max_params", type=int)
+        sp.add_argument("--max-flops", dest="max_flops", type=int, help="forward FLOPs per sample")
         sp.add_argument("--json", action="store_true", help="print one JSON result instead of tables")
 
     def prm_flags(sp: argparse.ArgumentParser) -> None:
@@ -353,6 +417,17 @@ def build_parser() -> argparse.ArgumentParser:
     lst = lms.add_parser("stats", help="totals per task and dataset, accuracy distribution, disk used")
     lst.add_argument("--json", action="store_true")
 
+    pr = sub.add_parser("predict", help="predict a model file's accuracy from its code (fitted on LEMUR's runs)")
+    pr.add_argument("file", nargs="?", metavar="FILE")
+    pr.add_argument("--dataset", help="a LEMUR image-classification dataset, e.g. cifar-10, mnist, svhn")
+    pr.add_argument("--epoch", type=int, default=1, help="accuracy after this many epochs (default 1)")
+    for name, typ in (("lr", float), ("momentum", float), ("batch", int), ("dropout", float)):
+        pr.add_argument(f"--{name}", type=typ, help=f"{name} of the run (default: LEMUR's typical one)")
+    pr.add_argument("--transform", help="LEMUR transform name, e.g. norm_32_flip (default: LEMUR's typical one)")
+    pr.add_argument("--train", action="store_true", help="fit the predictor again and print its held-out scores")
+    pr.add_argument("--folds", type=int, default=3, help="folds of the held-out scores --train prints")
+    pr.add_argument("--json", action="store_true")
+
     sub.add_parser("datasets", help="list dataset names")
     af = sub.add_parser("autofix", help="the rule-based repair rules: `autofix rules` prints the catalogue")
     af.add_argument("what", choices=["rules"])
@@ -378,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
 PLUGINS: tuple[str, ...] = ("nasgraph.trace_cli", "nasgraph.report", "nasgraph.chat", "nasgraph.rag_index.cli")
 
 COMMANDS = {"eval": cmd_eval, "reference": cmd_reference, "store": cmd_store, "models": cmd_models,
-            "datasets": cmd_datasets, "run": cmd_run, "autofix": cmd_autofix, "lemur": cmd_lemur}
+            "datasets": cmd_datasets, "run": cmd_run, "autofix": cmd_autofix, "lemur": cmd_lemur,
+            "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,6 +67,8 @@ class Net(nn.Module):
 
 
 FORBIDDEN = "import os\n" + VALID
+# Refused for code a person hands in too (their policy allows `os`, not processes).
+HOSTILE = "import subprocess\n" + VALID
 
 
 def fenced(code: str) -> str:

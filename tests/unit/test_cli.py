@@ -88,7 +88,7 @@ def test_eval_json_then_cache_hit_then_store(tmp_path):
 
 def test_eval_several_files_at_once_in_their_order(tmp_path):
     files = []
-    for name, code in (("a.py", C.wide(5)), ("bad.py", C.FORBIDDEN), ("b.py", C.wide(6)), ("same.py", C.wide(5))):
+    for name, code in (("a.py", C.wide(5)), ("bad.py", C.HOSTILE), ("b.py", C.wide(6)), ("same.py", C.wide(5))):
         (tmp_path / name).write_text(code)
         files.append(str(tmp_path / name))
     p = nasgraph(tmp_path, "eval", *files, "--workers", "2", "--dataset", "digits", "--threads", "1",
@@ -102,9 +102,25 @@ def test_eval_several_files_at_once_in_their_order(tmp_path):
     assert_clean_error(nasgraph(tmp_path, "eval", files[0], "--workers", "-1", "--dataset", "digits"), "workers")
 
 
+def test_a_handed_in_lemur_style_file_runs_unchanged(tmp_path):
+    # A LEMUR model reads prm['dropout'] (the framework supplies what it declares) and may exceed the
+    # loop's FLOP budget, which applies to generated designs, not to a file a person hands in.
+    code = ("def supported_hyperparameters():\n    return {'lr', 'momentum', 'dropout'}\n" + C.VALID
+            ).replace("self.fc = nn.Linear(64, out_shape[0])",
+                      "self.fc = nn.Sequential(nn.Dropout(prm['dropout']), nn.Linear(64, out_shape[0]))")
+    f = tmp_path / "lemur_style.py"
+    f.write_text(code)
+    args = ("eval", str(f), "--dataset", "digits", "--lr", "0.1", "--batch", "32", "--threads", "1", "--json")
+    out = json.loads(nasgraph(tmp_path, *args, NASGRAPH_EVALUATOR__MAX_FLOPS="1000").stdout)
+    assert out["status"] == "ok", out["error"]
+    assert "dropout" in out["detail"]["prm_filled"]
+    capped = json.loads(nasgraph(tmp_path, *args, "--max-flops", "1000").stdout)
+    assert capped["status"] == "over_budget"  # asked for explicitly: applied
+
+
 def test_failed_candidate_exits_non_zero_with_typed_outcome(tmp_path):
     f = tmp_path / "bad.py"
-    f.write_text(C.FORBIDDEN)
+    f.write_text(C.HOSTILE)
     p = nasgraph(tmp_path, "eval", str(f), "--dataset", "digits", "--json")
     assert p.returncode == 1
     assert json.loads(p.stdout)["status"] == "forbidden"

@@ -33,3 +33,17 @@ def test_static_check_is_exported():
     assert static_check("import torch\n") is None
     assert static_check("import os\n").status == "forbidden"
     assert static_check("def f(:\n").status == "syntax"
+
+
+def test_origin_picks_the_policy_and_defaults_to_generated():
+    assert EvalRequest(code="", dataset="digits").origin == "generated"
+    assert EvalRequest(code="", dataset="digits", origin="handed").origin == "handed"
+    with pytest.raises(ValidationError):
+        EvalRequest(code="", dataset="digits", origin="llm")
+    code = "import torch\nfrom torch.amp import autocast\n"
+    assert static_check(code).status == "forbidden" and static_check(code, "handed") is None
+
+
+def test_image_sides_default_to_none():
+    assert EvalRequest(code="", dataset="digits").image_sides == []
+    assert EvalRequest(code="", dataset="digits", image_sides=[32, 64]).image_sides == [32, 64]

@@ -205,3 +205,97 @@ def test_input_as_parameter_name_is_fine():
 def test_computed_getattr_with_literal_letter_prefix_is_fine():
     code = "class A:\n    pass\na = A()\nfor i in range(3):\n    setattr(a, f'layer{i}', i)\n    getattr(a, 'layer{}'.format(i))\n"
     assert static_check(code) is None
+
+
+# ---------------------------------------------------------------- code a person hands in (policy_handed.py)
+# Lines as they stand in LEMUR image-classification files: model code the strict policy refuses.
+CORPUS_SNIPPETS = {
+    "torchvision private helper": "from torchvision.models._utils import _make_divisible, _ovewrite_named_param\n"
+                                  "c = _make_divisible(32 * 0.75, 8)\n",
+    "re.compile": "import re\n"
+                  'pattern = re.compile(r"^(.*denselayer\\d+\\.(?:norm|relu|conv))\\.((?:[12])\\.(?:weight|bias))$")\n',
+    "__dict__ in extra_repr": "class Block:\n    def extra_repr(self):\n        s = '(in_channels={in_channels}'\n"
+                              "        s += ')'\n        return s.format(**self.__dict__)\n",
+    "torch.amp autocast": "from torch.amp import autocast, GradScaler\n\ndef autocast_ctx(enabled=True):\n"
+                          '    return autocast("cuda", enabled=enabled)\n',
+    "torchvision usage log": "from types import FunctionType\n\ndef _log_api_usage_once(obj):\n"
+                             "    module = obj.__module__\n    name = obj.__class__.__name__\n"
+                             "    if isinstance(obj, FunctionType):\n        name = obj.__name__\n"
+                             '    torch._C._log_api_usage_once(f"{module}.{name}")\n',
+    "os.environ read": "import os\n_USE_FUSED_ATTN = int(os.environ.get('TIMM_FUSED_ATTN', '0'))\n",
+    "numpy and gc": "import numpy as np\nimport gc\nimport torch.nn as nn\n"
+                    "nn.init.kaiming_uniform_(nn.Linear(2, 2).weight, a=np.sqrt(5))\ngc.collect()\n",
+    "star import": "from collections import *\nd = OrderedDict()\n",
+    "a LEMUR-internal import": "from ab.nn.util.Util import export_torch_weights\n",
+    "relative import": "from .blocks import Bottleneck\n",
+}
+
+
+@pytest.mark.parametrize("what", CORPUS_SNIPPETS)
+def test_real_model_code_is_refused_for_generated_and_allowed_when_handed_in(what):
+    code = "import torch\n" + CORPUS_SNIPPETS[what]
+    out = static_check(code)
+    assert out is not None and out.status == "forbidden", what
+    assert static_check(code, "handed") is None, static_check(code, "handed").error
+
+
+@pytest.mark.parametrize("code, name", [
+    # the one subprocess use in the corpus (a torch-only file that shells out to pip)
+    ("import subprocess\nout = subprocess.Popen(('pip', 'freeze'), stdout=subprocess.PIPE)", "subprocess"),
+    ("import socket\ns = socket.socket()", "socket"),
+    ("import os\nos.system('id')", "os.system"),
+    ("import os\nos.fork()", "os.fork"),
+    ("from os import system", "os.system"),
+    ("import os as o\nf = o.popen", "os.popen"),
+    ("import torch\ntorch.os.system('id')", "torch.os.system"),
+    ("import random\nrandom._os.remove('x')", "random._os.remove"),
+    ("import os\ngetattr(os, 'sys' + 'tem')('id')", "getattr(os, ...)"),
+    ("import os\ngetattr(os, 'system')('id')", "os.system"),
+    ("eval('1 + 1')", "eval"),
+    ("exec('import os')", "exec"),
+    ("c = compile('1', 'f', 'eval')", "compile"),
+    ("__import__('os').system('id')", "__import__"),
+    ("g = globals()", "globals"),
+    ("v = vars()", "vars"),
+    ("import os\nv = vars(os)", "vars"),
+    ("x = ().__class__.__bases__[0].__subclasses__()", "__subclasses__"),
+    ("def f(): pass\ng = f.__globals__", "__globals__"),
+    ("b = __builtins__", "__builtins__"),
+    ("s = '{0.__globals__}'.format(f)", "str.format"),
+    ("def g():\n    yield 1\nfr = g().gi_frame", "gi_frame"),
+    ("import sys\nm = sys.modules['os']", "sys.modules"),
+    ("import pickle\npickle.loads(b'')", "pickle"),
+    ("import importlib\nimportlib.import_module('os')", "importlib"),
+    ("import ctypes", "ctypes"),
+    ("import torch\ntorch.ops.load_library('x.so')", "torch.ops.load_library"),
+    ("import torch\ntorch.hub.load('a', 'b')", "torch.hub.load"),
+    ("from torch.hub import load_state_dict_from_url", "torch.hub"),
+    ("import torch\nm = torch.load('w.pt')", "torch.load"),
+    ("import urllib.request", "urllib.request"),
+    ("import shutil\nshutil.rmtree('/')", "shutil"),
+    ("import os\nos.remove('/etc/passwd')", "os.remove"),
+    ("open('/tmp/x', 'w').write('x')", "open"),
+    ("open('../x', 'a')", "open"),
+    ("p = 'x'\nopen(p, 'wb')", "open"),
+    ("f = open", "open"),
+    ("from os import *", "from os import *"),
+    ("import numpy as np\nnp.load('x.npy', allow_pickle=True)", "numpy.load"),
+])
+def test_hostile_code_is_refused_for_both_origins(code, name):
+    for origin in ("generated", "handed"):
+        out = static_check(code, origin)
+        assert out is not None and out.status == "forbidden", (origin, code)
+    names = [v["name"] for v in static_check(code, "handed").detail["violations"]]
+    assert name in names, (names, static_check(code, "handed").error)
+
+
+def test_handed_in_code_may_read_files_and_write_inside_the_working_folder():
+    code = "data = open('/etc/hostname').read()\nwith open('log.txt', 'w') as f:\n    f.write(data)\n"
+    assert static_check(code, "handed") is None
+
+
+def test_handed_in_refusals_say_why():
+    out = static_check("import subprocess\n", "handed")
+    assert "starts processes" in out.error and out.diagnosis.kind == "forbidden_import"
+    out = static_check("import torch\ntorch.hub.load('a', 'b')\n", "handed")
+    assert "reaches the network" in out.error and out.diagnosis.kind == "forbidden"

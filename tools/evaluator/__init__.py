@@ -45,6 +45,13 @@ class EvalRequest(EvaluatorConfig):
     dataset: str
     epochs: int = Field(1, ge=1)
     prm: dict[str, Any] = Field(default_factory=dict, description="hyperparameters passed to Net and the harness")
+    origin: Literal["generated", "handed"] = Field(
+        "generated", description="who wrote the code, which picks the static policy: the LLM (strict allow-list) "
+                                 "or a person (a file given to `nasgraph eval`, LEMUR: see policy_handed.py)")
+    image_sides: list[int] = Field(
+        default_factory=list, description="larger square image sides to try, smallest first, when the model "
+                                          "cannot take the dataset's own size (a too-small map, a flatten sized for "
+                                          "another input): LEMUR's models were written for resized inputs")
 
     @field_validator("prm")
     @classmethod
@@ -144,7 +151,7 @@ class Evaluator:
         seconds["parse"] = round(time.perf_counter() - t, 4)
         if bad is None and self.policy:
             t = time.perf_counter()
-            bad = check_policy(tree, req.code)
+            bad = check_policy(tree, req.code, req.origin)
             seconds["policy"] = round(time.perf_counter() - t, 4)
         if bad is not None:
             bad.seconds = seconds

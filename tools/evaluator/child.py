@@ -13,7 +13,9 @@ determined attacker: run nasgraph in a container (or VM) when the code may be ho
 """
 from __future__ import annotations
 
+import ast
 import ctypes
+import functools
 import io
 import json
 import linecache
@@ -33,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nasgraph.tools.evaluator.datasets import TensorData
 from nasgraph.tools.evaluator.diagnosis import Diagnosis, classify_message, is_memory_message, is_shape_message
 from nasgraph.tools.evaluator.harness import DEFAULTS, NaNLoss, OverBudget, _batch_size, pick_device, train_and_test
+from nasgraph.tools.evaluator.hyperparameters import Hyperparameters, complete, declared
 from nasgraph.tools.evaluator.outcome import Outcome
 
 FILENAME = "<candidate>"
@@ -44,6 +47,8 @@ PR_SET_PDEATHSIG = 1
 CLONE_NEWNET = 0x40000000
 ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES",
             "CUDA_DEVICE_ORDER")
+# Shape failures a larger input cures (see fit_input): a map pooled below its kernel, a flatten sized for more pixels.
+RESIZE_KINDS = {"too_small", "linear_size"}
 
 
 # ---------------------------------------------------------------- reporting
@@ -261,12 +266,60 @@ class Failure(Exception):
         self.diagnosis = diagnosis or Diagnosis()
 
 
+@functools.cache
+def installed_modules() -> frozenset[str]:
+    """Top-level modules this Python could import, listed without importing any. The warm parent
+    computes it before forking: a child that dropped to an unprivileged uid may not be able to read
+    the installation (see zygote.warm_up), so it could not tell "not installed" from "not loadable"."""
+    import pkgutil
+
+    return frozenset(m.name for m in pkgutil.iter_modules()) | frozenset(sys.builtin_module_names)
+
+
+def _imported_at(line: int | None) -> list[str]:
+    """The modules the candidate's import statement on `line` names (none when it is no import)."""
+    try:
+        node = ast.parse(linecache.getline(FILENAME, line).strip()).body[0] if line else None
+    except (SyntaxError, IndexError):
+        return []
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom):
+        return ["." * node.level + (node.module or "")]
+    return []
+
+
+def missing_module(exc: BaseException, line: int | None) -> str | None:
+    """The module an ImportError could not find: ModuleNotFoundError names it; a relative import
+    (`from .blocks import X`, a file taken out of its package) is read from the candidate's line."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return exc.name
+    if type(exc) is ImportError and "relative import" in str(exc):
+        return next(iter(_imported_at(line)), None)
+    return None
+
+
+def _missing_module_text(name: str, line: int | None) -> str:
+    if name.startswith("."):
+        return (f"missing module: '{name}' is a relative import; the file was taken out of its package, "
+                "and only the one file is evaluated")
+    # The candidate may import something that is there and needs something that is not.
+    wanted = [m for m in _imported_at(line) if not (m == name or m.startswith(name + "."))]
+    needed = f" (needed by '{wanted[0]}', imported at line {line})" if wanted else ""
+    if name.split(".")[0] in installed_modules():
+        return (f"missing module: '{name}'{needed} is installed here, but the sandboxed child cannot load it: "
+                "it runs as an unprivileged user and has only the modules the warm parent loaded before forking")
+    return f"missing module: '{name}'{needed} is not installed in this environment"
+
+
 def diagnose(exc: BaseException, tracker: LayerTracker | None = None) -> Diagnosis:
     """Kind and fields of a candidate's exception: the message's, the innermost own frame's line,
     and the running submodule (when forward hooks were on)."""
     d = classify_message(type(exc).__name__, str(exc))
     own = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == FILENAME]
     d.line = own[-1].lineno if own else None
+    if isinstance(exc, ImportError) and (name := missing_module(exc, d.line)):
+        d = d.model_copy(update={"kind": "missing_module", "name": name})
     return tracker.locate(d) if tracker is not None else d
 
 
@@ -281,22 +334,65 @@ def _classify(exc: BaseException, default: str, code_lines: list[str], extra: li
         return Failure("memory", format_error(exc, code_lines, extra), diagnosis=d)
     if default != "build_error" and is_shape_error(exc):
         return Failure("shape_error", format_error(exc, code_lines, extra), diagnosis=d)
+    if d.kind == "missing_module" and d.name:
+        extra = [*(extra or []), _missing_module_text(d.name, d.line)]
     return Failure(default, format_error(exc, code_lines, extra), diagnosis=d)
 
 
-def build(code: str, req: dict, data: TensorData, device: torch.device) -> nn.Module:
+def load(code: str) -> dict[str, Any]:
+    """Execute the candidate module; its namespace."""
     code_lines = code.splitlines()
     linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)
     namespace: dict[str, Any] = {"__name__": "candidate"}
     try:
         exec(compile(code, FILENAME, "exec"), namespace)  # noqa: S102 - this process exists to run it
+    except BaseException as e:  # noqa: BLE001 - every failure of candidate code is an outcome
+        raise _classify(e, "build_error", code_lines) from None
+    return namespace
+
+
+def fill_prm(namespace: dict[str, Any], req: dict, data: TensorData) -> tuple[Hyperparameters, dict]:
+    """The request's prm with every key the model declares (`supported_hyperparameters()`, module
+    level or on Net) filled, and any other it reads filled on demand; see hyperparameters.py.
+    Returns (prm, notes for the outcome's detail: `prm_filled` keeps growing as keys are read)."""
+    fn = namespace.get("supported_hyperparameters")
+    net = namespace.get("Net")
+    if not callable(fn) and isinstance(net, type):
+        fn = getattr(net, "supported_hyperparameters", None)
+    names, own, problem = declared(fn)
+    run_facts = {"batch": int(req["batch"]), "batch_size": int(req["batch"]), "epoch": int(req["epochs"]),
+                 "num_classes": data.classes}
+    prm = complete(req["prm_full"], names, own, run_facts)
+    notes: dict[str, Any] = {"prm_filled": prm.filled}
+    if problem:
+        notes["prm_declared_error"] = problem
+    return prm, notes
+
+
+def build(code: str, req: dict, data: TensorData, device: torch.device) -> nn.Module:
+    """Execute the module and construct Net with `req["prm_full"]` as it is."""
+    return construct(load(code), code, req, data, device)
+
+
+def in_shape(data: TensorData, side: int | None) -> tuple[int, int, int]:
+    """(C, H, W) the model is given: the data's, or upsampled to side x side."""
+    c, h, w = data.in_shape
+    return (c, side, side) if side else (c, h, w)
+
+
+def construct(namespace: dict[str, Any], code: str, req: dict, data: TensorData, device: torch.device,
+              side: int | None = None) -> nn.Module:
+    code_lines = code.splitlines()
+    try:
         net = namespace.get("Net")
         if not (isinstance(net, type) and issubclass(net, nn.Module)):
             found = "nothing" if net is None else f"{type(net).__name__} {net!r}"[:80]
             raise Failure("build_error", f"the module must define `class Net(nn.Module)`; found {found} named Net")
-        c, h, w = data.in_shape
+        c, h, w = in_shape(data, side)
         torch.manual_seed(int(req["seed"]))
-        model = net((int(req["batch"]), c, h, w), (data.classes,), dict(req["prm_full"]), device)
+        prm = req["prm_full"]
+        given = prm.copy() if isinstance(prm, Hyperparameters) else dict(prm)  # the model may change its own
+        model = net((int(req["batch"]), c, h, w), (data.classes,), given, device)
         if not isinstance(model, nn.Module):
             raise Failure("build_error", "Net(...) did not produce an nn.Module")
         return model.to(device)
@@ -306,8 +402,9 @@ def build(code: str, req: dict, data: TensorData, device: torch.device) -> nn.Mo
         raise _classify(e, "build_error", code_lines) from None
 
 
-def shape_check(model: nn.Module, code_lines: list[str], data: TensorData, device: torch.device) -> torch.Tensor:
-    c, h, w = data.in_shape
+def shape_check(model: nn.Module, code_lines: list[str], data: TensorData, device: torch.device,
+                side: int | None = None) -> torch.Tensor:
+    c, h, w = in_shape(data, side)
     x = torch.randn(2, c, h, w, device=device)
     tracker = LayerTracker(model)
     model.eval()
@@ -375,11 +472,12 @@ def _check_budgets(params: int, flops: int | None, req: dict) -> None:
                       Diagnosis(kind="over_budget", budgets=budgets))
 
 
-def train(model: nn.Module, code_lines: list[str], data: TensorData, req: dict, device: torch.device):
+def train(model: nn.Module, code_lines: list[str], data: TensorData, req: dict, device: torch.device,
+          side: int | None = None):
     try:
         return train_and_test(model, data, dict(req["prm_full"]), epochs=int(req["epochs"]),
                               time_budget_s=float(req["time_budget_s"]), batch_size=int(req["batch_size"]),
-                              device=device, seed=int(req["seed"]), augment=bool(req["augment"]))
+                              device=device, seed=int(req["seed"]), augment=bool(req["augment"]), side=side)
     except OverBudget as e:
         raise Failure("over_budget", f"too slow: {e}", {"projected_s": round(e.projected_s, 2), "budget_s": e.budget_s,
                                                         "batches_timed": e.batches_timed, "epoch": e.epoch},
@@ -390,12 +488,41 @@ def train(model: nn.Module, code_lines: list[str], data: TensorData, req: dict, 
         raise _classify(e, "runtime_error", code_lines) from None
 
 
+def fit_input(model: nn.Module, namespace: dict[str, Any], code: str, req: dict, data: TensorData,
+              device: torch.device, result: dict) -> tuple[nn.Module, torch.Tensor, int | None]:
+    """Shape-check the model on the data's own size; when it cannot take that size and the request
+    names larger image sides (`image_sides`), rebuild and check it at each in turn, smallest first.
+    LEMUR's models were written for inputs resized to 32-512 pixels (its runs record the resize).
+    Returns (model, dummy input, the side used or None); the side is noted in result["detail"]."""
+    own = max(data.in_shape[1:])
+    sides: list[int | None] = [None, *sorted({int(s) for s in req.get("image_sides") or [] if int(s) > own})]
+    code_lines = code.splitlines()
+    for i, side in enumerate(sides):
+        if side is not None:
+            result.setdefault("detail", {})["image_side"] = side  # also says which size a failure is from
+            model = construct(namespace, code, req, data, device, side)
+        try:
+            x = shape_check(model, code_lines, data, device, side)
+        except Failure as f:
+            if i + 1 == len(sides) or f.diagnosis.kind not in RESIZE_KINDS:
+                raise
+            continue
+        return model, x, side
+    raise AssertionError("unreachable: the last side re-raises")
+
+
+def _filled(notes: dict) -> dict:
+    """The prm notes for an outcome's detail, without an empty record."""
+    return {k: v for k, v in notes.items() if v}
+
+
 def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
     code = req["code"]
     code_lines = code.splitlines()
     seconds: dict[str, float] = {}
     stage = "build"
     result: dict[str, Any] = {}
+    notes: dict[str, Any] = {}  # which prm keys were filled, kept on every outcome from the build on
     started = time.perf_counter()
 
     def begin(name: str) -> float:
@@ -424,32 +551,40 @@ def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
         if device.type == "cuda" and req.get("gpu_memory_fraction"):
             # Several candidates share a card: past its share a candidate ends `memory`, alone.
             torch.cuda.set_per_process_memory_fraction(float(req["gpu_memory_fraction"]), device)
-        model = build(code, req, data, device)
+        namespace = load(code)
+        prm, notes = fill_prm(namespace, req, data)
+        req["prm_full"] = prm  # Net and the training recipe (train_setup) see the same keys
+        model = construct(namespace, code, req, data, device)
+        for key, fill in prm.filled.items():  # keys read undeclared while building: training sees them too
+            prm.setdefault(key, fill["value"])
         done("build", t)
         t = begin("shape")
-        x = shape_check(model, code_lines, data, device)
+        model, x, side = fit_input(model, namespace, code, req, data, device, result)
         drop_unreached_lazy(model)
         done("shape", t)
         t = begin("measure")
         params, flops, note = measure(model, x, req)
-        result.update(params=params, flops=flops, detail=note)
+        result.update(params=params, flops=flops)
+        result.setdefault("detail", {}).update(note)
         done("measure", t)
         _check_budgets(params, flops, req)
         begin("train")
-        res = train(model, code_lines, data, req, device)
+        res = train(model, code_lines, data, req, device, side)
         seconds["train"], seconds["test"] = round(res.train_seconds, 4), round(res.test_seconds, 4)
         stage = "test"
-        detail = {**result.get("detail", {}), "images_per_s": round(res.images_per_s, 1), "device": str(device)}
+        detail = {**_filled(notes), **result.get("detail", {}), "images_per_s": round(res.images_per_s, 1),
+                  "device": str(device)}
         return Outcome(status="ok", stage="test", accuracy=res.accuracy, params=params, flops=flops,
                        seconds=seconds, detail=detail, epochs=res.epochs)
     except Failure as f:
         return Outcome(status=f.status, stage=stage, params=result.get("params"), flops=result.get("flops"),
-                       seconds=failed_in(), error=f.error, detail={**result.get("detail", {}), **f.detail},
-                       diagnosis=f.diagnosis)
+                       seconds=failed_in(), error=f.error,
+                       detail={**_filled(notes), **result.get("detail", {}), **f.detail}, diagnosis=f.diagnosis)
     except BaseException as e:  # noqa: BLE001 - our own bug or an odd device failure: still an outcome
         failure = _classify(e, "runtime_error", code_lines)
         return Outcome(status=failure.status, stage=stage, params=result.get("params"), flops=result.get("flops"),
-                       seconds=failed_in(), error=failure.error, detail=failure.detail, diagnosis=failure.diagnosis)
+                       seconds=failed_in(), error=failure.error, detail={**_filled(notes), **failure.detail},
+                       diagnosis=failure.diagnosis)
 
 
 def run(req: dict, data: TensorData, result_fd: int) -> NoReturn:

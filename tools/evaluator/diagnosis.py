@@ -39,6 +39,7 @@ Kind = Literal[
     "output_shape",         # forward returned the wrong shape
     "not_tensor",           # forward returned something else than a tensor (None, a tuple)
     "no_forward",           # the module never defines forward
+    "missing_module",       # an import of a module this environment lacks: name "timm", "ab.nn.util", ".blocks"
     "over_budget",          # parameters, FLOPs or projected epoch time beyond the budget
     "other",
 ]

@@ -77,9 +77,11 @@ def pick_device(pref: str) -> torch.device:
 class _Batches:
     """Produces normalised, augmented (x, y) batches on the device from the uint8 tensors."""
 
-    def __init__(self, data: TensorData, device: torch.device, batch: int, augment: bool, gen: torch.Generator):
+    def __init__(self, data: TensorData, device: torch.device, batch: int, augment: bool, gen: torch.Generator,
+                 side: int | None = None):
         cuda = device.type == "cuda"
         self.device, self.batch, self.gen = device, batch, gen
+        self.side = side  # images upsampled to side x side per batch (models written for larger inputs)
         # Moved to the device once; per batch only indices travel.
         self.x = data.train_x.to(device, non_blocking=cuda)
         self.y = data.train_y.to(device, non_blocking=cuda)
@@ -101,7 +103,11 @@ class _Batches:
         # Explicit strides: with one channel, NCHW and NHWC strides both look "contiguous" to torch,
         # and a permuted crop would silently steer convolutions into channels_last.
         out = torch.empty(xb.shape, dtype=torch.float32, device=xb.device, memory_format=self.memory_format)
-        return out.copy_(xb).mul_(self.scale).add_(self.shift)
+        out = out.copy_(xb).mul_(self.scale).add_(self.shift)
+        if self.side:
+            out = F.interpolate(out, size=(self.side, self.side), mode="bilinear", align_corners=False)
+            out = out.contiguous(memory_format=self.memory_format)
+        return out
 
     def _augment(self, xb: torch.Tensor) -> torch.Tensor:
         n, _, h, w = xb.shape
@@ -338,13 +344,13 @@ def _batch_size(prm: dict, default: int, n: int) -> int:
 
 
 def _prepare(model: nn.Module, data: TensorData, prm: dict, device: torch.device, batch_size: int, augment: bool,
-             gen: torch.Generator, amp: torch.dtype | None, epochs: int):
+             gen: torch.Generator, amp: torch.dtype | None, epochs: int, side: int | None = None):
     """The recipe's setup, shared by training and the warm parent's rehearsal: numeric hyperparameters,
     the batches, the memory format, the model's own train_setup, and our optimizer, loss and schedule
     unless the model trains itself (then None). Returns (batches, (opt, loss_fn, sched) | None)."""
     prm = _numbers({**DEFAULTS, **(prm or {})})
     prm["batch"] = _batch_size(prm, batch_size, len(data.train_x))
-    batches = _Batches(data, device, prm["batch"], augment, gen)
+    batches = _Batches(data, device, prm["batch"], augment, gen, side)
     _choose_memory_format(model, batches, amp)
     if callable(getattr(model, "train_setup", None)):
         model.train_setup(prm)
@@ -379,10 +385,11 @@ def rehearse(model: nn.Module, data: TensorData, prm: dict, *, batch_size: int =
 
 def train_and_test(model: nn.Module, data: TensorData, prm: dict, *, epochs: int = 1,
                    time_budget_s: float = 180.0, batch_size: int = 128, device: torch.device | None = None,
-                   seed: int = 0, augment: bool = True, amp: bool = False) -> TrainResult:
+                   seed: int = 0, augment: bool = True, amp: bool = False, side: int | None = None) -> TrainResult:
     """Train `model` for `epochs` on `data` with the fixed recipe, then measure test accuracy.
 
     `prm` holds LEMUR-style hyperparameters (lr, momentum, batch, ...); missing ones take DEFAULTS.
+    `side`: images are upsampled to side x side (a model written for larger inputs than the data's).
     Raises OverBudget when an epoch is projected to exceed `time_budget_s`, NaNLoss on a
     non-finite loss (or parameters, for models that train themselves through `learn`).
     """
@@ -398,7 +405,7 @@ def train_and_test(model: nn.Module, data: TensorData, prm: dict, *, epochs: int
         torch.backends.cudnn.benchmark = False
     model.to(device)
     amp = _amp_dtype(device, amp)
-    batches, recipe = _prepare(model, data, prm, device, batch_size, augment, gen, amp, epochs)
+    batches, recipe = _prepare(model, data, prm, device, batch_size, augment, gen, amp, epochs, side)
     hooked = recipe is None
     opt, loss_fn, sched = recipe or (None, None, None)
     scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 and not hooked else None

@@ -1,6 +1,7 @@
 """Parse and static policy for candidate code, run in the parent before anything executes.
 
-The policy is an allow-list of imports plus deny rules on names, calls and attributes that lead
+This is the policy for generated code; code a person hands in (`origin="handed"`) is judged by
+`policy_handed.py`, which allows what real model files do. The generated-code policy is an allow-list of imports plus deny rules on names, calls and attributes that lead
 out of "define a PyTorch model": file, process and network access, dynamic code execution,
 reflection through dunder attributes and frames, and torch's own escape hatches (hub downloads,
 pickled loads, compilers, custom-op libraries). It catches what an LLM writes by accident or
@@ -16,9 +17,14 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
+from typing import Literal
 
 from .diagnosis import Diagnosis
 from .outcome import Outcome
+
+# Who wrote the code: the LLM ("generated", this module's allow-list) or a person ("handed": a file
+# given to `nasgraph eval`, the LEMUR corpus; the policy in policy_handed.py, calibrated on real models).
+Origin = Literal["generated", "handed"]
 
 ALLOWED_MODULES = (
     "torch", "torch.nn", "torch.optim", "torch.autograd", "torch.fft", "torch.linalg",
@@ -152,7 +158,9 @@ def _bound_names(tree: ast.AST) -> set[str]:
     return names
 
 
-class _Checker(ast.NodeVisitor):
+class Checker(ast.NodeVisitor):
+    """The strict policy, for generated code; `policy_handed.HandedChecker` overrides its rules."""
+
     def __init__(self, tree: ast.Module) -> None:
         self.violations: list[Violation] = []
         self.aliases: dict[str, str] = {}  # local name -> module dotted path it stands for
@@ -327,9 +335,15 @@ def check_syntax(code: str) -> tuple[ast.Module | None, Outcome | None]:
                              diagnosis=Diagnosis(kind="syntax", exc_type=type(e).__name__))
 
 
-def check_policy(tree: ast.Module, code: str) -> Outcome | None:
-    """Apply the static policy to a parsed module; None when it passes."""
-    checker = _Checker(tree)
+def check_policy(tree: ast.Module, code: str, origin: Origin = "generated") -> Outcome | None:
+    """Apply the static policy for code of this origin to a parsed module; None when it passes.
+    Generated code gets the allow-list above; code a person handed in gets `policy_handed.py`."""
+    if origin == "handed":
+        from .policy_handed import HandedChecker  # built on Checker above: imported here, not at the top
+
+        checker: Checker = HandedChecker(tree)
+    else:
+        checker = Checker(tree)
     checker.visit(tree)
     seen: set[tuple[int, str]] = set()
     found: list[Violation] = []
@@ -351,10 +365,10 @@ def check_policy(tree: ast.Module, code: str) -> Outcome | None:
                                        lines=imports or sorted({v.line for v in found}), name=found[0].name))
 
 
-def static_check(code: str) -> Outcome | None:
+def static_check(code: str, origin: Origin = "generated") -> Outcome | None:
     """Parse + policy; None when the candidate may run, else a `syntax` or `forbidden` Outcome."""
     tree, bad = check_syntax(code)
     if bad is not None:
         return bad
     assert tree is not None
-    return check_policy(tree, code)
+    return check_policy(tree, code, origin)

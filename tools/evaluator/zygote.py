@@ -266,6 +266,7 @@ def warm_up() -> None:
         child.build("raise ValueError('x')", req, data, device)
     except child.Failure:
         pass
+    child.installed_modules()  # listed once, as this user: a child may no longer be able to read the installation
 
 
 def main(argv: list[str]) -> int:
