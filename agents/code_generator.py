@@ -23,7 +23,7 @@ from nasgraph.agents.extract import extract
 from nasgraph.agents.feedback import error_hint, history_block, key_error_line, offending_line
 from nasgraph.agents.llm_call import AgentError, call
 from nasgraph.agents.prompts import RenderedPrompt, pair_sha, render
-from nasgraph.agents.schemas import BestDesign, Generation, HistoryEntry, Task
+from nasgraph.agents.schemas import BestDesign, Generation, HistoryEntry, Parent, Task
 from nasgraph.tools.fmt import human
 
 __all__ = ["AgentError", "Generation", "Task", "build_prompt", "compact_code", "generate", "layer_kinds",
@@ -35,6 +35,7 @@ USER_CHAR_BUDGET = 6000
 BLOCK_CHARS = 1400  # a retrieved block longer than this is not shown (the retriever skips it)
 REPAIR_CODE_CHARS = 5000
 ERROR_CHARS = 600
+PARENT_CODE_CHARS = 3500  # a parent longer than this is cut (and the child asked to be shorter)
 _DESIGN = re.compile(r"#\s*design\s*:\s*(.+)", re.I)  # the `# Design: ...` line the system prompt asks for
 
 
@@ -150,11 +151,31 @@ def build_prompt(task: Task, instruction: str, history: list[HistoryEntry], best
             return user  # only the instruction or the goal can be this long; send it as is
 
 
+def child_prompt(task: Task, instruction: str, history: list[HistoryEntry], parent: Parent,
+                 novelty_threshold: float = 0.1) -> RenderedPrompt:
+    """The user prompt for one change to a parent design: its code, shown compact, and the change.
+    Showing a design's code made the 1.5B model return near-copies of it; here a near-copy with the
+    named change is exactly what is asked for."""
+    code = compact_code(parent.code, PARENT_CODE_CHARS)
+    n_history = 8
+    while True:
+        user = render("code_generator.child", **task_values(task), history=history_block(history, novelty_threshold,
+                                                                                         limit=n_history),
+                      accuracy=f"{parent.accuracy:.3f}", params=human(parent.params), code=code,
+                      instruction=instruction.strip())
+        if len(user.text) <= USER_CHAR_BUDGET or n_history <= 2:
+            return user
+        n_history -= 2
+
+
 def generate(llm: BaseChatModel, task: Task, instruction: str, history: list[HistoryEntry],
-             best: BestDesign | None, blocks: Sequence[str] = (), novelty_threshold: float = 0.1) -> Generation:
-    """Ask for a new model module implementing `instruction`; raises AgentError if the LLM call fails."""
+             best: BestDesign | None, blocks: Sequence[str] = (), novelty_threshold: float = 0.1,
+             parent: Parent | None = None) -> Generation:
+    """Ask for a new model module implementing `instruction` (as a change to `parent` when one is
+    given); raises AgentError if the LLM call fails."""
     system = render("code_generator.system")
-    user = build_prompt(task, instruction, history, best, blocks, novelty_threshold)
+    user = (child_prompt(task, instruction, history, parent, novelty_threshold) if parent is not None
+            else build_prompt(task, instruction, history, best, blocks, novelty_threshold))
     return _generation(llm, system, user)
 
 

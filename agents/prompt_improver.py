@@ -16,11 +16,11 @@ from difflib import SequenceMatcher
 
 from langchain_core.language_models import BaseChatModel
 
-from nasgraph.agents.code_generator import task_values
+from nasgraph.agents.code_generator import layer_kinds, task_values
 from nasgraph.agents.feedback import error_hint, history_block, is_near_copy, key_error_line, outcome_text
 from nasgraph.agents.llm_call import AgentError, call
 from nasgraph.agents.prompts import pair_sha, render
-from nasgraph.agents.schemas import BestDesign, HistoryEntry, Improvement, Task, Triple
+from nasgraph.agents.schemas import BestDesign, HistoryEntry, Improvement, Parent, Task, Triple
 from nasgraph.tools.fmt import human
 
 __all__ = ["AgentError", "BestDesign", "HistoryEntry", "Improvement", "Triple", "improve", "window",
@@ -213,10 +213,24 @@ def _last_text(last: HistoryEntry | None, threshold: float) -> str:
     return text
 
 
+def _parent_text(parent: Parent | None) -> str:
+    if parent is None:
+        return ""
+    kinds = layer_kinds(parent.code)
+    return (f"Parent to improve (chosen from this run's archive): accuracy {parent.accuracy:.3f} with "
+            f"{human(parent.params)} parameters and {human(parent.flops)} FLOPs" + (f", built from {kinds}" if kinds else "")
+            + f" ({parent.arch_id}).\n")
+
+
+PARENT_DIRECTIVE = ("Propose ONE change to the parent design that is likely to raise its accuracy within the "
+                    "budget; name the exact layers and widths to add, remove or change.")
+
+
 def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: list[HistoryEntry],
             best: BestDesign | None, user_goal: str = "", novelty_threshold: float = 0.1,
-            ) -> tuple[Triple, Improvement]:
-    """Diagnose the last outcome and propose the next change; raises AgentError if the LLM call fails."""
+            parent: Parent | None = None) -> tuple[Triple, Improvement]:
+    """Diagnose the last outcome and propose the next change (to `parent` when one is given); raises
+    AgentError if the LLM call fails."""
     explore = last is not None and is_near_copy(last, novelty_threshold)
     values = {k: v for k, v in task_values(task).items() if k not in ("channels", "height", "width")}
     goal = user_goal.strip() or task.goal.strip()
@@ -227,7 +241,8 @@ def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: 
     # The last entry is shown in full under "Last result"; don't spend tokens on it twice.
     earlier = [e for e in history if last is None or e.iteration != last.iteration]
     user = render("prompt_improver.user", **values, history=history_block(earlier, novelty_threshold),
-                  best=best_text, last=_last_text(last, novelty_threshold), directive=_directive(last, explore),
+                  best=best_text, parent=_parent_text(parent), last=_last_text(last, novelty_threshold),
+                  directive=PARENT_DIRECTIVE if parent else _directive(last, explore),
                   moves="\n".join(f"- {m}" for m in _untried_moves(history)) or "- (all tried: propose your own)")
     reply = call(llm, system, user, "prompt_improver")
 
@@ -240,7 +255,7 @@ def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: 
         triple = Triple(problem=found.get("problem") or fallback.problem,
                         modification=_next_move(history, last) if repeated else found["modification"],
                         expected_effect=found.get("expected_effect", ""))
-        if explore and "different" not in triple.modification.lower():
+        if explore and parent is None and "different" not in triple.modification.lower():
             # The small model tends to propose a tweak of what it just repeated; insist on a new design.
             triple = triple.model_copy(update={"modification": f"{triple.modification}. {EXPLORE}"})
     meta = Improvement(

@@ -53,6 +53,7 @@ class HistoryEntry(BaseModel):
     novelty: float | None = Field(None, description="MinHash 1-Jaccard distance to the closest earlier design")
     same_as: int | None = Field(None, description="an earlier iteration whose valid design had the same "
                                                   "parameter and FLOP counts (the same network, other code)")
+    parent: str | None = Field(None, description="arch id of the design this one was built from (None: fresh)")
 
 
 class BestDesign(BaseModel):
@@ -60,6 +61,17 @@ class BestDesign(BaseModel):
     code: str
     accuracy: float
     params: int | None = None
+
+
+class Parent(BaseModel):
+    """A design from the run's archive that the next one is built from."""
+    arch_id: str
+    code: str
+    accuracy: float
+    params: int
+    flops: int
+    niche: tuple[int, int]
+    children: int = Field(0, description="designs already built from it before this one")
 
 
 class CallMeta(BaseModel):

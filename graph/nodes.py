@@ -6,15 +6,18 @@ The loop's nodes (improve, retrieve, record) take `LoopState`; the attempt's nod
 """
 from __future__ import annotations
 
+import random
 import re
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from nasgraph.agents import code_generator, prompt_improver
-from nasgraph.agents.schemas import BestDesign, HistoryEntry, Task, Triple
+from nasgraph.agents.schemas import BestDesign, HistoryEntry, Parent, Task, Triple
 from nasgraph.config import Config
+from nasgraph.tools import archive
 from nasgraph.tools.autofix import find_fix
 from nasgraph.tools.candidate import Candidate
 from nasgraph.tools.evaluator import EvalRequest, Evaluator, Outcome, static_check
@@ -66,6 +69,15 @@ def _best(state: LoopState | AttemptState) -> BestDesign | None:
     return BestDesign(**state["best"]) if state.get("best") else None
 
 
+def _parent(state: LoopState | AttemptState) -> Parent | None:
+    return Parent(**state["parent"]) if state.get("parent") else None
+
+
+# With search = "independent" every design gets this one instruction and nothing else: the baseline.
+INDEPENDENT = Triple(problem="", modification="Design a sound, efficient convolutional network for this task.",
+                     expected_effect="")
+
+
 def _llm_event(meta: Any) -> dict:
     return {"prompt": meta.prompt_name, "prompt_sha": meta.prompt_sha, "tokens_in": meta.tokens_in,
             "tokens_out": meta.tokens_out, "latency": round(meta.seconds, 3), "prompt_text": meta.prompt,
@@ -112,15 +124,38 @@ class Nodes:
 
     # -- agents ------------------------------------------------------------------------------
     def improve(self, state: LoopState) -> NodeResult:
+        search = self.d.cfg.loop.search
+        if search == "independent":  # no feedback: no improver call, no history, no parent
+            return NodeResult({"triple": INDEPENDENT.model_dump(), "parent": None, "attempt": None},
+                              {"triple": INDEPENDENT.model_dump(), "search": search})
+        parent, niches = self._pick_parent(state) if search == "parents" else (None, None)
         history = _history(state)
         last = history[-1] if history else None
         window = prompt_improver.window(history, self.d.cfg.loop.history_k)
         triple, meta = prompt_improver.improve(_llm_for(self.d, state), _task(state), last, window, _best(state),
                                                state.get("user_goal", ""),
-                                               novelty_threshold=self.d.cfg.loop.novelty_threshold)
+                                               novelty_threshold=self.d.cfg.loop.novelty_threshold, parent=parent)
         event = {**_llm_event(meta), "triple": triple.model_dump(), "parse_mode": meta.parse_mode,
-                 "repeated": meta.repeated}
-        return NodeResult({"triple": triple.model_dump(), "attempt": None}, event)
+                 "repeated": meta.repeated, "search": search, "niches": niches,
+                 "parent": parent.arch_id if parent else None, "parent_accuracy": parent.accuracy if parent else None}
+        return NodeResult({"triple": triple.model_dump(), "parent": parent.model_dump() if parent else None,
+                           "attempt": None}, event)
+
+    def _pick_parent(self, state: LoopState) -> tuple[Parent | None, int]:
+        """A parent drawn from this run's archive (seeded by run and iteration: a replayed step draws
+        the same), and how many niches the archive fills."""
+        designs = [archive.Design(e.arch_id, e.accuracy, e.params, e.flops, e.iteration or 0)
+                   for e in self.d.store.evaluations_for_run(state["run_id"])
+                   if e.status == "ok" and e.accuracy is not None and e.params and e.flops]
+        children = Counter({k: int(v) for k, v in (state.get("children") or {}).items()})
+        rng = random.Random(zlib.crc32(f"{state['run_id']}:{state.get('iteration', 0)}".encode()))
+        elite = archive.pick_parent(designs, children, rng, self.d.cfg.loop.fresh_share)
+        niches = len(archive.elites(designs))
+        if elite is None:
+            return None, niches
+        d = elite.design
+        return Parent(arch_id=d.arch_id, code=self.d.store.code(d.arch_id), accuracy=d.accuracy, params=d.params,
+                      flops=d.flops, niche=elite.niche, children=elite.children), niches
 
     def retrieve(self, state: LoopState) -> NodeResult:
         if self.d.retrieve is None:
@@ -130,9 +165,11 @@ class Nodes:
 
     # -- the attempt subgraph ------------------------------------------------------------------
     def _draft(self, state: AttemptState, llm, instruction: str) -> code_generator.Generation:
+        if self.d.cfg.loop.search == "independent":  # the baseline sees no results of earlier designs
+            return code_generator.generate(llm, _task(state), instruction, [], None, state.get("blocks") or [])
         window = prompt_improver.window(_history(state), self.d.cfg.loop.history_k)
         return code_generator.generate(llm, _task(state), instruction, window, _best(state), state.get("blocks") or [],
-                                       novelty_threshold=self.d.cfg.loop.novelty_threshold)
+                                       novelty_threshold=self.d.cfg.loop.novelty_threshold, parent=_parent(state))
 
     def generate(self, state: AttemptState) -> NodeResult:
         gen = self._draft(state, _llm_for(self.d, state), Triple(**state["triple"]).as_instruction())
@@ -256,6 +293,7 @@ class Nodes:
         attempt = state["attempt"]
         outcome = Outcome(**attempt["outcome"])
         arch_id = attempt.get("arch_id")  # None when the attempt ended before its fingerprint
+        parent_id = (state.get("parent") or {}).get("arch_id")
         iteration = state.get("iteration", 0) + 1
         cached_ok = outcome.status == "duplicate" and outcome.detail.get("cached_status") == "ok"
         valid = outcome.status == "ok" or cached_ok
@@ -265,7 +303,7 @@ class Nodes:
                              accuracy=outcome.accuracy if valid else None, params=outcome.params,
                              error=outcome.error, arch_id=arch_id or "", novelty=attempt.get("novelty"),
                              diagnosis=outcome.diagnosis.model_dump(exclude_defaults=True) if outcome.diagnosis else None,
-                             same_as=same_as)
+                             same_as=same_as, parent=parent_id)
         best = state.get("best")
         if outcome.status == "ok" and outcome.accuracy is not None and (
                 best is None or outcome.accuracy > best["accuracy"]):
@@ -291,11 +329,11 @@ class Nodes:
                              self.d.cfg.loop.time_budget_s, best["accuracy"] if best else None,
                              self.d.cfg.loop.target_accuracy)
         return NodeResult({"iteration": iteration, "history": [entry.model_dump()], "best": best, "stats": stats,
-                           "stop_reason": reason},
+                           "stop_reason": reason, "children": {parent_id: 1} if parent_id else {}},
                           {"status": outcome.status, "accuracy": outcome.accuracy, "params": outcome.params,
                            "code_hash": arch_id, "novelty": attempt.get("novelty"),
                            "first_status": attempt.get("first_status"), "repairs": attempt.get("repairs", 0),
-                           "same_as": same_as, "error": outcome.error, "stop_reason": reason})
+                           "same_as": same_as, "error": outcome.error, "stop_reason": reason, "parent": parent_id})
 
 
 def _code_hash(cand: Candidate) -> str | None:

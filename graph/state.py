@@ -32,6 +32,8 @@ class LoopState(TypedDict, total=False):
     iteration: int                       # completed iterations; the one in flight is iteration + 1
     step: Annotated[int, operator.add]   # node runs so far, subgraph nodes included; trace events carry it
     triple: dict[str, Any] | None        # the Prompt Improver's current triple
+    parent: dict[str, Any] | None        # nasgraph.agents.schemas.Parent this iteration builds on (None: fresh)
+    children: Annotated[dict[str, float], add_counts]  # designs built on each parent so far
     blocks: list[str]                    # retrieved blocks for this iteration (RAG node, when enabled)
     attempt: dict[str, Any] | None       # AttemptResult of this iteration's attempt subgraph
     history: Annotated[list[dict], keep_recent]   # nasgraph.agents.prompt_improver.HistoryEntry dicts
@@ -47,6 +49,7 @@ class AttemptState(TypedDict, total=False):
     run_id: str
     task: dict[str, Any]
     triple: dict[str, Any]
+    parent: dict[str, Any] | None
     blocks: list[str]
     history: list[dict]                  # the window's source
     best: dict[str, Any] | None

@@ -73,6 +73,11 @@ class LoopConfig(BaseModel):
     max_fixes: int = Field(8, ge=0, description="rule-based fixes per draft (nasgraph.tools.autofix); 0 turns them off")
     novelty_threshold: float = Field(0.1, ge=0, le=1, description="min 1-Jaccard to count as novel")
     prm: dict[str, float | int | str] = Field(default_factory=dict, description="hyperparameters for every candidate")
+    search: Literal["improver", "parents", "independent"] = Field(
+        "improver", description="improver: the Prompt Improver steers fresh designs from the history window; "
+                                "parents: each design is one change to a parent drawn from the run's archive; "
+                                "independent: no feedback at all (the baseline a search must beat)")
+    fresh_share: float = Field(0.2, ge=0, le=1, description="with search=parents, the share of fresh designs")
     target_accuracy: float | None = None
     time_budget_s: float | None = Field(None, description="stop the run after this many active seconds, resumes included")
 

@@ -1,0 +1,192 @@
+"""Does the search learn? Arms of the same LLM, data and per-step seeds, compared at equal LLM calls.
+
+Arms (`loop.search`): `parents` (each design one change to a parent drawn from the run's archive),
+`improver` (the Prompt Improver steering fresh designs from the history window) and `independent`
+(the no-feedback baseline: the same generator prompt every time, no history, no improver, no parent).
+Each arm is its own run in its own home under --root (its own store, so no arm gets another's cache
+hits; models and datasets are shared). Arms advance in chunks, the one with the fewest LLM calls
+first, so a run stopped at any point compares arms at about equal cost; every run resumes exactly,
+so the benchmark can be continued across sessions by running the same command again.
+
+Reported per arm, from the traces and the stores: best-so-far and running mean of valid designs per
+iteration and per LLM call (plotted), the mean accuracy of valid designs in the last half with a 95%
+interval, the valid rate with its 95% Wilson interval, niches filled, seconds per iteration. The
+headline compares arms at the smallest LLM-call count any arm reached.
+
+Run: .venv/bin/python -m bench.search --iterations 60 [--arms parents,independent] [--chunk 5]
+     [--model qwen2.5-coder-1.5b] [--root ~/.nasgraph/bench-search] [--report-only]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+from nasgraph.config import load_config
+from nasgraph.graph.trace import read_events
+from nasgraph.paths import RunPaths
+from nasgraph.tools import archive
+from nasgraph.tools.store import Store
+
+ARMS = ("parents", "improver", "independent")
+
+
+def _config(root: Path, arm: str, args: argparse.Namespace):
+    base = load_config()
+    return load_config(home=root / arm, models_dir=base.models_dir, data_dir=base.data_dir,
+                       llm={"model": args.model, "threads": args.llm_threads},
+                       loop={"search": arm, "dataset": args.dataset},
+                       evaluator={"threads": args.threads})
+
+
+def _events(cfg, arm: str) -> list[dict]:
+    return list(read_events(RunPaths(cfg.runs_dir / arm).trace))
+
+
+def llm_calls(events: list[dict]) -> int:
+    return sum(1 for e in events if e.get("prompt"))
+
+
+def advance(root: Path, args: argparse.Namespace) -> None:
+    from nasgraph.agents.handle import open_llm
+    from nasgraph.graph.run import run_loop
+
+    arms = args.arms.split(",")
+    llm = None  # one model for every arm (their LLM settings are the same), loaded when first needed
+    while True:
+        done = {}
+        for arm in arms:
+            events = _events(_config(root, arm, args), arm)
+            iterations = sum(e["node"] == "record" for e in events)
+            if iterations < args.iterations:
+                done[arm] = (llm_calls(events), iterations)
+        if not done:
+            return
+        arm = min(done, key=lambda a: done[a])  # the arm that has spent the fewest LLM calls goes next
+        cfg = _config(root, arm, args)
+        llm = llm or open_llm(cfg)
+        target = min(args.iterations, done[arm][1] + args.chunk)
+        summary = run_loop(cfg, llm, run_id=arm, iterations=target)
+        print(f"{arm}: {summary['iterations']} iterations, best {summary['best_accuracy']}", flush=True)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return round(centre - half, 3), round(centre + half, 3)
+
+
+def mean_interval(values: list[float]) -> tuple[float | None, float | None, float | None]:
+    if not values:
+        return None, None, None
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return round(m, 4), None, None
+    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values))
+    return round(m, 4), round(m - half, 4), round(m + half, 4)
+
+
+def analyse(root: Path, args: argparse.Namespace) -> dict:
+    arms = {}
+    for arm in args.arms.split(","):
+        cfg = _config(root, arm, args)
+        events = _events(cfg, arm)
+        if not events:
+            continue
+        rows, calls, best, accs = [], 0, None, []
+        for e in events:
+            calls += bool(e.get("prompt"))
+            if e["node"] != "record":
+                continue
+            acc = e.get("accuracy") if e.get("status") == "ok" else None
+            if acc is not None:
+                accs.append(acc)
+                best = acc if best is None else max(best, acc)
+            rows.append({"iteration": e["iteration"], "calls": calls, "status": e.get("status"), "accuracy": acc,
+                         "best": best, "running_mean": round(statistics.fmean(accs), 4) if accs else None})
+        n = len(rows)
+        fresh = [r for r in rows if r["status"] != "duplicate"]
+        valid = sum(r["status"] == "ok" for r in fresh)
+        half = [r["accuracy"] for r in rows[n // 2:] if r["accuracy"] is not None]
+        with Store(cfg.store_path) as store:
+            ok = [archive.Design(x.arch_id, x.accuracy, x.params, x.flops, x.iteration or 0)
+                  for x in store.evaluations_for_run(arm) if x.status == "ok" and x.params and x.flops]
+        seconds = sum(e.get("seconds", 0.0) for e in events)
+        arms[arm] = {"iterations": n, "llm_calls": calls, "best": best, "valid": valid, "fresh": len(fresh),
+                     "valid_rate": round(valid / max(1, len(fresh)), 3), "valid_rate_95": wilson(valid, len(fresh)),
+                     "mean_last_half": mean_interval(half), "niches": len(archive.elites(ok)),
+                     "seconds_per_iteration": round(seconds / max(1, n), 1), "curve": rows}
+    if arms:
+        budget = min(a["llm_calls"] for a in arms.values())
+        for a in arms.values():
+            upto = [r for r in a["curve"] if r["calls"] <= budget]
+            valid = [r["accuracy"] for r in upto if r["accuracy"] is not None]
+            a["at_equal_calls"] = {"calls": budget, "iterations": len(upto), "best": max(valid, default=None),
+                                   "mean_last_half": mean_interval(valid[len(valid) // 2:])}
+    return arms
+
+
+def plot(arms: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, a in arms.items():
+        xs = [r["calls"] for r in a["curve"]]
+        axes[0].plot(xs, [r["best"] for r in a["curve"]], label=arm)
+        axes[1].plot(xs, [r["running_mean"] for r in a["curve"]], label=arm)
+    for ax, title in zip(axes, ("best so far", "running mean of valid designs")):
+        ax.set_title(title)
+        ax.set_xlabel("LLM calls")
+        ax.set_ylabel("one-epoch accuracy")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=60)
+    ap.add_argument("--arms", default="parents,independent")
+    ap.add_argument("--chunk", type=int, default=5)
+    ap.add_argument("--model", default="qwen2.5-coder-1.5b")
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--threads", type=int, default=2, help="training threads")
+    ap.add_argument("--llm-threads", dest="llm_threads", type=int, default=2)
+    ap.add_argument("--root", type=Path, default=load_config().home / "bench-search")
+    ap.add_argument("--report-only", dest="report_only", action="store_true")
+    args = ap.parse_args()
+    for arm in args.arms.split(","):
+        if arm not in ARMS:
+            ap.error(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+    if not args.report_only:
+        advance(args.root, args)
+    arms = analyse(args.root, args)
+    args.root.mkdir(parents=True, exist_ok=True)
+    (args.root / "search.json").write_text(json.dumps(arms, indent=1))
+    if arms:
+        plot(arms, args.root / "search.png")
+    print(f"{'arm':<12} {'iters':>5} {'calls':>5} {'best':>7} {'mean last half (95%)':>26} {'valid (95%)':>20} "
+          f"{'niches':>6} {'s/iter':>6}")
+    for arm, a in arms.items():
+        m, lo, hi = a["mean_last_half"]
+        mean = f"{m} ({lo}-{hi})" if lo is not None else str(m)
+        best = f"{a['best']:.4f}" if a["best"] is not None else "-"
+        print(f"{arm:<12} {a['iterations']:>5} {a['llm_calls']:>5} {best:>7} {mean:>26} "
+              f"{a['valid_rate']:>6} {str(a['valid_rate_95']):>13} {a['niches']:>6} {a['seconds_per_iteration']:>6}")
+    if arms:
+        eq = {arm: a["at_equal_calls"] for arm, a in arms.items()}
+        print(f"\nat equal LLM calls ({next(iter(eq.values()))['calls']}): " + "; ".join(
+            f"{arm} best {e['best']} mean of last half {e['mean_last_half'][0]} over {e['iterations']} iterations"
+            for arm, e in eq.items()))
+    print(f"\nwrote {args.root / 'search.json'} and {args.root / 'search.png'}")
+
+
+if __name__ == "__main__":
+    main()

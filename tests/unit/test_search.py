@@ -1,0 +1,82 @@
+"""The search: the archive's niches and parent draw, the loop building on parents, and the
+no-feedback baseline (the arm a search must beat)."""
+import random
+from collections import Counter
+
+import pytest
+
+from nasgraph.config import load_config
+from nasgraph.graph.run import RunPaths, run_loop
+from nasgraph.graph.trace import read_events
+from nasgraph.tools import archive
+from nasgraph.tools.archive import Design
+from tests import candidates as C
+from tests.fakes import FakeHandle, ScriptedChatModel
+
+
+def test_niches_are_log2_bins_of_parameters_and_flops():
+    assert archive.niche(500, 50_000) == (0, 0)
+    assert archive.niche(1_500, 150_000) == (1, 1)
+    assert archive.niche(3_000, 100_000) == (2, 0)
+    assert archive.niche(10**12, 10**15) == (archive.BINS - 1, archive.BINS - 1)
+
+
+def test_each_niche_keeps_its_most_accurate_design():
+    designs = [Design("a", 0.80, 2_000, 200_000, 1), Design("b", 0.85, 2_100, 210_000, 2),
+               Design("c", 0.70, 900_000, 50_000_000, 3)]
+    elites = archive.elites(designs, Counter({"b": 2}))
+    assert [(e.design.arch_id, e.children) for e in elites] == [("b", 2), ("c", 0)]
+
+
+def test_parents_favour_accuracy_and_spread_over_children():
+    designs = [Design(f"d{i}", 0.60 + 0.03 * i, 1_000 * 2 ** i, 100_000 * 2 ** i, i) for i in range(10)]
+    rng = random.Random(0)
+    drawn = Counter(archive.pick_parent(designs, Counter(), rng, 0.0).design.arch_id for _ in range(2000))
+    assert drawn["d9"] > drawn["d5"] > drawn["d0"]
+    # the best design, already built on 20 times, is drawn less than a slightly worse one never used
+    tired = Counter(archive.pick_parent(designs, Counter({"d9": 20}), rng, 0.0).design.arch_id for _ in range(2000))
+    assert tired["d8"] > tired["d9"]
+
+
+def test_fresh_share_and_empty_archive_draw_no_parent():
+    rng = random.Random(1)
+    assert archive.pick_parent([], Counter(), rng, 0.0) is None
+    designs = [Design("a", 0.8, 2_000, 200_000, 1)]
+    fresh = sum(archive.pick_parent(designs, Counter(), rng, 0.3) is None for _ in range(1000))
+    assert 240 < fresh < 360
+
+
+@pytest.fixture()
+def cfg(tmp_path, monkeypatch):
+    monkeypatch.setenv("NASGRAPH_HOME", str(tmp_path))
+    return load_config(home=tmp_path, evaluator={"threads": 1, "time_budget_s": 60, "batch_size": 32},
+                       loop={"dataset": "digits", "max_repairs": 0, "max_fixes": 0, "prm": {"lr": 0.1}})
+
+
+def test_parents_search_shows_the_parent_to_both_agents_and_counts_its_children(cfg):
+    cfg.loop.search, cfg.loop.fresh_share = "parents", 0.0
+    llm = ScriptedChatModel(improver=[C.TRIPLE] * 3, generator=[C.fenced(C.wide(c)) for c in (5, 6, 7)])
+    run_loop(cfg, FakeHandle(llm), run_id="p1", iterations=3)
+    events = list(read_events(RunPaths(cfg.runs_dir / "p1").trace))
+    improves = [e for e in events if e["node"] == "improve"]
+    gens = [e for e in events if e["node"] == "generate"]
+    records = [e for e in events if e["node"] == "record"]
+    assert improves[0]["parent"] is None  # an empty archive: the first design is fresh
+    first = records[0]["code_hash"]
+    assert improves[1]["parent"] == first and improves[1]["niches"] == 1
+    assert "Parent to improve" in improves[1]["prompt_text"]
+    assert gens[1]["prompt"] == "code_generator.child" and "nn.Conv2d(in_shape[1], 5" in gens[1]["prompt_text"]
+    assert gens[0]["prompt"] == "code_generator.user"
+    assert [r["parent"] for r in records] == [None, first, improves[2]["parent"]]
+    assert improves[2]["parent"] in {r["code_hash"] for r in records[:2]}
+
+
+def test_independent_search_is_the_no_feedback_baseline(cfg):
+    cfg.loop.search = "independent"
+    llm = ScriptedChatModel(improver=[], generator=[C.fenced(C.wide(c)) for c in (5, 6, 7)])
+    summary = run_loop(cfg, FakeHandle(llm), run_id="b1", iterations=3)
+    assert summary["iterations"] == 3 and llm.calls.count("improver") == 0
+    events = list(read_events(RunPaths(cfg.runs_dir / "b1").trace))
+    gens = [e for e in events if e["node"] == "generate"]
+    assert len({g["prompt_text"] for g in gens}) == 1  # the same prompt every time: no history, no best
+    assert "(none yet)" in gens[-1]["prompt_text"] and "Best design so far" not in gens[-1]["prompt_text"]
