@@ -39,7 +39,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if llm:
         o["llm"] = llm
     loop: dict[str, Any] = {}
-    for key in ("dataset", "epochs", "iterations", "max_repairs", "max_fixes", "target_accuracy"):
+    for key in ("dataset", "epochs", "iterations", "max_repairs", "max_fixes", "target_accuracy", "search"):
         if getattr(args, key, None) is not None:
             loop[key] = getattr(args, key)
     if loop:
@@ -442,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--max-repairs", dest="max_repairs", type=int, help="LLM repairs per iteration")
     rn.add_argument("--max-fixes", dest="max_fixes", type=int, help="rule-based fixes per draft (0: off)")
     rn.add_argument("--target-accuracy", dest="target_accuracy", type=float)
+    rn.add_argument("--search", choices=["improver", "parents", "independent"],
+                    help="improver: fresh designs steered by the history; parents: one change to a design drawn "
+                         "from the run's archive; independent: no feedback (a baseline)")
     rn.add_argument("--goal", help="free-text design goal added to the prompts")
     rn.add_argument("--rag", action=argparse.BooleanOptionalAction, help="retrieve validated blocks (needs `nasgraph index build`)")
     for module in PLUGINS:  # commands that live beside the code they drive
