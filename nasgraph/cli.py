@@ -70,7 +70,14 @@ def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin
     from concurrent.futures import ThreadPoolExecutor
 
     from nasgraph.tools.candidate import Candidate
-    from nasgraph.tools.evaluator import EvalRequest, Evaluator, default_workers, static_check, training_recipe
+    from nasgraph.tools.evaluator import (
+        EvalRequest,
+        Evaluator,
+        default_workers,
+        main_thread_signals,
+        static_check,
+        training_recipe,
+    )
     from nasgraph.tools.evaluator.harness import pick_device
     from nasgraph.tools.hardware import hardware_info
     from nasgraph.tools.store import Store
@@ -112,7 +119,7 @@ def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin
 
     try:
         with Evaluator.from_config(cfg.evaluator, cfg.data_dir, device=device, workers=workers) as evaluator, \
-                ThreadPoolExecutor(workers) as pool:
+                ThreadPoolExecutor(workers, initializer=main_thread_signals) as pool:
             for f in [pool.submit(evaluate, evaluator, indices) for indices in groups.values()]:
                 f.result()
     finally:

@@ -123,3 +123,36 @@ def test_workers_default_from_the_hardware(monkeypatch):
 def test_zero_workers_is_refused(tmp_path):
     with pytest.raises(ValueError, match="at least 1"):
         Evaluator(tmp_path, workers=0)
+
+
+def test_pool_threads_leave_ctrl_c_to_the_main_thread(tmp_path):
+    # Regression: a Ctrl-C the kernel handed an idle pool thread went unseen while the chat's main
+    # thread sat in readline, and a run went on after Ctrl-C.
+    import signal
+    import subprocess
+    import sys
+
+    code = textwrap.dedent(f'''
+        import signal, sys, time, threading
+        from nasgraph.tools.evaluator import EvalRequest, Evaluator
+        ev = Evaluator({str(tmp_path / "data")!r}, workers=2, policy=False)
+        req = EvalRequest(code={PLAIN!r}, dataset="digits", threads=1, batch_size=64, augment=False,
+                          time_budget_s=20.0, setup_timeout_s=20.0, timeout_grace_s=3.0, memory_limit_mb=1024)
+        assert all(f.result().ok for f in [ev.submit(req), ev.submit(req)])  # both pool threads exist
+        blocked = ev._pool.submit(lambda: signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])).result()
+        print("blocked", blocked, flush=True)
+        try:
+            threading.Event().wait()  # the main thread waits, as it does in readline or on a Future
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        ev.close()
+    ''')
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "blocked True"
+    for _ in range(20):  # process-directed signals: each lands on a thread that does not block it
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        if proc.poll() is not None:
+            break
+    out, err = proc.communicate(timeout=60)
+    assert "interrupted" in out, err[-2000:]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +33,7 @@ from .policy import check_policy, check_syntax, static_check
 from .sandbox import EvaluatorUnavailable, WarmParent
 
 __all__ = ["STAGES", "EvalRequest", "Evaluator", "EvaluatorUnavailable", "Outcome", "Status", "default_workers",
-           "static_check", "training_recipe"]
+           "main_thread_signals", "static_check", "training_recipe"]
 
 
 class EvalRequest(EvaluatorConfig):
@@ -75,6 +76,14 @@ def training_recipe(cfg: EvaluatorConfig, prm: dict[str, Any]) -> dict[str, Any]
     from .harness import DEFAULTS  # the harness imports torch: keep this package's import light
 
     return {**DEFAULTS, "batch": cfg.batch_size, **prm, "augment": cfg.augment, "seed": cfg.seed}
+
+
+def main_thread_signals() -> None:
+    """Initializer of threads that run beside the main thread: SIGINT and SIGTERM are blocked in them,
+    so the kernel hands those signals to the main thread, the only one Python runs handlers in. A
+    Ctrl-C the kernel gave an idle pool thread went unseen while the main thread sat in readline (the
+    chat's prompt) or waited on a Future (a run)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def default_workers(cfg: EvaluatorConfig, device: str) -> int:
@@ -120,7 +129,8 @@ class Evaluator:
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for parent in self._parents:
             self._idle.put(parent)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nasgraph-eval")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nasgraph-eval",
+                                        initializer=main_thread_signals)
         self._close_lock = threading.Lock()
         self._busy: set[Any] = set()
         self._closed = False

@@ -279,6 +279,9 @@ def main(argv: list[str]) -> int:
     chan = Channel(os.dup(1))
     os.dup2(2, 1)  # a stray print (ours or a library's) must not corrupt the protocol
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the Evaluator decides when we stop
+    # Started from an evaluator's pool thread (a restart), we inherit its blocked signals; candidates
+    # must not.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
     # torch.cuda.is_available() (a candidate's device="auto") must not initialise the driver here.
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
