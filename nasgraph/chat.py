@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import shlex
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -422,7 +423,16 @@ def cmd_chat(args, cfg: Config, console: Console) -> int:
     return guarded(start_chat)(args, cfg, console)
 
 
+def _ctrl_c_reaches_us() -> None:
+    """The chat is driven by Ctrl-C (stop a run, a note at the prompt). A process started with SIGINT
+    ignored or blocked (inherited from whatever launched it) would never see one: take it back."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def start_chat(args, cfg: Config, console: Console) -> int:
+    _ctrl_c_reaches_us()
     folder = sessions_dir(cfg.runs_dir)
     if args.list:
         sessions = list_sessions(folder)

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -138,14 +139,15 @@ def test_new_dataset_continues_in_a_new_run(cfg):
 
 
 # -- the real program through a pseudo-terminal ------------------------------------------------------------
-def spawn(home: Path, *args: str) -> tuple[pexpect.spawn, Screen]:
+def spawn(home: Path, *args: str, preexec_fn=None) -> tuple[pexpect.spawn, Screen]:
     env = {**os.environ, "NASGRAPH_HOME": str(home), "NASGRAPH_EVALUATOR__THREADS": "1",
            "NASGRAPH_EVALUATOR__BATCH_SIZE": "32", "NASGRAPH_LOOP__PRM": '{"lr": 0.1}', "NASGRAPH_LOOP__MAX_FIXES": "0",
            "NASGRAPH_LOOP__MAX_REPAIRS": "1",
            "PYTHONPATH": str(ROOT)}
     child = pexpect.spawn(sys.executable, [str(ROOT / "tests" / "chat_driver.py"), "chat", *args], cwd=str(ROOT),
                           env=env, encoding="utf-8", codec_errors="replace", timeout=90,
-                          dimensions=(50, 160))  # Ctrl-C flushes the tty: a character may be cut
+                          dimensions=(50, 160),  # Ctrl-C flushes the tty: a character may be cut
+                          preexec_fn=preexec_fn)
     return child, Screen(child)
 
 
@@ -201,6 +203,30 @@ def test_terminal_session_commands_and_bad_input(tmp_path):
     screen.prompt()
     child.sendline("/quit")
     screen.expect("resume with: nasgraph chat --session pty")
+    assert finish(child) == 0
+
+
+def _deaf_to_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def test_regression_a_chat_started_with_ctrl_c_ignored_still_hears_it(tmp_path):
+    # Seen in the full suite: a chat that inherited SIGINT ignored and blocked never saw Ctrl-C.
+    child, screen = spawn(tmp_path, "--session", "deaf", "--dataset", "digits", "--auto", "0",
+                          preexec_fn=_deaf_to_ctrl_c)
+    screen.prompt()
+    for attempt in range(4):
+        time.sleep(0.5 + attempt)
+        child.sendintr()
+        try:
+            screen.expect("nothing is running", timeout=3)
+            break
+        except AssertionError:
+            assert child.isalive(), "Ctrl-C at the prompt ended the session"
+    else:
+        raise AssertionError("Ctrl-C at the prompt was never noted")
+    child.sendline("/quit")
     assert finish(child) == 0
 
 
