@@ -135,6 +135,9 @@ def test_pool_threads_leave_ctrl_c_to_the_main_thread(tmp_path):
     code = textwrap.dedent(f'''
         import signal, sys, time, threading
         from nasgraph.tools.evaluator import EvalRequest, Evaluator
+        # Whatever launched the tests (a background job ignores SIGINT): this process hears Ctrl-C.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGINT}})
         ev = Evaluator({str(tmp_path / "data")!r}, workers=2, policy=False)
         req = EvalRequest(code={PLAIN!r}, dataset="digits", threads=1, batch_size=64, augment=False,
                           time_budget_s=20.0, setup_timeout_s=20.0, timeout_grace_s=3.0, memory_limit_mb=1024)
