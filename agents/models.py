@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nasgraph.errors import NasgraphError
+from nasgraph.tools.checksum import sha256_file
 
 Progress = Callable[[str], None]
 
@@ -109,14 +110,6 @@ def _sidecar_ok(path: Path, model: EmbeddedModel) -> bool:
 
 def _write_sidecar(path: Path, model: EmbeddedModel) -> None:
     _sidecar(path).write_text(json.dumps({**_stat_key(path), "sha256": model.sha256}))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _verify(path: Path, model: EmbeddedModel) -> bool:

@@ -9,7 +9,6 @@ put there on a machine without PyPI), in pip's HTTP cache, and only then downloa
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
 import subprocess
@@ -22,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from nasgraph.tools.checksum import sha256_file
 from nasgraph.tools.lemur.index import SCHEMA, BuildCounts, build, read_meta
 from nasgraph.tools.lemur.layout import LOCK, MODELS_DIR, TEMP_PREFIXES, LemurError, index_path
 
 Progress = Callable[[str], None]
 # "earlier download": verified by a pull that was killed before its index was finished.
 WheelOrigin = Literal["given", "lemur folder", "pip cache", "download", "earlier download", "none"]
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -62,14 +61,6 @@ class PullResult:
     index_s: float | None
     disk_bytes: int  # the whole lemur folder, as allocated on disk
     counts: BuildCounts | None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _matches(path: Path, wheel: LemurWheel) -> bool:
