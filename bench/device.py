@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.workers import MODEL as TINY_VARIANT  # small CNNs of a given width
 from nasgraph.tools.evaluator import EvalRequest, Evaluator
 from nasgraph.tools.evaluator.datasets import load_dataset
 from nasgraph.tools.evaluator.reference_models import reference_source
@@ -62,22 +63,6 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.body(self.stem(x)), 1), 1))
-'''
-
-TINY_VARIANT = '''
-import torch.nn as nn
-
-class Net(nn.Module):
-    def __init__(self, in_shape, out_shape, prm, device):
-        super().__init__()
-        c = {width}
-        self.body = nn.Sequential(
-            nn.Conv2d(in_shape[1], c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(), nn.Linear(2 * c, out_shape[0]))
-
-    def forward(self, x):
-        return self.body(x)
 '''
 
 HOSTILE_ALLOC = TINY_VARIANT.format(width=8).replace(

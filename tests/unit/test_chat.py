@@ -151,6 +151,21 @@ def spawn(home: Path, *args: str, preexec_fn=None) -> tuple[pexpect.spawn, Scree
     return child, Screen(child)
 
 
+def ctrl_c_at_the_prompt(child: pexpect.spawn, screen: Screen) -> None:
+    """A Ctrl-C at the prompt is a note, not an exit. One pressed while readline is still setting up
+    is only seen on Enter; on a loaded machine that takes longer, so press again as a person would."""
+    for attempt in range(4):
+        time.sleep(0.5 + attempt)
+        child.sendintr()
+        try:
+            screen.expect("nothing is running", timeout=3)
+            break
+        except AssertionError:
+            assert child.isalive(), "Ctrl-C at the prompt ended the session"
+    else:
+        raise AssertionError("Ctrl-C at the prompt was never noted")
+
+
 def finish(child: pexpect.spawn) -> int:
     child.expect(pexpect.EOF, timeout=30)
     child.close()
@@ -186,18 +201,7 @@ def test_terminal_session_commands_and_bad_input(tmp_path):
         child.sendline(line)
         screen.expect(re.escape(answer))
         screen.prompt()
-    # At the prompt a Ctrl-C is a note, not an exit. One pressed while readline is still setting up
-    # is only seen on Enter; on a loaded machine that takes longer, so press again as a person would.
-    for attempt in range(4):
-        time.sleep(0.5 + attempt)
-        child.sendintr()
-        try:
-            screen.expect("nothing is running", timeout=3)
-            break
-        except AssertionError:
-            assert child.isalive(), "Ctrl-C at the prompt ended the session"
-    else:
-        raise AssertionError("Ctrl-C at the prompt was never noted")
+    ctrl_c_at_the_prompt(child, screen)
     child.sendline("/help")
     screen.expect("/export ID PATH")
     screen.prompt()
@@ -216,16 +220,7 @@ def test_regression_a_chat_started_with_ctrl_c_ignored_still_hears_it(tmp_path):
     child, screen = spawn(tmp_path, "--session", "deaf", "--dataset", "digits", "--auto", "0",
                           preexec_fn=_deaf_to_ctrl_c)
     screen.prompt()
-    for attempt in range(4):
-        time.sleep(0.5 + attempt)
-        child.sendintr()
-        try:
-            screen.expect("nothing is running", timeout=3)
-            break
-        except AssertionError:
-            assert child.isalive(), "Ctrl-C at the prompt ended the session"
-    else:
-        raise AssertionError("Ctrl-C at the prompt was never noted")
+    ctrl_c_at_the_prompt(child, screen)
     child.sendline("/quit")
     assert finish(child) == 0
 
