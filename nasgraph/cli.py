@@ -39,7 +39,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if llm:
         o["llm"] = llm
     loop: dict[str, Any] = {}
-    for key in ("dataset", "epochs", "iterations", "max_repairs", "max_fixes", "target_accuracy", "search"):
+    for key in ("dataset", "image_size", "epochs", "iterations", "max_repairs", "max_fixes", "target_accuracy",
+                "search"):
         if getattr(args, key, None) is not None:
             loop[key] = getattr(args, key)
     if loop:
@@ -302,10 +303,36 @@ def cmd_predict(args, cfg: Config, console: Console) -> int:
 
 
 def cmd_datasets(args, cfg: Config, console: Console) -> int:
-    from nasgraph.tools.evaluator.datasets import dataset_names
+    from nasgraph.tools.evaluator.datasets import dataset_names, describe
 
-    for name in dataset_names():
-        console.print(name)
+    if not args.dataset:
+        for name in dataset_names():
+            console.print(f"{name:14} [dim]{describe(name)}[/]")
+        console.print("[dim]or your own: an image folder (train/<class>/*.jpg|png, optional test/; --image-size) "
+                      "or an .npz with x_train, y_train, x_test, y_test[/]")
+        return 0
+    from nasgraph.dataset_ref import canonical
+    from nasgraph.tools.evaluator.datasets import load_dataset
+
+    data = load_dataset(canonical(args.dataset, args.image_size), cfg.data_dir)  # builds the cache once
+    train = data.train_y.bincount(minlength=data.classes).tolist()
+    test = data.test_y.bincount(minlength=data.classes).tolist()
+    names = list(data.class_names) or [str(i) for i in range(data.classes)]
+    info = {"dataset": data.name, "shape": list(data.in_shape), "classes": names, "train": len(data.train_y),
+            "test": len(data.test_y), "train_per_class": train, "test_per_class": test,
+            "mean": list(data.mean), "std": list(data.std)}
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    from rich.table import Table
+
+    c, h, w = data.in_shape
+    t = Table(title=f"{data.name}: {len(data.train_y):,} train / {len(data.test_y):,} test images, {c}x{h}x{w}")
+    for col in ("label", "class", "train", "test"):
+        t.add_column(col, justify="right" if col in ("label", "train", "test") else "left")
+    for i, name in enumerate(names):
+        t.add_row(str(i), name, f"{train[i]:,}", f"{test[i]:,}")
+    console.print(t)
     return 0
 
 
@@ -360,7 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def train_flags(sp: argparse.ArgumentParser, backend_flag: str = "--backend") -> None:
-        sp.add_argument("--dataset", help="dataset name (see `nasgraph datasets`)")
+        sp.add_argument("--dataset", help="a dataset name (see `nasgraph datasets`), an image folder "
+                                          "(train/<class>/*.jpg|png, optional test/) or an .npz")
+        sp.add_argument("--image-size", dest="image_size", type=int,
+                        help="square side an image folder is resized to (default 32)")
         sp.add_argument("--epochs", type=int)
         sp.add_argument("--threads", type=int)
         sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -435,7 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--folds", type=int, default=3, help="folds of the held-out scores --train prints")
     pr.add_argument("--json", action="store_true")
 
-    sub.add_parser("datasets", help="list dataset names")
+    ds = sub.add_parser("datasets", help="list dataset names, or check and describe one (a folder, an .npz)")
+    ds.add_argument("dataset", nargs="?", help="a name, image folder or .npz: read once, cached, described")
+    ds.add_argument("--image-size", dest="image_size", type=int, help="square side a folder is resized to (default 32)")
+    ds.add_argument("--json", action="store_true")
     af = sub.add_parser("autofix", help="the rule-based repair rules: `autofix rules` prints the catalogue")
     af.add_argument("what", choices=["rules"])
     af.add_argument("--json", action="store_true")

@@ -9,13 +9,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from nasgraph.dataset_ref import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, canonical
 
 
 def default_home() -> Path:
@@ -62,7 +64,10 @@ class LLMConfig(BaseModel):
 
 
 class LoopConfig(BaseModel):
-    dataset: str = "fashion-mnist"
+    dataset: str = Field("fashion-mnist", description="a built-in name, an image folder (train/<class>/*.jpg|png, "
+                                                      "optional test/) or an .npz (x_train, y_train, x_test, y_test)")
+    image_size: int | None = Field(None, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE,
+                                   description="square side an image folder is resized to (default 32)")
     epochs: int = Field(1, ge=1)
     iterations: int = Field(30, ge=1)
     history_k: int = Field(5, ge=1)
@@ -80,6 +85,13 @@ class LoopConfig(BaseModel):
     fresh_share: float = Field(0.2, ge=0, le=1, description="with search=parents, the share of fresh designs")
     target_accuracy: float | None = None
     time_budget_s: float | None = Field(None, description="stop the run after this many active seconds, resumes included")
+
+    @model_validator(mode="after")
+    def _canonical_dataset(self) -> "LoopConfig":
+        # A folder or .npz becomes an absolute path (with the folder's image size) here, in the
+        # process the user started: everything downstream carries this one string.
+        self.dataset = canonical(self.dataset, self.image_size)
+        return self
 
 
 class RagConfig(BaseModel):

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator
 
 from nasgraph.config import EvaluatorConfig
+from nasgraph.dataset_ref import canonical
 
 from .outcome import STAGES, Outcome, Status
 from .policy import check_policy, check_syntax, static_check
@@ -53,6 +54,13 @@ class EvalRequest(EvaluatorConfig):
         default_factory=list, description="larger square image sides to try, smallest first, when the model "
                                           "cannot take the dataset's own size (a too-small map, a flatten sized for "
                                           "another input): LEMUR's models were written for resized inputs")
+
+    @field_validator("dataset")
+    @classmethod
+    def _canonical_dataset(cls, v: str) -> str:
+        # The warm parent runs in a temp folder with another HOME: a relative or ~ path must be made
+        # absolute here, where it means what the caller meant.
+        return canonical(v)
 
     @field_validator("prm")
     @classmethod

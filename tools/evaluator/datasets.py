@@ -9,6 +9,10 @@ load takes well under a second. Sources, in the order tried:
   `data_dir/raw/<name>/`, else a download when the host answers, else `DatasetUnavailable`);
 * `mnist-5k`, `animal-mnist`, `digits`: small real sets bundled with Python packages, split
   deterministically into train/test.
+
+A user's own data (an image folder or an .npz, named by a path: see nasgraph.dataset_ref) is read by
+`own_data` and cached under `data_dir/own/`, keyed by its contents' sizes and mtimes and the image
+size, with its class names; a changed folder gets a new cache and the old one is removed.
 """
 from __future__ import annotations
 
@@ -26,7 +30,10 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from nasgraph.dataset_ref import BadDataset, DatasetRef, is_path, parse
 from nasgraph.errors import NasgraphError
+
+from . import own_data
 
 CACHE_VERSION = 1
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -55,6 +62,7 @@ class TensorData:
     mean: tuple[float, ...]  # per channel, in [0, 1] units, from train_x
     std: tuple[float, ...]
     flip: bool = field(default=False)  # horizontal flips are label-preserving (natural images, not digits)
+    class_names: tuple[str, ...] = ()  # one per class where known (a user's folders, an .npz's `classes`)
 
     def __post_init__(self) -> None:
         for part in ("train_x", "test_x"):
@@ -70,6 +78,8 @@ class TensorData:
             raise ValueError(f"{self.name}: train and test images differ in shape")
         if len(self.mean) != self.train_x.shape[1] or len(self.std) != self.train_x.shape[1]:
             raise ValueError(f"{self.name}: mean/std need one value per channel")
+        if self.class_names and len(self.class_names) != self.classes:
+            raise ValueError(f"{self.name}: {len(self.class_names)} class names for {self.classes} classes")
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -79,7 +89,7 @@ class TensorData:
     def subset(self, train: int | None = None, test: int | None = None) -> "TensorData":
         """The first `train` / `test` samples (the stored order is already shuffled); stats unchanged."""
         return TensorData(self.name, self.train_x[:train], self.train_y[:train], self.test_x[:test],
-                          self.test_y[:test], self.classes, self.mean, self.std, self.flip)
+                          self.test_y[:test], self.classes, self.mean, self.std, self.flip, self.class_names)
 
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train_x NCHW uint8, train_y, test_x, test_y
@@ -325,7 +335,9 @@ def describe(name: str) -> str:
 
 def _spec(name: str) -> _Spec:
     if name not in _REGISTRY:
-        raise UnknownDataset(f"unknown dataset {name!r}; known datasets: {', '.join(_REGISTRY)}")
+        hint = f" (for the folder or file {name!r} here, write ./{name})" if Path(name).exists() else ""
+        raise UnknownDataset(f"unknown dataset {name!r}; known datasets: {', '.join(_REGISTRY)}, or a path to an "
+                             f"image folder or .npz{hint}")
     return _REGISTRY[name]
 
 
@@ -350,13 +362,14 @@ def cache_path(name: str, data_dir: Path) -> Path:
     return Path(data_dir) / f"{name}.pt"
 
 
-def _read_cache(path: Path, spec: _Spec) -> TensorData | None:
+def _read_cache(path: Path, name: str, flip: bool) -> TensorData | None:
     try:
         blob = torch.load(path, weights_only=True)
         if blob.get("version") != CACHE_VERSION:
             return None
-        return TensorData(spec.name, blob["train_x"], blob["train_y"], blob["test_x"], blob["test_y"],
-                          int(blob["classes"]), tuple(blob["mean"]), tuple(blob["std"]), spec.flip)
+        return TensorData(name, blob["train_x"], blob["train_y"], blob["test_x"], blob["test_y"],
+                          int(blob["classes"]), tuple(blob["mean"]), tuple(blob["std"]), flip,
+                          tuple(blob.get("class_names", ())))
     except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal
         return None
 
@@ -366,23 +379,67 @@ def _write_cache(path: Path, d: TensorData) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     blob = {"version": CACHE_VERSION, "train_x": d.train_x, "train_y": d.train_y, "test_x": d.test_x,
             "test_y": d.test_y, "classes": d.classes, "mean": list(d.mean), "std": list(d.std)}
-    torch.save(blob, tmp)
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one, never half
+    if d.class_names:
+        blob["class_names"] = list(d.class_names)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one, never half
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full, Ctrl-C) leaves no temp file behind
 
 
-def load_dataset(name: str, data_dir: Path) -> TensorData:
-    """Return the named dataset as uint8 tensors, building and caching it on first use."""
-    spec = _spec(name)
-    path = cache_path(name, data_dir)
-    if path.exists():
-        cached = _read_cache(path, spec)
-        if cached is not None:
-            return cached
-    tx, ty, vx, vy = spec.fetch(Path(data_dir) / "raw" / name)
+def _tensors(name: str, tx, ty, vx, vy, classes: int, flip: bool, class_names: tuple[str, ...] = ()) -> TensorData:
     train_x = torch.from_numpy(np.ascontiguousarray(tx, dtype=np.uint8))
     test_x = torch.from_numpy(np.ascontiguousarray(vx, dtype=np.uint8))
     mean, std = _stats(train_x)
-    data = TensorData(name, train_x, torch.from_numpy(np.asarray(ty, dtype=np.int64)), test_x,
-                      torch.from_numpy(np.asarray(vy, dtype=np.int64)), spec.classes, mean, std, spec.flip)
+    return TensorData(name, train_x, torch.from_numpy(np.asarray(ty, dtype=np.int64)), test_x,
+                      torch.from_numpy(np.asarray(vy, dtype=np.int64)), classes, mean, std, flip, class_names)
+
+
+def own_cache_path(ref: DatasetRef, data_dir: Path) -> Path:
+    """Where a folder's or .npz's tensors are cached: named by the source and a digest of its contents."""
+    return Path(data_dir) / "own" / f"{own_data.cache_stem(ref)}-{own_data.source_key(ref)}.pt"
+
+
+def _load_own(ref: DatasetRef, data_dir: Path) -> TensorData:
+    """A user's folder or .npz: from its cache when the contents are unchanged, else read, checked
+    whole and cached (older caches of the same source are removed)."""
+    own_data.check_exists(ref)
+    path = own_cache_path(ref, data_dir)
+    if path.exists():
+        cached = _read_cache(path, ref.spec, False)
+        if cached is not None:
+            return cached
+    a = own_data.read(ref)
+    if a.test_x is None:
+        tx, ty, vx, vy = _split(a.train_x, a.train_y)
+        if len(vx) == 0:
+            raise BadDataset(f"{ref.path} has too few images for a {TEST_FRACTION:.0%} test split "
+                             f"({len(tx)} in train/): add images or a test/ folder")
+    else:
+        tx, ty, vx, vy = a.train_x, a.train_y, a.test_x, a.test_y
+    # Flips are not assumed label-preserving for unknown images (digits, text, arrows).
+    data = _tensors(ref.spec, tx, ty, vx, vy, len(a.class_names), False, tuple(a.class_names))
+    _write_cache(path, data)
+    for old in path.parent.glob(f"{own_data.cache_stem(ref)}-*.pt"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return data
+
+
+def load_dataset(name: str, data_dir: Path) -> TensorData:
+    """Return the dataset as uint8 tensors, building and caching it on first use. `name` is a built-in
+    name or a path (an image folder, optionally '@<size>', or an .npz); the result's `name` is the
+    canonical string (see nasgraph.dataset_ref), which is what requests and the store carry."""
+    if is_path(name):
+        return _load_own(parse(name), data_dir)
+    spec = _spec(name)
+    path = cache_path(name, data_dir)
+    if path.exists():
+        cached = _read_cache(path, spec.name, spec.flip)
+        if cached is not None:
+            return cached
+    tx, ty, vx, vy = spec.fetch(Path(data_dir) / "raw" / name)
+    data = _tensors(name, tx, ty, vx, vy, spec.classes, spec.flip)
     _write_cache(path, data)
     return data

@@ -341,7 +341,7 @@ class WarmParent:
     def _raise_dataset_error(ev: dict) -> None:
         from . import datasets
 
-        if ev.get("kind") in ("DatasetUnavailable", "UnknownDataset"):
+        if ev.get("kind") in ("DatasetUnavailable", "UnknownDataset", "BadDataset"):
             raise getattr(datasets, ev["kind"])(ev.get("message", ""))
         if ev.get("kind") == "ValueError":
             raise ValueError(ev.get("message", ""))
