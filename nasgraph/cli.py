@@ -63,7 +63,8 @@ NO_BUDGET = 10**15
 
 
 def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin: str, as_json: bool,
-                    console: Console, handed: bool = False, budgets: dict | None = None) -> int:
+                    console: Console, handed: bool = False, budgets: dict | None = None,
+                    run_id: str | None = None) -> int:
     """Evaluate files `evaluator.workers` at a time; results print in the order the files were given.
     Files with the same architecture go to one worker in turn, so it trains once and the rest are
     cache hits. `handed`: code a person wrote (its own policy, larger image sides when needed, no
@@ -115,7 +116,7 @@ def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin
                                           epochs=cfg.loop.epochs, prm=prm, **extra)
             outcome, cache_hit = store.evaluate_cached(cand, cfg.loop.dataset, cfg.loop.epochs, cache_prm,
                                                        lambda req=req: evaluator.evaluate(req),
-                                                       origin=origin, hardware=hardware)
+                                                       origin=origin, hardware=hardware, run_id=run_id)
             results[i] = (cand.arch_id, cache_hit, outcome)
 
     try:
@@ -147,14 +148,15 @@ def cmd_eval(args, cfg: Config, console: Console) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             raise CLIError(f"cannot read {f}: {exc}") from exc
     budgets = {k: getattr(args, k) for k in ("max_params", "max_flops") if getattr(args, k, None) is not None}
-    return _evaluate_files(cfg, files, _prm(args), "file", args.json, console, handed=True, budgets=budgets)
+    return _evaluate_files(cfg, files, _prm(args), "file", args.json, console, handed=True, budgets=budgets,
+                           run_id=args.run_id)
 
 
 def cmd_reference(args, cfg: Config, console: Console) -> int:
     from nasgraph.tools.evaluator.reference_models import reference_names, reference_source
 
     files = [(name, reference_source(name)) for name in reference_names()]
-    return _evaluate_files(cfg, files, _prm(args), "reference", args.json, console)
+    return _evaluate_files(cfg, files, _prm(args), "reference", args.json, console, run_id=args.run_id)
 
 
 # -- store -------------------------------------------------------------------------------------------
@@ -414,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reference", help="evaluate the built-in reference models")
     train_flags(r)
     prm_flags(r)
+    for sp in (e, r):
+        sp.add_argument("--run-id", dest="run_id", help="record the results under this run id, so that "
+                                                        "`nasgraph train RUN --top K` can pick the winners")
 
     s = sub.add_parser("store", help="inspect the model store")
     ss = s.add_subparsers(dest="store_cmd", required=True)
@@ -493,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Each plugin module has register(subparsers, commands) and imports nothing heavy at module level.
-PLUGINS: tuple[str, ...] = ("nasgraph.trace_cli", "nasgraph.report", "nasgraph.chat", "nasgraph.rag_index.cli")
+PLUGINS: tuple[str, ...] = ("nasgraph.trace_cli", "nasgraph.report", "nasgraph.chat", "nasgraph.rag_index.cli",
+                            "nasgraph.train_cli", "nasgraph.export_cli")
 
 COMMANDS = {"eval": cmd_eval, "reference": cmd_reference, "store": cmd_store, "models": cmd_models,
             "datasets": cmd_datasets, "run": cmd_run, "autofix": cmd_autofix, "lemur": cmd_lemur,

@@ -10,6 +10,11 @@ its status depends on the machine or on limits that may change between runs: ``t
 ``memory``, ``killed`` and ``over_budget`` (the epoch-time projection depends on load, and budgets are
 configuration). Everything else — ``ok`` and the failures that follow from the code itself — is
 reused. ``duplicate`` is never stored as an evaluation; a reuse is a row in ``cache_hits``.
+
+Final trainings (schema 3): a winner re-trained for N epochs is one row in ``trainings`` (unique per
+architecture, dataset, epochs and recipe, so a resumed training continues its row), its curve one row
+per finished epoch in ``training_epochs`` (written as each epoch ends), and each export of its
+weights a row in ``exports`` (format, file, ONNX-vs-PyTorch difference, latency on this machine).
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from nasgraph.tools import fingerprint as fp
 from nasgraph.tools.candidate import Candidate
 from nasgraph.tools.evaluator.outcome import Outcome
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x4E534752  # "NSGR": marks the file as a nasgraph store (PRAGMA application_id)
 UNCACHEABLE = frozenset({"timeout", "memory", "killed", "over_budget"})
 BUSY_TIMEOUT_MS = 30_000
@@ -69,6 +74,48 @@ class EvaluationRecord:
         return Outcome(status=self.status, stage=self.stage, accuracy=self.accuracy, params=self.params,
                        flops=self.flops, seconds=dict(self.seconds), error=self.error,
                        detail=dict(self.detail), epochs=list(self.epoch_stats), diagnosis=self.diagnosis)
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """A final training: the proxy it was chosen by, its curve so far, its latency and exports."""
+    id: int
+    arch_id: str
+    dataset: str
+    epochs: int
+    prm: dict
+    status: str                  # 'running' until it ends (or was interrupted), then the Outcome's status
+    accuracy: float | None       # test accuracy after the last finished epoch
+    proxy_accuracy: float | None
+    proxy_evaluation_id: int | None
+    params: int | None
+    flops: int | None
+    latency: dict                # {"pytorch": {"1": ms, "64": ms}}: forward latency on this machine
+    checkpoint: str | None       # the last epoch's checkpoint (weights, optimizer, schedule): resume and export
+    error: str
+    detail: dict
+    hardware: dict
+    run_id: str | None
+    created: str
+    updated: str
+    curve: list[dict] = field(default_factory=list)  # {"epoch", "accuracy", "loss", "train_accuracy", "seconds"}
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.curve)
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    id: int
+    training_id: int
+    format: str                  # 'pytorch' | 'onnx'
+    path: str
+    max_abs_diff: float | None   # ONNX Runtime vs PyTorch logits on the same inputs
+    latency: dict                # {"1": ms, "64": ms}
+    detail: dict
+    hardware: dict
+    created: str
 
 
 @dataclass(frozen=True)
@@ -147,10 +194,56 @@ CREATE INDEX cache_hits_by_run ON cache_hits(run_id, iteration);
 _MIGRATIONS: dict[int, str] = {
     1: _SCHEMA_V1,
     2: "ALTER TABLE evaluations ADD COLUMN diagnosis TEXT;",  # JSON of Outcome.diagnosis, NULL when none
+    3: """
+CREATE TABLE trainings (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    arch_id             TEXT NOT NULL REFERENCES architectures(id),
+    dataset             TEXT NOT NULL,
+    epochs              INTEGER NOT NULL,
+    prm                 TEXT NOT NULL,          -- canonical JSON: the recipe, as evaluations key it
+    status              TEXT NOT NULL,
+    accuracy            REAL,
+    proxy_accuracy      REAL,
+    proxy_evaluation_id INTEGER REFERENCES evaluations(id),
+    params              INTEGER,
+    flops               INTEGER,
+    latency             TEXT NOT NULL DEFAULT '{}',
+    checkpoint          TEXT,
+    error               TEXT NOT NULL DEFAULT '',
+    detail              TEXT NOT NULL DEFAULT '{}',
+    hardware            TEXT NOT NULL DEFAULT '{}',
+    run_id              TEXT,
+    created             TEXT NOT NULL,
+    updated             TEXT NOT NULL,
+    UNIQUE (arch_id, dataset, epochs, prm)
+);
+CREATE TABLE training_epochs (
+    training_id    INTEGER NOT NULL REFERENCES trainings(id),
+    epoch          INTEGER NOT NULL,            -- 0-based, as the harness counts
+    accuracy       REAL,
+    loss           REAL,
+    train_accuracy REAL,
+    seconds        REAL,
+    PRIMARY KEY (training_id, epoch)
+);
+CREATE TABLE exports (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    training_id  INTEGER NOT NULL REFERENCES trainings(id),
+    format       TEXT NOT NULL,
+    path         TEXT NOT NULL,
+    max_abs_diff REAL,
+    latency      TEXT NOT NULL DEFAULT '{}',
+    detail       TEXT NOT NULL DEFAULT '{}',
+    hardware     TEXT NOT NULL DEFAULT '{}',
+    created      TEXT NOT NULL
+);
+""",
 }
 
 _EVAL_COLUMNS = ("id, arch_id, dataset, epochs, prm, status, stage, accuracy, params, flops, seconds, "
                  "error, detail, epoch_stats, hardware, created, run_id, iteration, diagnosis")
+_TRAINING_COLUMNS = ("id, arch_id, dataset, epochs, prm, status, accuracy, proxy_accuracy, proxy_evaluation_id, params, "
+                     "flops, latency, checkpoint, error, detail, hardware, run_id, created, updated")
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
@@ -539,6 +632,115 @@ class Store:
                                              "GROUP BY dataset ORDER BY dataset")),
             "mean_novelty": one("SELECT AVG(novelty) FROM architectures WHERE nearest_id IS NOT NULL"),
         }
+
+    def run_candidates(self, run_id: str) -> list[EvaluationRecord]:
+        """Every evaluation a run produced or reused (a cache hit counts for the run that hit it)."""
+        rows = self._read(f"""
+            SELECT {_EVAL_COLUMNS} FROM evaluations WHERE run_id = ?
+                OR id IN (SELECT evaluation_id FROM cache_hits WHERE run_id = ?) ORDER BY id""", (run_id, run_id))
+        return [self._record(r) for r in rows]
+
+    def has_run(self, run_id: str) -> bool:
+        return bool(self._read("SELECT 1 FROM evaluations WHERE run_id = ? UNION ALL "
+                               "SELECT 1 FROM cache_hits WHERE run_id = ? LIMIT 1", (run_id, run_id)))
+
+    # ---------------------------------------------------------------- final trainings
+    def _training(self, r: tuple) -> TrainingRecord:
+        (tid, arch_id, dataset, epochs, prm, status, acc, proxy, proxy_id, params, flops, latency, ckpt, error,
+         detail, hardware, run_id, created, updated) = r
+        curve = [dict(zip(("epoch", "accuracy", "loss", "train_accuracy", "seconds"), row)) for row in self._read(
+            "SELECT epoch, accuracy, loss, train_accuracy, seconds FROM training_epochs WHERE training_id = ? "
+            "ORDER BY epoch", (tid,))]
+        return TrainingRecord(tid, arch_id, dataset, epochs, json.loads(prm), status, acc, proxy, proxy_id, params,
+                              flops, json.loads(latency), ckpt, error, json.loads(detail), json.loads(hardware),
+                              run_id, created, updated, curve)
+
+    def start_training(self, arch_id: str, dataset: str, epochs: int, prm: dict, *, checkpoint: str,
+                       proxy: EvaluationRecord | None = None, run_id: str | None = None) -> TrainingRecord:
+        """The training of these keys: a new row, or the existing one (a resume) marked running again."""
+        key = (arch_id, dataset, int(epochs), canonical_prm(prm))
+        with self._write() as c:
+            if not c.execute("SELECT 1 FROM architectures WHERE id = ?", (arch_id,)).fetchone():
+                raise StoreError(f"unknown architecture '{arch_id}'")
+            now = _now()
+            c.execute("INSERT INTO trainings(arch_id, dataset, epochs, prm, status, proxy_accuracy, proxy_evaluation_id, "
+                      "params, flops, checkpoint, run_id, created, updated) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, "
+                      "?, ?, ?, ?) ON CONFLICT(arch_id, dataset, epochs, prm) DO UPDATE SET status = 'running', "
+                      "error = '', updated = excluded.updated",
+                      (*key, proxy.accuracy if proxy else None, proxy.id if proxy else None,
+                       proxy.params if proxy else None, proxy.flops if proxy else None, checkpoint, run_id, now, now))
+        found = self.find_training(arch_id, dataset, epochs, prm)
+        assert found is not None  # just written
+        return found
+
+    def find_training(self, arch_id: str, dataset: str, epochs: int, prm: dict) -> TrainingRecord | None:
+        rows = self._read(f"SELECT {_TRAINING_COLUMNS} FROM trainings WHERE arch_id = ? AND dataset = ? AND epochs = ? "
+                          "AND prm = ?", (arch_id, dataset, int(epochs), canonical_prm(prm)))
+        return self._training(rows[0]) if rows else None
+
+    def record_training_epoch(self, training_id: int, stats: dict) -> None:
+        """One finished epoch of the curve (written again, unchanged, when a resumed training reports it)."""
+        def num(k: str) -> float | None:
+            v = stats.get(k)
+            return float(v) if isinstance(v, (int, float)) else None
+        with self._write() as c:
+            c.execute("INSERT OR REPLACE INTO training_epochs(training_id, epoch, accuracy, loss, train_accuracy, "
+                      "seconds) VALUES (?, ?, ?, ?, ?, ?)", (training_id, int(stats["epoch"]), num("accuracy"),
+                                                             num("loss"), num("train_accuracy"), num("seconds")))
+            c.execute("UPDATE trainings SET accuracy = ?, updated = ? WHERE id = ? AND "
+                      "? >= (SELECT MAX(epoch) FROM training_epochs WHERE training_id = ?)",
+                      (num("accuracy"), _now(), training_id, int(stats["epoch"]), training_id))
+
+    def finish_training(self, training_id: int, outcome: Outcome, *, hardware: dict) -> TrainingRecord:
+        """How the training ended: its status, final accuracy, full curve, size and latency."""
+        for stats in outcome.epochs:
+            if isinstance(stats, dict) and isinstance(stats.get("epoch"), int):
+                self.record_training_epoch(training_id, stats)
+        with self._write() as c:
+            c.execute("UPDATE trainings SET status = ?, accuracy = COALESCE(?, accuracy), params = COALESCE(?, params), "
+                      "flops = COALESCE(?, flops), latency = ?, error = ?, detail = ?, hardware = ?, updated = ? "
+                      "WHERE id = ?",
+                      (outcome.status, outcome.accuracy, outcome.params, outcome.flops,
+                       _to_json(outcome.detail.get("latency_ms", {})), outcome.error, _to_json(outcome.detail),
+                       _to_json(hardware), _now(), training_id))
+        return self.training_by_id(training_id)
+
+    def training_by_id(self, training_id: int) -> TrainingRecord:
+        rows = self._read(f"SELECT {_TRAINING_COLUMNS} FROM trainings WHERE id = ?", (int(training_id),))
+        if not rows:
+            raise StoreError(f"no final training with id {training_id}")
+        return self._training(rows[0])
+
+    def trainings(self, *, arch_ids: Collection[str] | None = None, dataset: str | None = None) -> list[TrainingRecord]:
+        """Final trainings, best final accuracy first (unfinished ones by their last epoch)."""
+        where, args = [], []
+        if arch_ids is not None:
+            ids = sorted(set(arch_ids))
+            if not ids:
+                return []
+            where.append(f"arch_id IN ({','.join('?' * len(ids))})")
+            args += ids
+        if dataset is not None:
+            where.append("dataset = ?")
+            args.append(dataset)
+        sql = f"SELECT {_TRAINING_COLUMNS} FROM trainings" + (" WHERE " + " AND ".join(where) if where else "")
+        return [self._training(r) for r in self._read(sql + " ORDER BY accuracy IS NULL, accuracy DESC, id",
+                                                        tuple(args))]
+
+    def record_export(self, training_id: int, fmt: str, path: str, *, max_abs_diff: float | None, latency: dict,
+                      detail: dict, hardware: dict) -> int:
+        with self._write() as c:
+            cur = c.execute("INSERT INTO exports(training_id, format, path, max_abs_diff, latency, detail, hardware, "
+                            "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (training_id, fmt, path, max_abs_diff, _to_json(latency), _to_json(detail),
+                             _to_json(hardware), _now()))
+            return int(cur.lastrowid)
+
+    def exports(self, training_id: int) -> list[ExportRecord]:
+        rows = self._read("SELECT id, training_id, format, path, max_abs_diff, latency, detail, hardware, created "
+                          "FROM exports WHERE training_id = ? ORDER BY id", (int(training_id),))
+        return [ExportRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]), json.loads(r[7]), r[8])
+                for r in rows]
 
     def integrity_check(self) -> str:
         return self._read("PRAGMA integrity_check")[0][0]

@@ -326,6 +326,8 @@ def test_a_schema_1_store_gains_the_diagnosis_column_and_keeps_its_rows(tmp_path
     s.close()
     conn = sqlite3.connect(path)  # make it a store as schema 1 wrote it
     conn.execute("ALTER TABLE evaluations DROP COLUMN diagnosis")
+    for table in ("training_epochs", "exports", "trainings"):  # schema 3's
+        conn.execute(f"DROP TABLE {table}")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
@@ -341,4 +343,4 @@ def test_a_schema_1_store_gains_the_diagnosis_column_and_keeps_its_rows(tmp_path
         assert again.diagnosis == failed.diagnosis  # a cached failure keeps its facts for the rules
     finally:
         s.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3

@@ -22,7 +22,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -54,6 +54,21 @@ class EvalRequest(EvaluatorConfig):
         default_factory=list, description="larger square image sides to try, smallest first, when the model "
                                           "cannot take the dataset's own size (a too-small map, a flatten sized for "
                                           "another input): LEMUR's models were written for resized inputs")
+
+    # Final training and export (nasgraph train / export): files cross the sandbox's wall, copied by
+    # the parent, never opened by it but as weights (torch.load weights_only).
+    task: Literal["evaluate", "export"] = Field(
+        "evaluate", description="evaluate: build, check and train; export: load trained weights (resume_from) and "
+                                "write export_formats, checked and timed")
+    checkpoint: bool = Field(False, description="save a checkpoint after every epoch and resume from resume_from")
+    resume_from: str | None = Field(None, description="a checkpoint (or trained weights) the child starts from")
+    artifacts_dir: str | None = Field(None, description="folder this process copies the child's files into, after "
+                                                        "each epoch and at the end (local backend only)")
+    artifact_mb: int = Field(1024, ge=1, description="largest file (checkpoint, exported model) the child may write")
+    latency_batches: list[int] = Field(default_factory=list, description="after training, time the forward pass "
+                                                                         "at these batch sizes")
+    export_formats: list[Literal["pytorch", "onnx"]] = Field(default_factory=list)
+    export_meta: dict[str, Any] = Field(default_factory=dict, description="facts written into exported files")
 
     @field_validator("dataset")
     @classmethod
@@ -153,15 +168,19 @@ class Evaluator:
         return cls(data_dir, policy=policy, workers=n, backend=cfg.backend, ray_address=cfg.ray_address or None,
                    cpus_per_worker=cfg.threads, gpus_per_worker=gpus)
 
-    def submit(self, req: EvalRequest) -> Future[Outcome]:
+    def submit(self, req: EvalRequest, on_progress: Callable[[dict], None] | None = None) -> Future[Outcome]:
+        """`on_progress(event)` hears each finished epoch of a checkpointing request (after its
+        checkpoint was copied to `artifacts_dir`), in a pool thread."""
         if self._closed:
             raise RuntimeError("Evaluator is closed")
-        return self._pool.submit(self._evaluate, req)
+        if self.backend == "ray" and (req.artifacts_dir or req.resume_from):
+            raise ValueError("checkpoints and exports need the local backend: their files are copied on this machine")
+        return self._pool.submit(self._evaluate, req, on_progress)
 
-    def evaluate(self, req: EvalRequest) -> Outcome:
-        return self.submit(req).result()
+    def evaluate(self, req: EvalRequest, on_progress: Callable[[dict], None] | None = None) -> Outcome:
+        return self.submit(req, on_progress).result()
 
-    def _evaluate(self, req: EvalRequest) -> Outcome:
+    def _evaluate(self, req: EvalRequest, on_progress: Callable[[dict], None] | None = None) -> Outcome:
         """One candidate: static checks here, the rest on whichever warm parent is idle."""
         seconds: dict[str, float] = {}
         t = time.perf_counter()
@@ -181,7 +200,7 @@ class Evaluator:
         with self._close_lock:
             self._busy.add(parent)
         try:
-            out = parent.run(msg)
+            out = parent.run(msg, on_progress) if on_progress is not None else parent.run(msg)
         finally:
             with self._close_lock:
                 self._busy.discard(parent)

@@ -23,6 +23,7 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -32,9 +33,18 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from nasgraph.tools.evaluator import deploy
 from nasgraph.tools.evaluator.datasets import TensorData
 from nasgraph.tools.evaluator.diagnosis import Diagnosis, classify_message, is_memory_message, is_shape_message
-from nasgraph.tools.evaluator.harness import DEFAULTS, NaNLoss, OverBudget, _batch_size, pick_device, train_and_test
+from nasgraph.tools.evaluator.harness import (
+    DEFAULTS,
+    NaNLoss,
+    OverBudget,
+    _batch_size,
+    pick_device,
+    test_accuracy,
+    train_and_test,
+)
 from nasgraph.tools.evaluator.hyperparameters import Hyperparameters, complete, declared
 from nasgraph.tools.evaluator.outcome import Outcome
 
@@ -150,11 +160,17 @@ def confine(req: dict, result_fd: int) -> None:
     os.environ.clear()
     os.environ.update(keep, HOME=workdir, TMPDIR=workdir, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     os.environ.setdefault("PATH", "/usr/bin:/bin")
+    # The warm parent already asked tempfile for its folder (its own, which the unprivileged child may
+    # not write to) and tempfile remembers the answer: point it at the workdir too (torch.export's
+    # caches live there).
+    tempfile.tempdir = workdir
 
     # memory_limit_mb is what the candidate may allocate on top of the inherited torch + data footprint.
     _limit(resource.RLIMIT_DATA, _vm_data_bytes() + int(req["memory_limit_mb"]) * 2**20)
     _limit(resource.RLIMIT_CPU, int(req["cpu_limit_s"]))
-    _limit(resource.RLIMIT_FSIZE, cap + 2**16)
+    # A checkpoint or an exported model may be larger than the output cap; each is one file the parent copies out.
+    big = int(req.get("artifact_mb") or 0) * 2**20 if (req.get("checkpoint") or req.get("task") == "export") else 0
+    _limit(resource.RLIMIT_FSIZE, max(cap + 2**16, big))
     _limit(resource.RLIMIT_CORE, 0)
     _limit(resource.RLIMIT_NOFILE, NOFILE_LIMIT)
     uid, gid = req.get("uid"), req.get("gid")
@@ -472,12 +488,37 @@ def _check_budgets(params: int, flops: int | None, req: dict) -> None:
                       Diagnosis(kind="over_budget", budgets=budgets))
 
 
+ARTIFACTS, RESUME = "artifacts", "resume.pt"   # in the workdir: what the parent copies out / copied in
+
+
+def _saved_state() -> dict | None:
+    """The checkpoint (or trained weights) the parent placed in the workdir, if any. weights_only:
+    tensors and plain values only, whoever wrote the file."""
+    return torch.load(RESUME, weights_only=True, map_location="cpu") if os.path.exists(RESUME) else None
+
+
+def _checkpointer(report: Reporter):
+    """After each epoch: the checkpoint to artifacts/ (atomically), then an event, upon which the
+    parent copies it out of this temporary folder."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+
+    def on_epoch(state: dict) -> None:
+        tmp = os.path.join(ARTIFACTS, ".checkpoint.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, os.path.join(ARTIFACTS, "checkpoint.pt"))
+        report.send(event="checkpoint", epoch=state["done"] - 1, stats=state["history"][-1])
+    return on_epoch
+
+
 def train(model: nn.Module, code_lines: list[str], data: TensorData, req: dict, device: torch.device,
-          side: int | None = None):
+          side: int | None = None, report: Reporter | None = None):
+    checkpoint = bool(req.get("checkpoint")) and report is not None
     try:
         return train_and_test(model, data, dict(req["prm_full"]), epochs=int(req["epochs"]),
                               time_budget_s=float(req["time_budget_s"]), batch_size=int(req["batch_size"]),
-                              device=device, seed=int(req["seed"]), augment=bool(req["augment"]), side=side)
+                              device=device, seed=int(req["seed"]), augment=bool(req["augment"]), side=side,
+                              resume=_saved_state() if checkpoint else None,
+                              on_epoch=_checkpointer(report) if checkpoint else None)
     except OverBudget as e:
         raise Failure("over_budget", f"too slow: {e}", {"projected_s": round(e.projected_s, 2), "budget_s": e.budget_s,
                                                         "batches_timed": e.batches_timed, "epoch": e.epoch},
@@ -486,6 +527,26 @@ def train(model: nn.Module, code_lines: list[str], data: TensorData, req: dict, 
         raise Failure("nan_loss", str(e), {"batch": e.batch, "epoch": e.epoch}, Diagnosis(exc_type="NaNLoss")) from None
     except BaseException as e:  # noqa: BLE001
         raise _classify(e, "runtime_error", code_lines) from None
+
+
+def export_stage(model: nn.Module, code_lines: list[str], data: TensorData, req: dict, device: torch.device,
+                 side: int | None) -> dict:
+    """Load the trained weights the parent placed here, check them (test accuracy), write the
+    requested formats into artifacts/ and time them; the facts go into the outcome's detail."""
+    try:
+        state = _saved_state()
+        if state is None:
+            raise Failure("runtime_error", "no trained weights were given to export")
+        model.load_state_dict(state["model"] if "model" in state else state)
+        model.eval()
+        accuracy = test_accuracy(model, data, device, side)
+        facts = deploy.export(model.cpu(), data, side, list(req.get("export_formats") or []), Path(ARTIFACTS),
+                       threads=int(req["threads"]), extra_meta={**(req.get("export_meta") or {}), "test_accuracy": accuracy})
+    except Failure:
+        raise
+    except BaseException as e:  # noqa: BLE001 - an exporter's failure on this model is an outcome
+        raise _classify(e, "runtime_error", code_lines) from None
+    return {"accuracy": accuracy, "export": facts}
 
 
 def fit_input(model: nn.Module, namespace: dict[str, Any], code: str, req: dict, data: TensorData,
@@ -568,12 +629,21 @@ def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
         result.setdefault("detail", {}).update(note)
         done("measure", t)
         _check_budgets(params, flops, req)
+        if req.get("task") == "export":
+            t = begin("export")
+            detail = {**_filled(notes), **result.get("detail", {}), "device": str(device),
+                      **export_stage(model, code_lines, data, req, device, side)}
+            done("export", t)
+            return Outcome(status="ok", stage="export", accuracy=detail["accuracy"], params=params, flops=flops,
+                           seconds=seconds, detail=detail)
         begin("train")
-        res = train(model, code_lines, data, req, device, side)
+        res = train(model, code_lines, data, req, device, side, report)
         seconds["train"], seconds["test"] = round(res.train_seconds, 4), round(res.test_seconds, 4)
         stage = "test"
         detail = {**_filled(notes), **result.get("detail", {}), "images_per_s": round(res.images_per_s, 1),
                   "device": str(device)}
+        if req.get("latency_batches"):
+            detail["latency_ms"] = {"pytorch": deploy.torch_latency(model, data, req["latency_batches"])}
         return Outcome(status="ok", stage="test", accuracy=res.accuracy, params=params, flops=flops,
                        seconds=seconds, detail=detail, epochs=res.epochs)
     except Failure as f:

@@ -15,7 +15,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -319,6 +319,13 @@ def evaluate(model: nn.Module, batches: _Batches, amp) -> float:
     return float(correct) / max(len(batches.test_y), 1)
 
 
+def test_accuracy(model: nn.Module, data: TensorData, device: torch.device, side: int | None = None) -> float:
+    """Test accuracy of a trained model under the recipe's input pipeline (normalised, resized to `side`)."""
+    batches = _Batches(data, device, 1, False, torch.Generator(device=device), side)
+    _choose_memory_format(model, batches, None)
+    return evaluate(model, batches, None)
+
+
 def _numbers(prm: dict) -> dict:
     """The recipe's numeric hyperparameters as floats, or a clear error naming the bad one."""
     out = dict(prm)
@@ -383,13 +390,44 @@ def rehearse(model: nn.Module, data: TensorData, prm: dict, *, batch_size: int =
     evaluate(model, batches, None)
 
 
+def _optimizer(model: nn.Module, opt) -> torch.optim.Optimizer | None:
+    """The optimizer whose state a checkpoint keeps: ours, or the one a model's train_setup made."""
+    own = opt if opt is not None else getattr(model, "optimizer", None)
+    return own if isinstance(own, torch.optim.Optimizer) else None
+
+
+def _checkpoint(model, opt, sched, gen: torch.Generator, epochs: int, history: list, totals: tuple) -> dict:
+    """Everything a later process needs to go on after this epoch as if it had never stopped."""
+    optimizer = _optimizer(model, opt)
+    return {"epochs_total": epochs, "done": len(history), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer else None,
+            "scheduler": sched.state_dict() if sched is not None else None, "generator": gen.get_state(),
+            "history": history, "totals": list(totals)}
+
+
+def _restore(state: dict, model, opt, sched, gen: torch.Generator, epochs: int) -> tuple[list, tuple]:
+    if int(state.get("epochs_total", -1)) != epochs:
+        raise ValueError(f"the checkpoint is of a {state.get('epochs_total')}-epoch training, not of {epochs} epochs")
+    model.load_state_dict(state["model"])
+    optimizer = _optimizer(model, opt)
+    if optimizer is not None and state.get("optimizer"):
+        optimizer.load_state_dict(state["optimizer"])
+    if sched is not None and state.get("scheduler"):
+        sched.load_state_dict(state["scheduler"])  # the schedule goes on where it stopped, over all `epochs`
+    gen.set_state(state["generator"])
+    return list(state["history"]), tuple(state["totals"])
+
+
 def train_and_test(model: nn.Module, data: TensorData, prm: dict, *, epochs: int = 1,
                    time_budget_s: float = 180.0, batch_size: int = 128, device: torch.device | None = None,
-                   seed: int = 0, augment: bool = True, amp: bool = False, side: int | None = None) -> TrainResult:
+                   seed: int = 0, augment: bool = True, amp: bool = False, side: int | None = None,
+                   resume: dict | None = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train `model` for `epochs` on `data` with the fixed recipe, then measure test accuracy.
 
     `prm` holds LEMUR-style hyperparameters (lr, momentum, batch, ...); missing ones take DEFAULTS.
     `side`: images are upsampled to side x side (a model written for larger inputs than the data's).
+    `on_epoch(state)` is called after each epoch with a checkpoint (model, optimizer, schedule, data
+    order, curve); `resume=state` continues from one, so a long training survives being stopped.
     Raises OverBudget when an epoch is projected to exceed `time_budget_s`, NaNLoss on a
     non-finite loss (or parameters, for models that train themselves through `learn`).
     """
@@ -411,7 +449,10 @@ def train_and_test(model: nn.Module, data: TensorData, prm: dict, *, epochs: int
     scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 and not hooked else None
 
     history, train_s, test_s, images, accuracy = [], 0.0, 0.0, 0, 0.0
-    for epoch in range(epochs):
+    if resume is not None:
+        history, (train_s, test_s, images) = _restore(resume, model, opt, sched, gen, epochs)
+        accuracy = history[-1]["accuracy"] if history else 0.0
+    for epoch in range(len(history), epochs):
         model.train()
         clock = _Clock(time_budget_s, len(batches), device, epoch)
         if hooked:
@@ -426,5 +467,7 @@ def train_and_test(model: nn.Module, data: TensorData, prm: dict, *, epochs: int
         test_s += time.perf_counter() - t
         history.append({"epoch": epoch, "loss": stats["loss"], "accuracy": accuracy, "seconds": seconds,
                         "train_accuracy": stats["train_accuracy"]})
+        if on_epoch is not None:
+            on_epoch(_checkpoint(model, opt, sched, gen, epochs, history, (train_s, test_s, images)))
     return TrainResult(accuracy=accuracy, train_seconds=train_s, test_seconds=test_s,
                        images_per_s=images / train_s if train_s > 0 else 0.0, epochs=history)

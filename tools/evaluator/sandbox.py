@@ -28,13 +28,14 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import nasgraph
 from nasgraph.errors import NasgraphError
@@ -154,6 +155,48 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, onerror=fix)
 
 
+def place_file(src: Path, workdir: Path, name: str, uid: int | None, gid: int | None) -> None:
+    """Copy a file of ours into a candidate's workdir, readable by the (possibly unprivileged) child."""
+    dest = workdir / name
+    shutil.copyfile(src, dest)
+    os.chmod(dest, 0o600)
+    if uid is not None:
+        os.chown(dest, uid, gid)
+
+
+def collect_files(src: Path, dest: Path, max_bytes: int) -> list[str]:
+    """Copy what a candidate left in `src` into `dest`: regular files only, never through a link
+    (O_NOFOLLOW, a FIFO or device is skipped), at most `max_bytes` each, each landing atomically
+    (a reader of `dest` never sees half a checkpoint). Names starting with '.' are the child's
+    unfinished files and are skipped. Returns the names copied."""
+    copied: list[str] = []
+    try:
+        entries = list(os.scandir(src))
+    except OSError:
+        return copied
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+                continue
+            dest.mkdir(parents=True, exist_ok=True)
+            tmp = dest / f".{entry.name}.{os.getpid()}.part"
+            try:
+                with open(tmp, "wb") as out:
+                    shutil.copyfileobj(f, out, 1 << 20)
+                os.replace(tmp, dest / entry.name)
+            finally:
+                tmp.unlink(missing_ok=True)
+        copied.append(entry.name)
+    return copied
+
+
 def _output_tail(workdir: Path, cap: int) -> dict:
     log = workdir / "output.log"
     try:
@@ -257,20 +300,34 @@ class WarmParent:
                 proc.kill()
 
     # ---- one candidate
-    def run(self, req: dict) -> Outcome:
-        """Evaluate one statically checked candidate; every way it can end is an Outcome."""
+    def run(self, req: dict, on_progress: Callable[[dict], None] | None = None) -> Outcome:
+        """Evaluate one statically checked candidate; every way it can end is an Outcome.
+        With `artifacts_dir` the child's artifacts/ folder is copied there after each finished epoch
+        (then `on_progress(event)` is called) and when the child has ended, whatever its end."""
         self._ensure_ready()
         self.count += 1
         workdir = self.base / f"c{self.count}"
         workdir.mkdir(mode=0o700)
         if self.uid is not None:
             os.chown(workdir, self.uid, self.gid)
+        if req.get("resume_from"):
+            place_file(Path(req["resume_from"]), workdir, "resume.pt", self.uid, self.gid)
+        dest = Path(req["artifacts_dir"]) if req.get("artifacts_dir") else None
+        max_bytes = int(req.get("artifact_mb") or 1) * 2**20
+
+        def on_checkpoint(ev: dict) -> None:
+            if dest is not None:
+                collect_files(workdir / "artifacts", dest, max_bytes)
+            if on_progress is not None:
+                on_progress(ev)
         wall = float(req["setup_timeout_s"]) + req["epochs"] * float(req["time_budget_s"]) + float(req["timeout_grace_s"])
         msg = {**req, "workdir": str(workdir), "uid": self.uid, "gid": self.gid,
                "cpu_limit_s": int(req["threads"] * wall) + 30}
         t0 = time.monotonic()
         try:
-            run = self._drive(msg)
+            run = self._drive(msg, on_checkpoint)
+            if dest is not None:
+                collect_files(workdir / "artifacts", dest, max_bytes)
             out = self._outcome(run, req)
             if out.status != "ok":
                 out.detail.update(_output_tail(workdir, int(req["max_output_mb"]) * 2**20))
@@ -286,7 +343,7 @@ class WarmParent:
         self.proc.stdin.write((json.dumps(msg) + "\n").encode())
         self.proc.stdin.flush()
 
-    def _drive(self, msg: dict) -> _Run:
+    def _drive(self, msg: dict, on_checkpoint: Callable[[dict], None] | None = None) -> _Run:
         run = _Run()
         try:
             self._send(msg)
@@ -315,8 +372,10 @@ class WarmParent:
                     deadline = time.monotonic() + setup_s
                 elif kind == "stage":
                     run.stage = str(ev["stage"])
-                    if run.stage == "train" and run.timed_out_after is None:
+                    if run.stage in ("train", "export") and run.timed_out_after is None:
                         deadline = time.monotonic() + train_s
+                elif kind == "checkpoint" and on_checkpoint is not None and run.timed_out_after is None:
+                    on_checkpoint(ev)
                 elif kind == "stage_done":
                     run.seconds[str(ev["stage"])] = float(ev["seconds"])
                 elif kind == "result":

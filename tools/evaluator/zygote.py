@@ -143,14 +143,33 @@ def _forward(chan: Channel, line: bytes) -> None:
         msg = json.loads(line)
     except ValueError:
         return
-    if isinstance(msg, dict) and msg.get("event") in ("stage", "stage_done", "result"):
+    if isinstance(msg, dict) and msg.get("event") in ("stage", "stage_done", "result", "checkpoint"):
         chan.send(**msg)
+
+
+def _warm_exporters(cache: dict) -> None:
+    """Before the first export: run the exporters once here (see deploy.warm_up). Not at start-up:
+    they cost seconds that plain evaluations never need."""
+    if cache.get("__exporters_warm__"):
+        return
+    import tempfile
+
+    from nasgraph.tools.evaluator import deploy
+
+    with tempfile.TemporaryDirectory(dir=os.getcwd()) as folder:
+        deploy.warm_up(Path(folder))
+    cache["__exporters_warm__"] = True
 
 
 def handle(chan: Channel, req: dict, cache: dict, data_dir: Path) -> None:
     from nasgraph.tools.evaluator import child
     from nasgraph.tools.evaluator.datasets import DatasetUnavailable, load_dataset
 
+    if req.get("task") == "export":
+        try:
+            _warm_exporters(cache)
+        except Exception as e:  # noqa: BLE001 - the child then meets the same failure and reports it typed
+            print(f"zygote: exporter warm-up failed: {type(e).__name__}: {e}", file=sys.stderr)
     t = time.perf_counter()
     name = req["dataset"]
     try:
