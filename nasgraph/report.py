@@ -5,6 +5,9 @@ Plots (from the run's trace, see nasgraph.trace_data):
   valid_rate.png valid rate (first attempt / after repair) and duplicate share over a moving window
   failures.png   how failing attempts ended (shape error, timeout, duplicate, ...) per iteration bin
   pareto.png     accuracy against parameters, the Pareto front (no smaller model is as accurate) marked
+  final.png      the winners' final-training curves (when `nasgraph train` trained some), see nasgraph.winners
+
+A run known only to the store (`nasgraph eval --run-id`) is reported from its evaluations.
 """
 from __future__ import annotations
 
@@ -162,23 +165,47 @@ def summary_rows(digest: RunDigest) -> list[tuple[str, str]]:
     best = digest.best
     ok = [r.accuracy for r in digest.rows if r.ok and r.accuracy is not None]
     rate = digest.valid_rate
-    return [("dataset", digest.dataset or "?"), ("model", digest.model or "?"),
+    store_only = bool(digest.meta.get("store_only"))  # evaluated files (nasgraph eval --run-id), no loop
+    return [("dataset", digest.dataset or "?"),
+            ("model", "none: files evaluated with --run-id" if store_only else digest.model or "?"),
             ("iterations", str(digest.iterations)),
             ("valid rate", "–" if rate is None else f"{100 * rate:.0f}% of new designs"),
             ("best accuracy", f"{fmt_acc(best.accuracy)} ({best.arch_id}, {fmt_int(best.params)} params)"
              if best else "–"),
             ("mean accuracy", fmt_acc(sum(ok) / len(ok)) if ok else "–"),
             ("failures", ", ".join(f"{k} {v}" for k, v in sorted(digest.failures().items())) or "none"),
-            ("stopped by", digest.stop_reason or "not finished")]
+            ("stopped by", "–" if store_only else digest.stop_reason or "not finished")]
 
 
-def markdown_page(digest: RunDigest, images: dict[str, Path], top: list[IterationRow]) -> str:
+def write_winners_plot(winners, out: Path) -> Path:
+    from nasgraph.winners import plot_curves
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    try:
+        plot_curves(winners, ax)
+        ax.set_title(f"Final training of the winners ({winners.epochs} epochs)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / "final.png"
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def markdown_page(digest: RunDigest, images: dict[str, Path], top: list[IterationRow], winners=None) -> str:
     out = [f"# nasgraph report: run {digest.run_id}", "", "| | |", "| --- | --- |"]
     out += [f"| {k} | {v} |" for k, v in summary_rows(digest)]
     out.append("")
+    if winners is not None:  # what a user came for first: the trained winners
+        from nasgraph.winners import markdown
+
+        out += markdown(winners, images.get("final"))
     for name, path in images.items():
-        out += [f"## {TITLES[name]}", "", f"![{TITLES[name]}]({path.name})", ""]
-    out += ["## Top designs", ""]
+        if name in TITLES:
+            out += [f"## {TITLES[name]}", "", f"![{TITLES[name]}]({path.name})", ""]
+    out += ["## Top designs by the proxy", ""]
     if not top:
         out.append("No valid design yet.")
     else:
@@ -210,15 +237,20 @@ def _code_html(code: str) -> str:
         return f"<pre><code>{html.escape(code)}</code></pre>"
 
 
-def html_page(digest: RunDigest, images: dict[str, Path], top: list[IterationRow]) -> str:
+def html_page(digest: RunDigest, images: dict[str, Path], top: list[IterationRow], winners=None) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>nasgraph report {e(digest.run_id)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>nasgraph report: run {e(digest.run_id)}</h1><table>"]
     parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in summary_rows(digest)]
     parts.append("</table>")
+    if winners is not None:
+        from nasgraph.winners import html_parts
+
+        parts += html_parts(winners, images.get("final"), _code_html)
     for name, path in images.items():
-        parts.append(f"<h2>{e(TITLES[name])}</h2><img src='{e(path.name)}' alt='{e(TITLES[name])}'>")
-    parts.append("<h2>Top designs</h2>")
+        if name in TITLES:
+            parts.append(f"<h2>{e(TITLES[name])}</h2><img src='{e(path.name)}' alt='{e(TITLES[name])}'>")
+    parts.append("<h2>Top designs by the proxy</h2>")
     if not top:
         parts.append("<p>No valid design yet.</p>")
     else:
@@ -238,16 +270,20 @@ def html_page(digest: RunDigest, images: dict[str, Path], top: list[IterationRow
 
 
 def build_report(digest: RunDigest, out: Path, formats: tuple[str, ...] = ("md", "html"), top: int = 5,
-                 window: int = 10) -> ReportFiles:
+                 window: int = 10, winners=None) -> ReportFiles:
+    """`winners` (nasgraph.winners.Winners): the run's final trainings, shown first when given."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TraceError(f"cannot create the report folder {out}: {e}") from None
     files = ReportFiles(images=write_plots(digest, out, window))
+    if winners is not None:
+        files.images["final"] = write_winners_plot(winners, out)
     best = digest.top(top)
     for fmt in formats:
         page = out / f"report.{fmt}"
-        text = markdown_page(digest, files.images, best) if fmt == "md" else html_page(digest, files.images, best)
+        text = (markdown_page(digest, files.images, best, winners) if fmt == "md"
+                else html_page(digest, files.images, best, winners))
         page.write_text(text, encoding="utf-8")
         files.pages.append(page)
     return files
@@ -257,14 +293,42 @@ def build_report(digest: RunDigest, out: Path, formats: tuple[str, ...] = ("md",
 def report_command(args, cfg: Config, console: Console) -> int:
     if args.top < 1 or args.window < 1:
         raise TraceError("--top and --window must be at least 1")
-    digest = load_run(cfg.runs_dir, args.run)
+    digest, winners = _run_and_winners(cfg, args.run)
     out = Path(args.out) if args.out else digest.root / "report"
     formats = ("md", "html") if args.format == "both" else (args.format,)
-    files = build_report(digest, out, formats, top=args.top, window=args.window)
+    files = build_report(digest, out, formats, top=args.top, window=args.window, winners=winners)
     console.print(f"report of run {digest.run_id} ({digest.iterations} iterations):")
     for path in [*files.pages, *files.images.values()]:
         console.print(f"  {path}")
     return 0
+
+
+def _run_and_winners(cfg: Config, key: str):
+    """The run (its folder's trace, else the store's evaluations under that run id) and its winners'
+    final trainings from the store (None when there are none, or no store)."""
+    store = None
+    if cfg.store_path.exists():
+        from nasgraph.tools.store import Store
+
+        store = Store(cfg.store_path)
+    try:
+        try:
+            digest = load_run(cfg.runs_dir, key)
+        except TraceError:
+            if store is None or not store.has_run(key):
+                raise
+            from nasgraph.winners import digest_from_store
+
+            digest = digest_from_store(store, key, cfg.runs_dir / key)
+        winners = None
+        if store is not None:
+            from nasgraph.winners import gather
+
+            winners = gather(store, {r.arch_id for r in digest.rows if r.arch_id}, digest.dataset)
+        return digest, winners
+    finally:
+        if store is not None:
+            store.close()
 
 
 def cmd_report(args, cfg: Config, console: Console) -> int:

@@ -142,11 +142,12 @@ def rank_agreement(trainings: list[TrainingRecord]) -> Agreement:
         return Agreement(0, None, None)
     best_kept = max(pairs, key=lambda p: p[0])[1] == max(p[1] for p in pairs)
     rho = None
-    if len(pairs) >= 3:
+    proxy, final = [p[0] for p in pairs], [p[1] for p in pairs]
+    if len(pairs) >= 3 and len(set(proxy)) > 1 and len(set(final)) > 1:  # a constant column has no ranking
         from scipy.stats import spearmanr
 
-        value = float(spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic)
-        rho = None if math.isnan(value) else value  # a constant column has no ranking to compare
+        value = float(spearmanr(proxy, final).statistic)
+        rho = None if math.isnan(value) else value
     return Agreement(len(pairs), rho, best_kept)
 
 

@@ -107,3 +107,61 @@ def test_empty_run_still_reports(tmp_path):
     (root / CHECKPOINT).write_bytes(b"")
     files = build_report(load_run(tmp_path / "runs", "empty"), tmp_path / "out", ("md",))
     assert len(files.images) == 4 and "No valid design yet." in files.pages[0].read_text()
+
+
+def _train(store, arch_id: str, dataset: str, proxy, final: list[float]) -> None:
+    """A finished 3-epoch final training as `nasgraph train` records it (the training itself is tested
+    in test_train_export)."""
+    from nasgraph.tools.evaluator.outcome import Outcome
+
+    t = store.start_training(arch_id, dataset, len(final), proxy.prm, checkpoint="/nowhere.pt", proxy=proxy)
+    store.finish_training(t.id, Outcome(status="ok", stage="test", accuracy=final[-1], params=proxy.params,
+                                        flops=proxy.flops, detail={"latency_ms": {"pytorch": {"1": 0.25, "64": 2.5}}},
+                                        epochs=[{"epoch": i, "accuracy": a} for i, a in enumerate(final)]), hardware={})
+
+
+def test_report_shows_the_winners_final_training(home, tmp_path, capsys):
+    import shutil
+
+    from nasgraph.tools.store import Store
+
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    with Store(copy / "store.sqlite") as store:
+        evals = [e for e in store.evaluations_for_run(RUN_ID) if e.status == "ok"]
+        ranked = sorted(evals, key=lambda e: -e.accuracy)
+        finals = [0.97, 0.95, 0.99][: len(ranked)]
+        for e, final in zip(ranked, finals):
+            _train(store, e.arch_id, e.dataset, e, [final - 0.1, final - 0.05, final])
+        code = store.code(ranked[0].arch_id)
+    out = tmp_path / "rep"
+    assert cli.main(["--home", str(copy), "report", RUN_ID, "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    winners = md[md.index("## Winners: final training for 3 epochs"):md.index("## Accuracy over iterations")]
+    rows = [ln for ln in winners.splitlines() if ln.startswith("| 1 |") or ln.startswith("| 2 |")]
+    assert f"`{ranked[2].arch_id}`" in rows[0] and "99.00%" in rows[0] and "0.25 / 2.50" in rows[0]  # best final first
+    assert "Rank correlation (Spearman) between the 1-epoch proxy and the 3-epoch accuracy: -0.50 over 3" in winners
+    assert code.strip() in winners
+    assert "final.png" in md and "Winners: final training" in (out / "report.html").read_text()
+    with Image.open(out / "final.png") as img:
+        img.verify()
+
+
+def test_a_run_known_only_to_the_store_gets_a_report(tmp_path, capsys):
+    from nasgraph.tools.candidate import Candidate
+    from nasgraph.tools.evaluator.outcome import Outcome
+    from nasgraph.tools.store import Store
+    from tests.candidates import VALID
+
+    with Store(tmp_path / "store.sqlite") as store:  # as `nasgraph eval FILES --run-id files` leaves it
+        for width, acc in ((8, 0.6), (16, 0.8)):
+            code = VALID.replace("16", str(width))
+            store.evaluate_cached(Candidate.of(code), "digits", 1, {}, lambda acc=acc, width=width: Outcome(
+                status="ok", stage="test", accuracy=acc, params=100 * width, flops=1000), origin="file",
+                hardware={}, run_id="files")
+        best = store.run_candidates("files")[-1]
+        _train(store, best.arch_id, "digits", best, [0.85, 0.9, 0.93])
+    assert cli.main(["--home", str(tmp_path), "report", "files", "--format", "md"]) == 0
+    md = (tmp_path / "runs" / "files" / "report" / "report.md").read_text()
+    assert "| iterations | 2 |" in md and "files evaluated with --run-id" in md and "93.00%" in md
+    assert "not defined (fewer than 3 designs" in md

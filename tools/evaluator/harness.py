@@ -397,12 +397,13 @@ def _optimizer(model: nn.Module, opt) -> torch.optim.Optimizer | None:
 
 
 def _checkpoint(model, opt, sched, gen: torch.Generator, epochs: int, history: list, totals: tuple) -> dict:
-    """Everything a later process needs to go on after this epoch as if it had never stopped."""
+    """Everything a later process needs to go on after this epoch as if it had never stopped. The
+    tensors are the live ones (no copy): `on_epoch` must write the state before training goes on."""
     optimizer = _optimizer(model, opt)
     return {"epochs_total": epochs, "done": len(history), "model": model.state_dict(),
             "optimizer": optimizer.state_dict() if optimizer else None,
             "scheduler": sched.state_dict() if sched is not None else None, "generator": gen.get_state(),
-            "history": history, "totals": list(totals)}
+            "history": [dict(h) for h in history], "totals": list(totals)}
 
 
 def _restore(state: dict, model, opt, sched, gen: torch.Generator, epochs: int) -> tuple[list, tuple]:
