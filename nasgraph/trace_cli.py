@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nasgraph.config import Config
+from nasgraph.dataset_ref import parse
 from nasgraph.errors import NasgraphError
 from nasgraph.trace_data import TRACE, RunDigest, TraceError, all_runs, load_run, matches, snippet, to_json
 from nasgraph.views import fmt_acc, fmt_int
@@ -170,7 +171,7 @@ def runs_table(digests: list[RunDigest], title: str) -> Table:
     for d in digests:
         best = d.best
         created = time.strftime("%m-%d %H:%M", time.localtime(d.created)) if d.created else "–"
-        t.add_row(d.run_id, d.dataset or "–", d.model or "–", str(d.iterations), fmt_bytes(d.size_bytes),
+        t.add_row(d.run_id, parse(d.dataset).label if d.dataset else "–", d.model or "–", str(d.iterations), fmt_bytes(d.size_bytes),
                   fmt_acc(best.accuracy if best else None), fmt_rate(d.valid_rate),
                   d.stop_reason or "[yellow]open[/]", created)
     return t
