@@ -129,3 +129,11 @@ def test_rank_agreement():
     assert rank_agreement([_t(0.5, 0.9), _t(0.6, 0.8)]).spearman is None  # too few to rank
     assert rank_agreement([_t(0.5, 0.9), _t(0.5, 0.8), _t(0.5, 0.7)]).spearman is None  # no proxy spread
     assert rank_agreement([]).n == 0
+
+
+def test_regression_a_four_step_training_does_not_divide_by_zero(tmp_path):
+    """OneCycleLR with pct_start 0.25 over exactly 4 steps raised ZeroDivisionError (a small folder of
+    one's own images, one epoch, at the default batch)."""
+    data = load_dataset("digits", tmp_path).subset(128, 50)
+    res = train_and_test(_net(), data, {"batch": 32}, epochs=1, augment=False)
+    assert 0 <= res.accuracy <= 1

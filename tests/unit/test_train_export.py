@@ -125,3 +125,22 @@ def test_export_without_a_final_training_says_what_to_do(setup, capsys):
         arch = [e.arch_id for e in s.run_candidates("shapes") if not s.trainings(arch_ids=[e.arch_id])][0]
     assert main(["--home", str(home), "export", arch]) == 1
     assert f"train it first: nasgraph train {arch[:12]}" in capsys.readouterr().err
+
+
+def test_the_loop_runs_on_an_image_folder(tmp_path):
+    """`nasgraph run --dataset FOLDER`: the task, the prompt's shapes and the sandboxed child all see the folder."""
+    from nasgraph.graph.run import run_loop
+    from tests import candidates as C
+    from tests.fakes import FakeHandle, ScriptedChatModel
+    from tests.trace_run import triple
+
+    folder = _folder(tmp_path / "shapes")
+    cfg = load_config(home=tmp_path / "home", evaluator={"threads": 1, "time_budget_s": 60, "batch_size": 32},
+                      loop={"dataset": str(folder), "image_size": 8, "iterations": 1, "max_repairs": 0,
+                            "max_fixes": 0})
+    llm = ScriptedChatModel(improver=[triple("one convolution")], generator=[C.fenced(C.VALID)])
+    run_loop(cfg, FakeHandle(llm), run_id="folder-run")
+    with Store(cfg.store_path) as store:
+        (e,) = store.evaluations_for_run("folder-run")
+    assert e.status == "ok", e.error
+    assert e.dataset == f"{folder}@8" and e.accuracy is not None

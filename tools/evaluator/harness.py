@@ -209,8 +209,11 @@ def _setup(model: nn.Module, prm: dict, steps: int, epochs: int) -> tuple[torch.
         return opt, loss_fn, None  # the model chose its recipe; no schedule is imposed on it
     opt = torch.optim.SGD(model.parameters(), lr=prm["lr"], momentum=prm["momentum"],
                           nesterov=prm["momentum"] > 0, weight_decay=prm["weight_decay"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=prm["lr"], total_steps=max(1, steps * epochs),
-                                                pct_start=0.25, cycle_momentum=False)
+    total = max(1, steps * epochs)
+    # OneCycleLR divides by (pct_start * total - 1): zero at 4 steps with 0.25 (a small folder of one's
+    # own images at a large batch), so that one case warms up over 0.3.
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=prm["lr"], total_steps=total,
+                                                pct_start=0.25 if total != 4 else 0.3, cycle_momentum=False)
     return opt, loss_fn, sched
 
 
