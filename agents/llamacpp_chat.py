@@ -34,7 +34,7 @@ from nasgraph.agents.llm import LLMError, LLMUnavailable
 # One Llama per key, shared by every chat model on that key; one lock because a llama.cpp context
 # is not safe to use from two threads and loading/freeing must not race a generation.
 _LOCK = threading.RLock()
-_INSTANCES: dict[tuple[str, int, int, int], Any] = {}
+_INSTANCES: dict[tuple[str, int, int, int, str], Any] = {}
 
 
 def gpu_offload_supported() -> bool:
@@ -43,12 +43,12 @@ def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
-def loaded_keys() -> list[tuple[str, int, int, int]]:
+def loaded_keys() -> list[tuple[str, int, int, int, str]]:
     with _LOCK:
         return list(_INSTANCES)
 
 
-def _load(key: tuple[str, int, int, int]) -> Any:
+def _load(key: tuple[str, int, int, int, str]) -> Any:
     try:
         from llama_cpp import Llama
     except ImportError as e:  # the dependency is declared; say how to get it if a build failed
@@ -56,10 +56,10 @@ def _load(key: tuple[str, int, int, int]) -> Any:
             "llama-cpp-python is not installed; install it (`pip install llama-cpp-python`) or use "
             "the ollama backend (llm.backend = 'ollama')"
         ) from e
-    path, n_ctx, n_threads, n_gpu_layers = key
+    path, n_ctx, n_threads, n_gpu_layers, lora_path = key
     try:
         return Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                     n_gpu_layers=n_gpu_layers, verbose=False)
+                     n_gpu_layers=n_gpu_layers, lora_path=lora_path or None, verbose=False)
     except (ValueError, RuntimeError, OSError) as e:
         raise LLMUnavailable(f"llama.cpp could not load {path}: {e}") from e
 
@@ -88,6 +88,7 @@ class ChatLlamaCpp(BaseChatModel):
     n_ctx: int = 4096
     n_threads: int = 2
     n_gpu_layers: int | None = None  # None: all layers on the GPU when the build supports it, else 0
+    lora_path: str = ""  # a GGUF LoRA adapter applied on load, checked against the base first by the caller
     temperature: float = 0.7
     max_tokens: int = 1024
     seed: int | None = None
@@ -107,11 +108,12 @@ class ChatLlamaCpp(BaseChatModel):
         return self.model_name or Path(self.model_path).name
 
     @property
-    def key(self) -> tuple[str, int, int, int]:
+    def key(self) -> tuple[str, int, int, int, str]:
         layers = self.n_gpu_layers
         if layers is None:
             layers = -1 if gpu_offload_supported() else 0
-        return (str(Path(self.model_path).resolve()), self.n_ctx, self.n_threads, layers)
+        lora = str(Path(self.lora_path).resolve()) if self.lora_path else ""
+        return (str(Path(self.model_path).resolve()), self.n_ctx, self.n_threads, layers, lora)
 
     @property
     def uses_gpu(self) -> bool:

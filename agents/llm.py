@@ -18,7 +18,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_ollama import ChatOllama
 
-from nasgraph.agents import models
+from nasgraph.agents import adapters, models
 from nasgraph.config import LLMConfig
 from nasgraph.errors import NasgraphError
 
@@ -50,13 +50,15 @@ def make_chat_model(cfg: LLMConfig, models_dir: Path, *,
 def _make_llamacpp(cfg: LLMConfig, models_dir: Path, progress: models.Progress | None) -> BaseChatModel:
     from nasgraph.agents.llamacpp_chat import ChatLlamaCpp  # imports llama_cpp lazily: ollama users need no build
 
+    base, adapter_name = adapters.split(cfg.model)
     try:
-        path = models.resolve(cfg.model, models_dir, progress=progress)
-    except models.ModelError as e:
+        path = models.resolve(base, models_dir, progress=progress)
+        lora = adapters.checked(cfg.model, path, models_dir).path if adapter_name else ""
+    except (models.ModelError, adapters.AdapterError) as e:
         raise LLMUnavailable(str(e)) from e
-    name = cfg.model if cfg.model in models.EMBEDDED else path.name
+    name = cfg.model if base in models.EMBEDDED else path.name
     return ChatLlamaCpp(model_path=str(path), model_name=name, n_ctx=cfg.n_ctx, n_threads=cfg.threads,
-                        temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
+                        temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed, lora_path=str(lora))
 
 
 # --- ollama ------------------------------------------------------------------------------------
@@ -136,6 +138,9 @@ class OllamaChat(ChatOllama):
 
 
 def _make_ollama(cfg: LLMConfig) -> BaseChatModel:
+    if adapters.split(cfg.model)[1]:
+        raise LLMUnavailable(f"{cfg.model} is a base with a LoRA adapter: use the embedded backend, or give it to "
+                             f"Ollama with `nasgraph models export-ollama {cfg.model}` and `ollama create`")
     name = ollama_model_name(cfg.model)
     check_ollama(cfg.ollama_host, name)
     return OllamaChat(

@@ -129,7 +129,7 @@ def _verify(path: Path, model: EmbeddedModel) -> bool:
 
 # --- lookup ------------------------------------------------------------------------------------
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     return name.endswith(".gguf") or os.sep in name or name.startswith("~")
 
 
@@ -146,7 +146,7 @@ def _user_gguf(raw: str) -> Path:
 
 def model_path(name: str, models_dir: Path) -> Path | None:
     """The verified file for an embedded model, a user's own .gguf path, or None if not present."""
-    if _looks_like_path(name):
+    if looks_like_path(name):
         return _user_gguf(name)
     model = embedded(name)
     path = Path(models_dir) / model.filename
@@ -158,7 +158,7 @@ def resolve(name: str, models_dir: Path, *, progress: Progress | None = None) ->
     override = os.environ.get(MODEL_PATH_ENV)
     if override:
         return _user_gguf(override)
-    if _looks_like_path(name):
+    if looks_like_path(name):
         return _user_gguf(name)
     return pull(name, models_dir, progress=progress)
 

@@ -54,7 +54,8 @@ class Deps:
 def _llm_for(deps: Deps, state: LoopState | AttemptState, temperature: float | None = None):
     """The chat model seeded for this step of this run: a replayed step samples the same reply, and
     a new run (another id) does not replay an old run's designs."""
-    return deps.llm.at_step(zlib.crc32(state["run_id"].encode()) % 1_000_003 + state.get("step", 0), temperature)
+    key = state.get("seed_key") or state["run_id"]
+    return deps.llm.at_step(zlib.crc32(key.encode()) % 1_000_003 + state.get("step", 0), temperature)
 
 
 def _task(state: LoopState | AttemptState) -> Task:

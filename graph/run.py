@@ -75,11 +75,14 @@ def summarize(run_id: str, values: dict) -> dict:
 
 def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: int | None = None,
              goal: str = "", on_update: Callable[[str, dict, dict], None] | None = None,
-             evaluator: Evaluator | None = None, retrieve: Any = None, retask: bool = False) -> dict:
+             evaluator: Evaluator | None = None, retrieve: Any = None, retask: bool = False,
+             seed_key: str = "") -> dict:
     """Run (or resume) until the stop condition; returns the summary. `llm` is a nasgraph.agents.llm handle.
 
     `retask`: on resume, replace the stored task and goal with this call's (a chat session refining its
-    constraints between extensions); otherwise a resumed run keeps the ones it started with."""
+    constraints between extensions); otherwise a resumed run keeps the ones it started with.
+    `seed_key`: what seeds the LLM's samples instead of the run id, so that two runs (say, a base model and
+    its fine-tuned adapter) draw the same seeds step by step."""
     run_id = run_id or new_run_id()
     if retrieve is None and cfg.rag.enabled:
         from nasgraph.agents.rag_retriever import make_retriever
@@ -121,7 +124,7 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
             inputs = None
         else:
             total = iterations or cfg.loop.iterations
-            inputs = LoopState(run_id=run_id, max_iterations=total, task=task.model_dump(), user_goal=goal,
+            inputs = LoopState(run_id=run_id, seed_key=seed_key or run_id, max_iterations=total, task=task.model_dump(), user_goal=goal,
                                iteration=0, step=0, history=[], best=None, stats={})
             paths.meta.write_text(json.dumps({"run_id": run_id, "created": time.time(),
                                               "config": json.loads(cfg.model_dump_json())}, indent=1))

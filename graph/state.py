@@ -26,6 +26,7 @@ class LoopState(TypedDict, total=False):
     """Run and iteration scope. One attempt at a design lives in its own subgraph (`AttemptState`)
     and comes back as `attempt`."""
     run_id: str
+    seed_key: str                        # seeds the LLM's samples (default the run id); runs that share it share seeds
     max_iterations: int
     task: dict[str, Any]                 # nasgraph.agents.code_generator.Task
     user_goal: str
@@ -47,6 +48,7 @@ class AttemptState(TypedDict, total=False):
     Its own checkpointed subgraph; the parent hands in the first block and reads `AttemptResult`."""
     # handed in by the parent, read-only here
     run_id: str
+    seed_key: str
     task: dict[str, Any]
     triple: dict[str, Any]
     parent: dict[str, Any] | None

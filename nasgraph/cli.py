@@ -213,7 +213,9 @@ def cmd_models(args, cfg: Config, console: Console) -> int:
         path = pull(args.name, cfg.models_dir, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
         console.print(f"{args.name}: {path}")
         return 0
-    rows = list_models(cfg.models_dir)
+    if args.models_cmd == "export-ollama":
+        return _export_ollama(args, cfg, console)
+    rows = list_models(cfg.models_dir) + _adapter_rows(cfg)
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
@@ -225,6 +227,29 @@ def cmd_models(args, cfg: Config, console: Console) -> int:
     for r in rows:
         t.add_row(*(str(v) for v in r.values()))
     console.print(t)
+    return 0
+
+
+def _adapter_rows(cfg: Config) -> list[dict]:
+    from nasgraph.agents.adapters import list_adapters
+
+    return [{"name": a.model, "file": str(a.path), "size": a.path.stat().st_size, "present": True, "verified": None,
+             "embedded": False, "description": f"LoRA adapter of cycle {a.meta.get('cycle', '?')}: "
+                                               f"{a.meta.get('pairs', '?')} pairs, {a.meta.get('steps', '?')} steps"}
+            for a in list_adapters(cfg.models_dir)]
+
+
+def _export_ollama(args, cfg: Config, console: Console) -> int:
+    from nasgraph.agents import adapters
+    from nasgraph.agents.models import resolve
+
+    base, _ = adapters.split(args.name)
+    base_path = resolve(base, cfg.models_dir)
+    adapter = adapters.checked(args.name, base_path, cfg.models_dir)
+    out = Path(args.out) if args.out else adapter.path.parent / "Modelfile"
+    out.write_text(adapters.modelfile(adapter, base_path))
+    tag = args.name.replace("+", "-")
+    console.print(f"{out}\nthen: ollama create {tag} -f {out} && nasgraph run --backend ollama --model {tag}")
     return 0
 
 
@@ -433,12 +458,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default="lemur-export")
     ex.add_argument("--dataset")
 
-    m = sub.add_parser("models", help="embedded LLMs: pull / ls")
+    m = sub.add_parser("models", help="embedded LLMs and their LoRA adapters: pull / ls / export-ollama")
     ms = m.add_subparsers(dest="models_cmd", required=True)
     mp = ms.add_parser("pull")
     mp.add_argument("name", help="e.g. qwen2.5-coder-0.5b, qwen2.5-coder-1.5b")
     ml = ms.add_parser("ls")
     ml.add_argument("--json", action="store_true")
+    mo = ms.add_parser("export-ollama", help="write an Ollama Modelfile for a base+adapter model")
+    mo.add_argument("name", help="e.g. qwen2.5-coder-0.5b+<cycles id>-cycle3 (see `nasgraph models ls`)")
+    mo.add_argument("--out", help="Modelfile path (default: beside the adapter)")
 
     lm = sub.add_parser("lemur", help="the LEMUR corpus of models and training records: pull / ls / show / stats")
     lms = lm.add_subparsers(dest="lemur_cmd", required=True)
@@ -499,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Each plugin module has register(subparsers, commands) and imports nothing heavy at module level.
 PLUGINS: tuple[str, ...] = ("nasgraph.trace_cli", "nasgraph.report", "nasgraph.chat", "nasgraph.rag_index.cli",
-                            "nasgraph.train_cli", "nasgraph.export_cli")
+                            "nasgraph.cycles_cli", "nasgraph.train_cli", "nasgraph.export_cli")
 
 COMMANDS = {"eval": cmd_eval, "reference": cmd_reference, "store": cmd_store, "models": cmd_models,
             "datasets": cmd_datasets, "run": cmd_run, "autofix": cmd_autofix, "lemur": cmd_lemur,
