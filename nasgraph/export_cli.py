@@ -18,7 +18,8 @@ def export_views(r) -> list:
     lines += [f"  code     {r.code}", f"  facts    {r.facts}"]
     for fmt, diff in r.max_abs_diff.items():
         what = "ONNX Runtime vs PyTorch" if fmt == "onnx" else "reloaded .pt2 vs PyTorch"
-        lines.append(f"  {what}: max abs difference of logits {diff:.2e} on the same test images")
+        same = f", same class on {100 * r.same_class[fmt]:.0f}% of them" if fmt in r.same_class else ""
+        lines.append(f"  {what}: max abs difference of logits {diff:.2e} on the same test images{same}")
     t = Table(title="latency on this machine (median ms per forward pass)")
     for col in ("runtime", "batch 1", "batch 64"):
         t.add_column(col, justify="left" if col == "runtime" else "right")
@@ -46,7 +47,8 @@ def export_command(args, cfg: Config, console: Console) -> int:
     if args.json:
         print(json.dumps({"arch_id": result.arch_id, "files": {k: str(v) for k, v in result.files.items()},
                           "code": str(result.code), "facts": str(result.facts), "accuracy": result.accuracy,
-                          "max_abs_diff": result.max_abs_diff, "latency_ms": result.latency_ms}))
+                          "max_abs_diff": result.max_abs_diff, "same_class": result.same_class,
+                          "latency_ms": result.latency_ms}))
     else:
         for view in export_views(result):
             console.print(view)

@@ -105,7 +105,7 @@ def train_command(args, cfg: Config, console: Console) -> int:
                 say(f"[{i}/{len(winners)}] {w.arch_id[:12]} (proxy {fmt_acc(w.proxy.accuracy if w.proxy else None)}) "
                     f"on {w.dataset}")
                 results.append(train_winner(cfg, store, evaluator, w, args.epochs, hardware=hardware, run_id=run_id,
-                                            on_epoch=on_epoch))
+                                            on_epoch=on_epoch, time_budget_s=args.time_budget_s))
     finally:
         store.close()
     agreement = rank_agreement(results)
@@ -133,6 +133,8 @@ def register(subparsers, commands: dict) -> None:
     t.add_argument("--image-size", dest="image_size", type=int, help="with a folder --dataset: its image size")
     t.add_argument("--threads", type=int)
     t.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--time-budget-s", dest="time_budget_s", type=float, help="max projected seconds per epoch")
+    t.add_argument("--time-budget-s", dest="time_budget_s", type=float,
+                   help="max projected seconds per epoch (default 10x evaluator.time_budget_s: a winner passed the "
+                        "proxy's budget once, a busy machine must not stop its final training)")
     t.add_argument("--json", action="store_true")
     commands["train"] = cmd_train

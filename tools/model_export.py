@@ -40,6 +40,7 @@ class ExportResult:
     facts: Path | None = None
     accuracy: float | None = None                             # test accuracy of the exported weights
     max_abs_diff: dict[str, float] = field(default_factory=dict)   # format -> vs eager PyTorch
+    same_class: dict[str, float] = field(default_factory=dict)     # format -> share of images with the same argmax
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # runtime -> batch -> ms
 
 
@@ -51,6 +52,10 @@ def pick_training(store: Store, arch_id: str, dataset: str | None = None) -> Tra
     if not done:
         raise ExportError(f"architecture {detail.id} has no finished final training with its weights on disk; "
                           f"train it first: nasgraph train {detail.id[:12]} --epochs N")
+    datasets = sorted({t.dataset for t in done})
+    if len(datasets) > 1:  # weights for different data are different models: never pick one silently
+        raise ExportError(f"architecture {detail.id} was trained on {len(datasets)} datasets "
+                          f"({', '.join(datasets)}); say which with --dataset")
     return done[0]  # trainings() lists the best final accuracy first
 
 
@@ -93,6 +98,8 @@ def export_model(cfg: Config, store: Store, arch_id: str, formats: list[str], ou
             result.files[fmt] = dest
             if isinstance(got.get("max_abs_diff"), (int, float)):
                 result.max_abs_diff[fmt] = float(got["max_abs_diff"])
+            if isinstance(got.get("same_class"), (int, float)):
+                result.same_class[fmt] = float(got["same_class"])
             if isinstance(got.get("latency_ms"), dict):
                 result.latency_ms[fmt] = got["latency_ms"]
         if isinstance(facts.get("pytorch_latency_ms"), dict):
@@ -102,12 +109,14 @@ def export_model(cfg: Config, store: Store, arch_id: str, formats: list[str], ou
         result.facts = out_dir / f"{stem}.json"
         result.facts.write_text(json.dumps({**(facts.get("meta") or {}), "files": {k: v.name for k, v in
                                             result.files.items()}, "max_abs_diff": result.max_abs_diff,
+                                            "same_class": result.same_class,
                                             "latency_ms": result.latency_ms, "hardware": hardware or {}},
                                            indent=2) + "\n", encoding="utf-8")
         for fmt, path in result.files.items():
             store.record_export(training.id, fmt, str(path), max_abs_diff=result.max_abs_diff.get(fmt),
                                 latency=result.latency_ms.get(fmt, result.latency_ms.get("pytorch eager", {})),
-                                detail={"accuracy": outcome.accuracy}, hardware=hardware or {})
+                                detail={"accuracy": outcome.accuracy, "same_class": result.same_class.get(fmt)},
+                                hardware=hardware or {})
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)

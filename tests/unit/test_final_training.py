@@ -137,3 +137,19 @@ def test_regression_a_four_step_training_does_not_divide_by_zero(tmp_path):
     data = load_dataset("digits", tmp_path).subset(128, 50)
     res = train_and_test(_net(), data, {"batch": 32}, epochs=1, augment=False)
     assert 0 <= res.accuracy <= 1
+
+
+def test_export_never_picks_one_of_two_datasets_silently(tmp_path):
+    from nasgraph.tools.model_export import ExportError, pick_training
+
+    store = Store(tmp_path / "s.db")
+    cand = Candidate.of(VALID)
+    for ds, acc in (("digits", 0.9), ("/data/shapes@32", 0.95)):
+        store.evaluate_cached(cand, ds, 1, {}, lambda: _ok(0.5), origin="file", hardware=HW)
+        ckpt = tmp_path / f"{len(ds)}.pt"
+        ckpt.write_bytes(b"weights")
+        t = store.start_training(cand.arch_id, ds, 2, {}, checkpoint=str(ckpt))
+        store.finish_training(t.id, _ok(acc), hardware=HW)
+    with pytest.raises(ExportError, match=r"trained on 2 datasets .*say which with --dataset"):
+        pick_training(store, cand.arch_id[:8])
+    assert pick_training(store, cand.arch_id, "digits").accuracy == 0.9

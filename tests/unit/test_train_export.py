@@ -103,6 +103,7 @@ def test_a_folder_run_trains_resumes_and_exports(setup, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["accuracy"] == pytest.approx(first.accuracy)  # the exported weights are the trained ones
     assert result["max_abs_diff"]["onnx"] < 1e-4 and set(result["latency_ms"]["onnx"]) == {"1", "64"}
+    assert result["same_class"]["onnx"] == 1.0
     onnx_file, pt2 = Path(result["files"]["onnx"]), Path(result["files"]["pytorch"])
     meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
     assert json.loads(meta["classes"]) == sorted(CLASSES)
