@@ -315,7 +315,13 @@ class WarmParent:
         dest = Path(req["artifacts_dir"]) if req.get("artifacts_dir") else None
         max_bytes = int(req.get("artifact_mb") or 1) * 2**20
 
+        last = [-1]
+
         def on_checkpoint(ev: dict) -> None:
+            epoch = ev.get("epoch")
+            if not isinstance(epoch, int) or epoch <= last[0]:  # one copy per new epoch, however often it says so
+                return
+            last[0] = epoch
             if dest is not None:
                 collect_files(workdir / "artifacts", dest, max_bytes)
             if on_progress is not None:
