@@ -9,9 +9,13 @@ second once the file is in the page cache).
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
+import sys
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +61,37 @@ def _load(key: tuple[str, int, int, int, str]) -> Any:
             "the ollama backend (llm.backend = 'ollama')"
         ) from e
     path, n_ctx, n_threads, n_gpu_layers, lora_path = key
-    try:
-        return Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                     n_gpu_layers=n_gpu_layers, lora_path=lora_path or None, verbose=False)
-    except (ValueError, RuntimeError, OSError) as e:
-        raise LLMUnavailable(f"llama.cpp could not load {path}: {e}") from e
+    with _native_stderr_captured() as said:
+        try:
+            return Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                         n_gpu_layers=n_gpu_layers, lora_path=lora_path or None, verbose=False)
+        except (ValueError, RuntimeError, OSError) as e:
+            detail = " ".join(said()[-2:])
+            raise LLMUnavailable(f"llama.cpp could not load {path}{' with ' + lora_path if lora_path else ''}: "
+                                 f"{e}{' (' + detail + ')' if detail else ''}") from e
+
+
+@contextlib.contextmanager
+def _native_stderr_captured() -> Iterator[Callable[[], list[str]]]:
+    """llama.cpp prints from C while loading even with verbose=False (a line per adapted tensor about
+    the CPU buffer type, a context-size note), over the Rich views. Its stderr goes to a file while a
+    model loads; the last lines are read back only to explain a failure."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        lines: list[str] = []
+
+        def said() -> list[str]:
+            if not lines:
+                sink.seek(0)
+                lines.extend(ln.strip() for ln in sink.read().decode("utf-8", "replace").splitlines() if ln.strip())
+            return lines
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _to_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:

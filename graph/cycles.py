@@ -54,12 +54,16 @@ class CyclesSpec(BaseModel):
     per_cycle: int = Field(20, ge=1, description="loop iterations (candidates) per generation")
     dataset: str = "fashion-mnist"
     threshold: float = Field(0.85, ge=0, le=1, description="one-epoch accuracy a design needs to become a pair")
+    # The generator is what is measured, so no LLM repairs by default (rule fixes still apply): a repair
+    # would count the model's second try as its first, and costs an LLM call each.
+    max_repairs: int = Field(0, ge=0, description="LLM repairs per iteration")
     novelty: float = Field(0.1, ge=0, le=1, description="min 1-Jaccard to count as novel")
     replay: float = Field(0.5, ge=0, le=1, description="share of earlier cycles' pairs mixed into each fine-tuning")
     rank: int = 16
     alpha: float = 32.0
-    lr: float = 2e-4
-    epochs: int = 2
+    # A generation yields a handful of pairs, so a few passes at a LoRA-typical rate: ~10 optimizer steps.
+    lr: float = 5e-4
+    epochs: int = 3
     seed: int = 0
 
     def adapter_name(self, c: int) -> str:
@@ -142,15 +146,17 @@ def _start(cfg: Config, spec: CyclesSpec) -> CyclesState:
 def _generator_messages(cfg: Config, spec: CyclesSpec) -> list[dict[str, str]]:
     """The chat every generation's first drafts get (search = independent): the pairs' prompt."""
     task = make_task(cfg)
-    user = build_prompt(task, INDEPENDENT.modification, [], None)
+    user = build_prompt(task, INDEPENDENT.as_instruction(), [], None)
     return [{"role": "system", "content": render("code_generator.system").text},
             {"role": "user", "content": user.text}]
 
 
 def _cfg_for(cfg: Config, spec: CyclesSpec, c: int) -> Config:
-    loop = cfg.loop.model_copy(update={"search": "independent", "dataset": spec.dataset, "iterations": spec.per_cycle})
+    loop = cfg.loop.model_copy(update={"search": "independent", "dataset": spec.dataset, "iterations": spec.per_cycle,
+                                       "max_repairs": spec.max_repairs})
     llm = cfg.llm.model_copy(update={"model": spec.model(c), "backend": "llamacpp"})
-    return cfg.model_copy(update={"loop": loop, "llm": llm})
+    rag = cfg.rag.model_copy(update={"enabled": False})  # retrieved blocks would make every prompt different
+    return cfg.model_copy(update={"loop": loop, "llm": llm, "rag": rag})
 
 
 def _designs(store: Store, run_id: str) -> list[tuple[int, str, float]]:

@@ -100,7 +100,7 @@ def cmd_cycles(args, cfg: Config, console: Console) -> int:
     else:
         spec = CyclesSpec(cycles_id=args.run_id or new_run_id(), base=args.base, cycles=args.cycles,
                           per_cycle=args.per_cycle, dataset=cfg.loop.dataset, threshold=args.threshold,
-                          replay=args.replay, epochs=args.lora_epochs, lr=args.lora_lr, rank=args.lora_rank,
+                          replay=args.replay, max_repairs=args.max_repairs, epochs=args.lora_epochs, lr=args.lora_lr, rank=args.lora_rank,
                           alpha=2.0 * args.lora_rank)
         console.print(f"cycles run [bold]{spec.cycles_id}[/] (resume with --run-id {spec.cycles_id})")
         bar = _Bar(console, 2 * spec.cycles + 1)
@@ -124,9 +124,11 @@ def register(subparsers, commands: dict) -> None:
     c.add_argument("--model", dest="base", default="qwen2.5-coder-0.5b", help="embedded base model (default 0.5B)")
     c.add_argument("--dataset", help="dataset the candidates train on (default the loop's)")
     c.add_argument("--threshold", type=float, default=0.85, help="one-epoch accuracy a design needs to be learned from")
+    c.add_argument("--max-repairs", dest="max_repairs", type=int, default=0,
+                   help="LLM repairs per candidate (default 0: the generator's own first draft, after rule fixes)")
     c.add_argument("--replay", type=float, default=0.5, help="share of earlier cycles' pairs mixed in (default 0.5)")
-    c.add_argument("--lora-epochs", dest="lora_epochs", type=int, default=2)
-    c.add_argument("--lora-lr", dest="lora_lr", type=float, default=2e-4)
+    c.add_argument("--lora-epochs", dest="lora_epochs", type=int, default=3)
+    c.add_argument("--lora-lr", dest="lora_lr", type=float, default=5e-4)
     c.add_argument("--lora-rank", dest="lora_rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank)")
     c.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where candidates and fine-tuning run")
     c.add_argument("--show", metavar="ID", help="print the table and plot of a cycles run without running it")

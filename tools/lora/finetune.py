@@ -45,7 +45,7 @@ class FinetuneSpec(BaseModel):
     dropout: float = Field(0.05, ge=0, lt=1)
     lr: float = Field(2e-4, gt=0)
     epochs: int = Field(2, ge=1)
-    accumulate: int = Field(4, ge=1, description="pairs per optimizer step")
+    accumulate: int = Field(2, ge=1, description="pairs per optimizer step")
     max_tokens: int = Field(2048, ge=64, description="longer pairs are left out, not cut")
     seed: int = 0
     threads: int = Field(2, ge=1)
