@@ -145,3 +145,24 @@ def test_the_loop_runs_on_an_image_folder(tmp_path):
         (e,) = store.evaluations_for_run("folder-run")
     assert e.status == "ok", e.error
     assert e.dataset == f"{folder}@8" and e.accuracy is not None
+
+
+def test_files_leave_the_sandbox_only_as_regular_files(tmp_path):
+    """What the child leaves is copied out without following links (not even the folder), skipping
+    FIFOs, oversized and unfinished files."""
+    import os
+
+    from nasgraph.tools.evaluator.sandbox import collect_files
+
+    art = tmp_path / "work" / "artifacts"
+    art.mkdir(parents=True)
+    (tmp_path / "secret").write_text("not theirs")
+    (art / "checkpoint.pt").write_bytes(b"w" * 10)
+    (art / "huge.pt").write_bytes(b"w" * 3000)
+    (art / ".checkpoint.tmp").write_bytes(b"half")
+    os.symlink(tmp_path / "secret", art / "link.pt")
+    os.mkfifo(art / "pipe.pt")
+    assert collect_files(art, tmp_path / "out", max_bytes=1000) == ["checkpoint.pt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint.pt"]
+    os.symlink(tmp_path, tmp_path / "work" / "elsewhere")
+    assert collect_files(tmp_path / "work" / "elsewhere", tmp_path / "out2", max_bytes=10**6) == []

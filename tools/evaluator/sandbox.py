@@ -170,30 +170,38 @@ def collect_files(src: Path, dest: Path, max_bytes: int) -> list[str]:
     (a reader of `dest` never sees half a checkpoint). Names starting with '.' are the child's
     unfinished files and are skipped. Returns the names copied."""
     copied: list[str] = []
-    try:
-        entries = list(os.scandir(src))
+    try:  # the folder itself may have been replaced by a link: opened without following one
+        dfd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
         return copied
-    for entry in entries:
-        if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
-            continue
+    try:
+        names = [e.name for e in os.scandir(dfd) if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
+    finally:
+        os.close(dfd)  # scandir(fd) works on a duplicate; names are opened below relative to a fresh fd
+    for name in names:
         try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            dfd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return copied
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
         except OSError:
             continue
+        finally:
+            os.close(dfd)
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
                 continue
             dest.mkdir(parents=True, exist_ok=True)
-            tmp = dest / f".{entry.name}.{os.getpid()}.part"
+            tmp = dest / f".{name}.{os.getpid()}.part"
             try:
                 with open(tmp, "wb") as out:
                     shutil.copyfileobj(f, out, 1 << 20)
-                os.replace(tmp, dest / entry.name)
+                os.replace(tmp, dest / name)
             finally:
                 tmp.unlink(missing_ok=True)
-        copied.append(entry.name)
+        copied.append(name)
     return copied
 
 
