@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from nasgraph.config import Config
 from nasgraph.errors import NasgraphError
+from nasgraph.tools.evaluator.outcome import Outcome
 from nasgraph.tools.store import EvaluationRecord, Store, TrainingRecord, canonical_prm
 
 # Keys the cache adds to a handed-in file's recipe (see the CLI's eval): settings of the request,
@@ -138,7 +139,12 @@ def train_winner(cfg: Config, store: Store, evaluator, winner: Winner, epochs: i
         if on_epoch is not None:
             on_epoch(winner, stats)
 
-    outcome = evaluator.evaluate(req, progress)
+    try:
+        outcome = evaluator.evaluate(req, progress)
+    except BaseException:  # Ctrl-C or an error here: the row must not say 'running' forever
+        store.finish_training(record.id, Outcome(status="killed", stage="train", error=(
+            "interrupted; the same command goes on from the last finished epoch")), hardware=hardware)
+        raise
     return store.finish_training(record.id, outcome, hardware=hardware)
 
 

@@ -153,3 +153,22 @@ def test_export_never_picks_one_of_two_datasets_silently(tmp_path):
     with pytest.raises(ExportError, match=r"trained on 2 datasets .*say which with --dataset"):
         pick_training(store, cand.arch_id[:8])
     assert pick_training(store, cand.arch_id, "digits").accuracy == 0.9
+
+
+def test_an_interrupted_training_does_not_stay_running(tmp_path):
+    from nasgraph.config import load_config
+    from nasgraph.tools.final_training import train_winner
+
+    store = Store(tmp_path / "s.db")
+    cand = Candidate.of(VALID)
+    store.evaluate_cached(cand, "digits", 1, {}, lambda: _ok(0.5), origin="file", hardware=HW, run_id="r")
+    (winner,) = run_winners(store, "r", 1)
+
+    class CtrlC:
+        def evaluate(self, req, on_progress=None):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_winner(load_config(home=tmp_path), store, CtrlC(), winner, 2, hardware=HW)
+    (t,) = store.trainings()
+    assert t.status == "killed" and "goes on from the last finished epoch" in t.error
