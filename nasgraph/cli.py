@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Each plugin module has register(subparsers, commands) and imports nothing heavy at module level.
 PLUGINS: tuple[str, ...] = ("nasgraph.trace_cli", "nasgraph.report", "nasgraph.chat", "nasgraph.rag_index.cli",
-                            "nasgraph.cycles_cli", "nasgraph.train_cli", "nasgraph.export_cli")
+                            "nasgraph.cycles_cli", "nasgraph.train_cli", "nasgraph.export_cli", "nasgraph.hpo_cli")
 
 COMMANDS = {"eval": cmd_eval, "reference": cmd_reference, "store": cmd_store, "models": cmd_models,
             "datasets": cmd_datasets, "run": cmd_run, "autofix": cmd_autofix, "lemur": cmd_lemur,
