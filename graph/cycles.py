@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -69,8 +68,6 @@ class CyclesSpec(BaseModel):
     def adapter_name(self, c: int) -> str:
         return f"{self.cycles_id}-cycle{c}"
 
-    def model(self, c: int) -> str:
-        return self.base if c == 0 else f"{self.base}{adapters.SEP}{self.adapter_name(c)}"
 
 
 class Row(BaseModel):
@@ -98,6 +95,13 @@ class CyclesState(BaseModel):
     spec: CyclesSpec
     rows: list[Row] = Field(default_factory=list)
     finetuned: list[int] = Field(default_factory=list)  # generations whose following fine-tuning is done
+    adapters: list[int] = Field(default_factory=list)   # k of each adapter written (after generation k - 1)
+
+    def model(self, c: int) -> str:
+        """Generation c's model: the base with the newest adapter written before it (a generation with
+        nothing to learn from writes none, and the next one keeps the model it had), else the base."""
+        k = max((k for k in self.adapters if k <= c), default=0)
+        return self.spec.base if k == 0 else f"{self.spec.base}{adapters.SEP}{self.spec.adapter_name(k)}"
 
 
 def cycles_dir(cfg: Config, cycles_id: str) -> Path:
@@ -151,10 +155,11 @@ def _generator_messages(cfg: Config, spec: CyclesSpec) -> list[dict[str, str]]:
             {"role": "user", "content": user.text}]
 
 
-def _cfg_for(cfg: Config, spec: CyclesSpec, c: int) -> Config:
+def _cfg_for(cfg: Config, state: CyclesState, c: int) -> Config:
+    spec = state.spec
     loop = cfg.loop.model_copy(update={"search": "independent", "dataset": spec.dataset, "iterations": spec.per_cycle,
                                        "max_repairs": spec.max_repairs})
-    llm = cfg.llm.model_copy(update={"model": spec.model(c), "backend": "llamacpp"})
+    llm = cfg.llm.model_copy(update={"model": state.model(c), "backend": "llamacpp"})
     rag = cfg.rag.model_copy(update={"enabled": False})  # retrieved blocks would make every prompt different
     return cfg.model_copy(update={"loop": loop, "llm": llm, "rag": rag})
 
@@ -182,9 +187,9 @@ def _generate(cfg: Config, state: CyclesState, c: int, store: Store, corpus: Nov
 
     spec = state.spec
     run_id = f"{spec.cycles_id}-gen{c}"
-    ccfg = _cfg_for(cfg, spec, c)
+    ccfg = _cfg_for(cfg, state, c)
     llm = open_llm(ccfg)
-    progress("generate", {"cycle": c, "model": spec.model(c), "iterations": spec.per_cycle})
+    progress("generate", {"cycle": c, "model": state.model(c), "iterations": spec.per_cycle})
 
     def on_update(node: str, update: dict, values: dict) -> None:
         progress("iteration", {"cycle": c, "done": values.get("iteration", 0), "total": spec.per_cycle})
@@ -203,7 +208,7 @@ def _generate(cfg: Config, state: CyclesState, c: int, store: Store, corpus: Nov
     write_pairs(kept, cycles_dir(cfg, spec.cycles_id) / f"pairs-gen{c}.jsonl")
     seconds = summary.get("seconds", {})
     above = sum(acc >= spec.threshold for acc in accs)
-    return Row(cycle=c, model=spec.model(c), run_id=run_id, iterations=summary["iterations"],
+    return Row(cycle=c, model=state.model(c), run_id=run_id, iterations=summary["iterations"],
                duplicates=summary["duplicates"], valid=summary["valid_after_repair"],
                mean_accuracy=round(statistics.fmean(accs), 4) if accs else None,
                best_accuracy=max(accs) if accs else None, above=round(above / max(1, spec.per_cycle), 4),
@@ -297,12 +302,11 @@ def run_cycles(cfg: Config, spec: CyclesSpec, progress: Progress | None = None,
             if c < spec.cycles and c not in state.finetuned:
                 meta = _finetune(cfg, state, c, progress)
                 row = state.rows[c]
-                if meta:
+                if meta:  # else nothing to learn from: the next generation keeps the model it had
                     losses = meta.get("losses") or [None]
                     row.pairs_train, row.finetune_s = meta["pairs"], meta["train_s"] + meta["load_s"]
                     row.loss_first, row.loss_last = losses[0], losses[-1]
-                else:  # nothing to learn from: the next generation keeps the last adapter
-                    _carry_adapter(cfg, spec, c)
+                    state.adapters.append(c + 1)
                 state.finetuned.append(c)
                 _save(cfg, state)
     finally:
@@ -310,15 +314,3 @@ def run_cycles(cfg: Config, spec: CyclesSpec, progress: Progress | None = None,
         if own:
             evaluator.close()
     return state
-
-
-def _carry_adapter(cfg: Config, spec: CyclesSpec, c: int) -> None:
-    """No pairs after generation c: adapter c + 1 is adapter c."""
-    src = adapters.adapters_dir(cfg.models_dir) / spec.adapter_name(c)
-    dst = adapters.adapters_dir(cfg.models_dir) / spec.adapter_name(c + 1)
-    if c == 0 or not src.is_dir():
-        raise CyclesError(f"generation {c} produced no design at or above {spec.threshold} that is novel: nothing "
-                          f"to fine-tune on (lower --threshold or raise --per-cycle)")
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)

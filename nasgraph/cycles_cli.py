@@ -25,7 +25,7 @@ def cycles_table(state) -> Table:
         t.add_column(col, justify="left" if col == "model" else "right")
     for r in state.rows:
         loss = "–" if r.loss_first is None else f"{r.loss_first:.3f}→{r.loss_last:.3f}"
-        t.add_row(str(r.cycle), r.model.split("+")[-1] if r.cycle else "base", _pct(r.valid), _pct(r.mean_accuracy),
+        t.add_row(str(r.cycle), r.model.split("+")[-1] if "+" in r.model else "base", _pct(r.valid), _pct(r.mean_accuracy),
                   _pct(r.best_accuracy), _pct(r.above), str(r.novel_corpus), str(r.pairs_new),
                   str(r.pairs_train or "–"), "–" if r.finetune_s is None else f"{r.finetune_s / 60:.1f}", loss)
     return t

@@ -168,13 +168,15 @@ def test_a_cycles_run_resumes_where_it_stopped_and_refuses_changed_settings(tmp_
 
     def generate(cfg_, state, c, store, corpus, evaluator, progress):
         calls.append(f"generate {c}")
-        return cycles.Row(cycle=c, model=state.spec.model(c), run_id=f"g{c}", pairs_new=1)
+        return cycles.Row(cycle=c, model=state.model(c), run_id=f"g{c}", pairs_new=1)
 
     def finetune(cfg_, state, c, progress):
         calls.append(f"finetune {c}")
         if f"finetune {c}" in crash_at:
             crash_at.clear()
             raise KeyboardInterrupt  # a kill in the middle of the second fine-tuning
+        if c == 0:
+            return None  # generation 0 left nothing to learn from: generation 1 keeps the base
         return {"pairs": 3, "train_s": 60.0, "load_s": 6.0, "losses": [1.0, 0.5]}
 
     monkeypatch.setattr(cycles, "_generate", generate)
@@ -188,9 +190,10 @@ def test_a_cycles_run_resumes_where_it_stopped_and_refuses_changed_settings(tmp_
         cycles.run_cycles(cfg, spec, evaluator=NoEvaluator())
     state = cycles.run_cycles(cfg, spec, evaluator=NoEvaluator())
     assert calls == ["generate 0", "finetune 0", "generate 1", "finetune 1", "finetune 1", "generate 2"]
-    assert [r.model for r in state.rows] == ["qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b+t-cycle1",
+    assert [r.model for r in state.rows] == ["qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b",
                                              "qwen2.5-coder-0.5b+t-cycle2"]
-    assert state.rows[0].finetune_s == 66.0 and state.rows[0].loss_last == 0.5
-    assert cycles.load_state(cfg, "t").finetuned == [0, 1]
+    assert state.rows[0].finetune_s is None and state.rows[1].finetune_s == 66.0 and state.rows[1].loss_last == 0.5
+    saved = cycles.load_state(cfg, "t")
+    assert saved.finetuned == [0, 1] and saved.adapters == [2]
     with pytest.raises(cycles.CyclesError, match="other settings \\(threshold\\)"):
         cycles.run_cycles(cfg, spec.model_copy(update={"threshold": 0.5}), evaluator=NoEvaluator())
