@@ -43,7 +43,7 @@ def _reply(models_dir: Path, model: str) -> str:
         chat.release()
 
 
-def test_an_adapter_trained_resumed_and_applied_by_llama_cpp(models_dir, tmp_path):
+def test_an_adapter_trained_resumed_and_applied_by_llama_cpp(models_dir, tmp_path, monkeypatch):
     out = adapters.adapters_dir(models_dir) / "canary"
     pairs = write_pairs([Pair(messages=CHAT, code=f"class {CANARY}(nn.Module):\n    pass")] * 2, tmp_path / "p.jsonl")
     base = models.EMBEDDED[BASE]
@@ -69,6 +69,14 @@ def test_an_adapter_trained_resumed_and_applied_by_llama_cpp(models_dir, tmp_pat
 
     assert CANARY not in _reply(models_dir, BASE)
     assert CANARY in _reply(models_dir, f"{BASE}+canary")
+
+    # For Ollama users: a Modelfile naming the very files llama.cpp just used.
+    from nasgraph.cli import main
+
+    monkeypatch.setenv("NASGRAPH_MODELS_DIR", str(models_dir))
+    assert main(["--home", str(tmp_path / "home"), "models", "export-ollama", f"{BASE}+canary"]) == 0
+    lines = (out / "Modelfile").read_text().splitlines()
+    assert f"FROM {(models_dir / base.filename).resolve()}" in lines and f"ADAPTER {(out / 'adapter.gguf').resolve()}" in lines
 
 
 def _register(models_dir: Path, name: str, base: str) -> Path:

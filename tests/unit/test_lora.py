@@ -197,3 +197,13 @@ def test_a_cycles_run_resumes_where_it_stopped_and_refuses_changed_settings(tmp_
     assert saved.finetuned == [0, 1] and saved.adapters == [2]
     with pytest.raises(cycles.CyclesError, match="other settings \\(threshold\\)"):
         cycles.run_cycles(cfg, spec.model_copy(update={"threshold": 0.5}), evaluator=NoEvaluator())
+
+
+def test_models_ls_lists_adapters_with_their_cycle(tmp_path, capsys):
+    from nasgraph.cli import main
+
+    _registered(tmp_path / "models", "run1-cycle2", "qwen2.5-coder-0.5b")
+    assert main(["--home", str(tmp_path), "models", "ls", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    row = rows["qwen2.5-coder-0.5b+run1-cycle2"]
+    assert row["description"] == "LoRA adapter of cycle 2: 7 pairs, 4 steps" and row["embedded"] is False
