@@ -82,8 +82,7 @@ class Row(BaseModel):
     best_accuracy: float | None = None
     above: float = 0.0             # share of the N candidates at or above the threshold
     novel_corpus: int = 0          # designs above the threshold absent from the LEMUR corpus
-    novel: int = 0                 # ... and from earlier generations and each other: the new pairs
-    pairs_new: int = 0
+    pairs_new: int = 0             # ... and novel against earlier generations and each other
     pairs_train: int = 0           # new + replayed: what the following fine-tuning saw (0: none ran)
     finetune_s: float | None = None
     loss_first: float | None = None
@@ -212,7 +211,7 @@ def _generate(cfg: Config, state: CyclesState, c: int, store: Store, corpus: Nov
                duplicates=summary["duplicates"], valid=summary["valid_after_repair"],
                mean_accuracy=round(statistics.fmean(accs), 4) if accs else None,
                best_accuracy=max(accs) if accs else None, above=round(above / max(1, spec.per_cycle), 4),
-               novel_corpus=novel_corpus, novel=len(kept), pairs_new=len(kept),
+               novel_corpus=novel_corpus, pairs_new=len(kept),
                seconds_generate=round(sum(seconds.values()), 1))
 
 
