@@ -119,6 +119,7 @@ def train(spec: FinetuneSpec) -> dict:
                       target_modules=list(TARGET_MODULES), task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     model.gradient_checkpointing_enable()  # activations of a 2k-token chat dominate memory otherwise
+    model.config.use_cache = False  # a KV cache is for generation; checkpointing recomputes instead
     model.enable_input_require_grads()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
@@ -148,7 +149,7 @@ def train(spec: FinetuneSpec) -> dict:
             y = torch.tensor([labels], device=device)
             loss = model(input_ids=x, labels=y).loss / len(batch)
             loss.backward()
-            total += float(loss)
+            total += loss.item()
             state["tokens"] += len(ids)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
