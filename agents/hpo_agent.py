@@ -6,7 +6,8 @@ then labelled lines. What comes back is made to fit the space (`SearchSpace.vali
 ranges, choices matched by spelling); a key the reply leaves out is taken from the best trial so far.
 A reply with no usable value at all falls back to a seeded random setting, marked `fallback`, so a
 search never stops on a bad reply and the fallbacks are counted, not hidden. A setting that repeats
-an earlier trial (the small model often re-proposes the best one) is moved by a small seeded step,
+an earlier trial, or lies within 2% of one (the small model often re-proposes the best one with its
+lr changed in the third digit), is moved by a small seeded step,
 marked `repeated`: a repeat would cost a trial and teach nothing.
 """
 from __future__ import annotations
@@ -29,6 +30,9 @@ from nasgraph.tools.hpo.space import ChoiceDim, Params, SearchSpace, Validated, 
 from nasgraph.tools.hpo.study import Proposal, Sampler, Trial
 
 REPEAT_STEP = 0.1  # a repeated setting moves by up to this share of each numeric range
+# Settings closer than this (unit-scaled Euclidean distance, see SearchSpace.distance) count as a repeat:
+# the 0.5B model's "new" settings often changed the lr in its third digit, which teaches nothing.
+REPEAT_DISTANCE = 0.02
 
 
 class HpoCall(CallMeta):
@@ -170,7 +174,7 @@ def propose(llm: BaseChatModel, architecture: Architecture, space: SearchSpace, 
     if mode != "fallback" and len(checked.missing) + len(checked.invalid) == len(space.names):
         mode = "fallback"  # named a key but gave no usable value
     params = checked.params if mode != "fallback" else space.sample(rng)
-    repeated = any(space.same(params, t.params) for t in trials)
+    repeated = any(space.distance(params, t.params) < REPEAT_DISTANCE for t in trials)
     if repeated:
         params = _nudge(params, space, rng)
     meta = HpoCall(prompt_name=user.name, prompt_sha=pair_sha(system, user), tokens_in=reply.tokens_in,

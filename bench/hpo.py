@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +40,7 @@ from nasgraph.tools.hpo import tabular as tab
 from nasgraph.tools.lemur import lemur_dir
 
 SAMPLERS = ("llm", "tpe", "random")
+START = time.perf_counter()
 REFERENCES = ("tiny_cnn", "small_resnet", "lemur_hooks")
 
 
@@ -141,6 +144,9 @@ def tabular_part(a, llm_at: Callable | None) -> dict:
           f"{a.seeds} seed(s), {a.trials} trials per search; studies in {run_dir}")
     rows, seconds = [], {s: 0.0 for s in samplers}
     for i, s in enumerate(series, 1):
+        if _out_of_time(a):
+            print(f"  --max-minutes reached: {i - 1} of {len(series)} series done (the same command resumes)")
+            break
         arch = Architecture(name=s.model, dataset=s.dataset, summary=s.describe())
         for seed in range(a.seeds):
             for name in samplers:
@@ -192,12 +198,14 @@ def live_part(a, llm_at: Callable | None) -> dict:
           f"search, {a.threads} training thread(s); studies in {run_dir}")
     rows, seconds = [], {s: 0.0 for s in samplers}
     with Evaluator.from_config(cfg.evaluator, cfg.data_dir, device="cpu", workers=1) as evaluator:
-        for ref in REFERENCES:
+        for ref in REFERENCES[:a.architectures]:
             code = reference_source(ref)
             space = live_space(code)
             arch = Architecture(name=ref, dataset=a.dataset, summary=_live_summary(ref, code))
             for seed in range(a.seeds):
                 for name in samplers:
+                    if _out_of_time(a):
+                        break
                     t = time.perf_counter()
                     objective = LiveObjective(evaluator, cfg.evaluator, code, a.dataset, origin="handed",
                                               image_sides=HANDED_SIDES, max_params=NO_BUDGET, max_flops=NO_BUDGET)
@@ -217,11 +225,24 @@ def live_part(a, llm_at: Callable | None) -> dict:
     top = {u: max(r["best"] for r in rows if r["unit"] == u) for u in {r["unit"] for r in rows}}
     for r in rows:
         r["regret"] = top[r["unit"]] - r["best"]
+    rows = _complete_units(rows, samplers, a.seeds)
     summary = summarise(rows, samplers)
-    print_table(f"live: {len(REFERENCES)} architectures x {a.seeds} seed(s) x {a.trials} trials on {a.dataset} "
+    print_table(f"live: {len({r['unit'] for r in rows})} architecture(s) x {a.seeds} seed(s) x {a.trials} trials on {a.dataset} "
                 "(regret vs the best found by any sampler)", summary)
     return {"architectures": list(REFERENCES), "dataset": a.dataset, "seeds": a.seeds, "trials": a.trials,
             "rows": rows, "summary": summary, "seconds": seconds}
+
+
+def _out_of_time(a) -> bool:
+    return a.max_minutes is not None and time.perf_counter() - START > 60 * a.max_minutes
+
+
+def _complete_units(rows: list[dict], samplers: tuple[str, ...], seeds: int) -> list[dict]:
+    """Only units every sampler finished with every seed: a run stopped by --max-minutes compares like with like."""
+    count: dict[str, int] = {}
+    for r in rows:
+        count[r["unit"]] = count.get(r["unit"], 0) + 1
+    return [r for r in rows if count[r["unit"]] == len(samplers) * seeds]
 
 
 def _live_summary(name: str, code: str) -> str:
@@ -242,6 +263,8 @@ def main() -> None:
     ap.add_argument("--wide-series", type=int, default=100, help="tabular: series for TPE and random alone (0: none)")
     ap.add_argument("--wide-seeds", type=int, default=10)
     ap.add_argument("--dataset", default="fashion-mnist", help="live: dataset")
+    ap.add_argument("--architectures", type=int, default=len(REFERENCES), help="live: the first N reference models")
+    ap.add_argument("--max-minutes", type=float, help="start no new search after this; finished ones are summarised")
     ap.add_argument("--threads", type=int, default=2, help="live: training threads")
     ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="the agent's LLM (embedded name or GGUF path)")
     ap.add_argument("--no-llm", action="store_true", help="TPE and random only")
@@ -249,6 +272,9 @@ def main() -> None:
     ap.add_argument("--run-dir", help="folder of the studies' SQLite files (the same folder resumes)")
     ap.add_argument("--json", help="write the figures here too, e.g. docs/bench/2026-11-27-hpo-tabular.json")
     a = ap.parse_args()
+    # `timeout` stops a run with SIGTERM: exit through the `with Evaluator` so its warm parent goes too
+    # (the studies keep every finished trial; the same command resumes).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     a.trials = a.trials or (10 if a.part == "tabular" else 12)
     a.seeds = a.seeds or (2 if a.part == "tabular" else 1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

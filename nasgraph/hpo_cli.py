@@ -28,7 +28,7 @@ def trials_table(title: str, space_names: list[str], trials: list, best_number: 
 
     t = Table(title=title)
     for col in ("#", "by", *space_names, "accuracy", "status", "s"):
-        t.add_column(col, justify="right" if col not in ("by", "status") else "left")
+        t.add_column(col, justify="right" if col not in ("by", "status") else "left", min_width=min(len(col), 8))
     for tr in trials:
         style = "bold green" if tr.number == best_number else ("yellow" if tr.source == "fallback" else "")
         acc = "–" if tr.accuracy is None else f"{tr.accuracy:.4f}"
@@ -42,12 +42,7 @@ def _run_name(path: Path, arch_id: str, dataset: str, sampler: str, seed: int) -
 
 
 def cmd_hpo(args, cfg: Config, console: Console) -> int:
-    from nasgraph.cli import HANDED_SIDES, NO_BUDGET
-    from nasgraph.tools.candidate import Candidate
-    from nasgraph.tools.evaluator import Evaluator, static_check
-    from nasgraph.tools.evaluator.harness import pick_device
-    from nasgraph.tools.hpo import TPE, Random, run_study, sqlite_storage
-    from nasgraph.tools.hpo.live import LiveObjective, live_space
+    from nasgraph.tools.evaluator import static_check
 
     path = Path(args.file)
     if not path.is_file():
@@ -61,6 +56,17 @@ def cmd_hpo(args, cfg: Config, console: Console) -> int:
     refused = static_check(code, "handed")
     if refused is not None:
         raise HpoCLIError(f"{args.file} cannot run ({refused.status}): {refused.error.strip().splitlines()[-1:]}")
+    # Torch, optuna and the evaluator load only once the file is known to be worth a study.
+    import optuna
+
+    from nasgraph.cli import HANDED_SIDES, NO_BUDGET
+    from nasgraph.tools.candidate import Candidate
+    from nasgraph.tools.evaluator import Evaluator
+    from nasgraph.tools.evaluator.harness import pick_device
+    from nasgraph.tools.hpo import TPE, Random, fmt_value, run_study, sqlite_storage
+    from nasgraph.tools.hpo.live import LiveObjective, live_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines would repeat our own
     dataset = cfg.loop.dataset
     arch_id = Candidate.of(code).arch_id
     run_dir = cfg.runs_dir / "hpo" / (args.name or _run_name(path, arch_id, dataset, args.sampler, args.seed))
@@ -84,7 +90,7 @@ def cmd_hpo(args, cfg: Config, console: Console) -> int:
             return
         acc = "failed" if tr.accuracy is None else f"{tr.accuracy:.4f}"
         console.print(f"[dim]trial {tr.number + 1}/{args.trials} ({tr.source}): "
-                      + ", ".join(f"{k} {v}" for k, v in tr.params.items()) + f" -> {acc} ({tr.status})[/]")
+                      + ", ".join(f"{k} {fmt_value(v)}" for k, v in tr.params.items()) + f" -> {acc} ({tr.status})[/]")
 
     device = str(pick_device(cfg.evaluator.device))
     if not args.json:
@@ -108,7 +114,7 @@ def cmd_hpo(args, cfg: Config, console: Console) -> int:
         console.print("[red]no trial trained: every setting failed[/]")
         return 1
     line = (f"best: trial {best.number + 1}, accuracy [bold]{best.accuracy:.4f}[/] with "
-            + ", ".join(f"{k} {v}" for k, v in best.params.items()))
+            + ", ".join(f"{k} {fmt_value(v)}" for k, v in best.params.items()))
     console.print(line + (f"  [dim]({result.resumed} trial(s) resumed from the storage)[/]" if result.resumed else ""))
     if args.sampler == "llm":
         console.print(f"[dim]LLM replies unusable (random fallback): {fallbacks} of {len(result.trials)}[/]")

@@ -129,6 +129,16 @@ def test_repeated_setting_is_moved_and_marked():
     assert params["transform"] == "norm" and SPACE.distance(params, history[0].params) < 0.2
 
 
+def test_near_repeat_is_moved_but_a_real_change_is_kept():
+    history = [trial(0, 0.6)]
+    near = '{"lr": 0.0101, "momentum": 0.5, "batch": 64, "dropout": 0.2, "transform": "norm"}'
+    far = '{"lr": 0.03, "momentum": 0.5, "batch": 64, "dropout": 0.2, "transform": "norm"}'
+    _, meta = propose(FakeListChatModel(responses=[near]), ARCH, SPACE, history, 10, random.Random(0))
+    assert meta.repeated
+    params, meta = propose(FakeListChatModel(responses=[far]), ARCH, SPACE, history, 10, random.Random(0))
+    assert not meta.repeated and params["lr"] == 0.03
+
+
 def test_prompt_shows_space_trials_and_best():
     history = [trial(0, 0.31), trial(1, None, lr=0.4)]
     history[1].status = "nan_loss"
@@ -178,10 +188,10 @@ def test_study_resumes_from_sqlite_and_refuses_another_sampler(tmp_path):
         calls.append(params)
         return bowl(params)
 
-    first = run_study(objective, SPACE, TPE(), 4, storage=storage, seed=0)
-    again = run_study(objective, SPACE, TPE(), 6, storage=sqlite_storage(tmp_path / "study.sqlite"), seed=0)
-    assert again.resumed == 4 and len(again.trials) == 6 and len(calls) == 6
-    assert [t.params for t in again.trials[:4]] == [t.params for t in first.trials]
+    first = run_study(objective, SPACE, TPE(), 3, storage=storage, seed=0)
+    again = run_study(objective, SPACE, TPE(), 4, storage=sqlite_storage(tmp_path / "study.sqlite"), seed=0)
+    assert again.resumed == 3 and len(again.trials) == 4 and len(calls) == 4
+    assert [t.params for t in again.trials[:3]] == [t.params for t in first.trials]
     with pytest.raises(HpoError, match="sampler 'tpe'"):
         run_study(objective, SPACE, Random(), 8, storage=storage, seed=0)
 
@@ -246,3 +256,18 @@ def test_tabular_search_regret_is_never_negative():
     for sampler in (TPE(), Random()):
         result = run_study(TabularOracle(s), s.space, sampler, 5, seed=1)
         assert 0.0 <= s.best - result.best_accuracy <= s.best
+
+
+# --- the command ---------------------------------------------------------------------------------------
+
+def test_cli_hpo_is_a_plugin_with_clear_errors(tmp_path, capsys):
+    from nasgraph.cli import build_parser, main
+
+    args = build_parser().parse_args(["hpo", "m.py", "--dataset", "digits", "--trials", "3", "--sampler", "tpe"])
+    assert (args.cmd, args.trials, args.sampler, args.dataset) == ("hpo", 3, "tpe", "digits")
+    assert main(["--home", str(tmp_path), "hpo", str(tmp_path / "missing.py"), "--sampler", "tpe"]) == 1
+    assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.py"
+    bad.write_text("def broken(:\n")
+    assert main(["--home", str(tmp_path), "hpo", str(bad), "--sampler", "random"]) == 1
+    assert "cannot run (syntax)" in capsys.readouterr().err
