@@ -43,7 +43,8 @@ def plot(state, path: Path) -> Path:
     for label, values in (("valid", [r.valid for r in rows]),
                           ("mean accuracy (valid)", [r.mean_accuracy for r in rows]),
                           ("best accuracy", [r.best_accuracy for r in rows]),
-                          (f"share ≥ {state.spec.threshold:.2f}", [r.above for r in rows])):
+                          (f"share ≥ {state.spec.threshold:.2f}", [r.above for r in rows]),
+                          ("exact repeats of earlier designs", [r.duplicates / state.spec.per_cycle for r in rows])):
         ax.plot(x, [float("nan") if v is None else v for v in values], marker="o", label=label)
     ax.set_xlabel("generation (0 = base model, c = after c fine-tunings)")
     ax.set_xticks(x)
