@@ -202,10 +202,11 @@ def live_part(a, llm_at: Callable | None) -> dict:
             code = reference_source(ref)
             space = live_space(code)
             arch = Architecture(name=ref, dataset=a.dataset, summary=_live_summary(ref, code))
+            if _out_of_time(a):  # checked per architecture: a started one finishes with every sampler
+                print(f"  --max-minutes reached before {ref} (the same command resumes)")
+                break
             for seed in range(a.seeds):
                 for name in samplers:
-                    if _out_of_time(a):
-                        break
                     t = time.perf_counter()
                     objective = LiveObjective(evaluator, cfg.evaluator, code, a.dataset, origin="handed",
                                               image_sides=HANDED_SIDES, max_params=NO_BUDGET, max_flops=NO_BUDGET)
