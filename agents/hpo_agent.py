@@ -127,7 +127,8 @@ def _example(space: SearchSpace) -> str:
 
 def _directive(trials: list[Trial], budget: int) -> str:
     """Explore for the first third of the budget, then refine the best: told only "beat the best", the
-    0.5B model re-proposed its first setting with the lr changed in the third digit."""
+    0.5B model re-proposed its first setting with the lr changed in the third digit. (Measured: the
+    explore directive did not change that for the 0.5B either; see docs/2026-11-27-hpo.md.)"""
     if not trials:
         return "No trial has run yet: propose a sound first setting for this model and dataset."
     left = budget - len(trials)
