@@ -9,7 +9,9 @@ does itself and the policy forbids.
 from __future__ import annotations
 
 import ast
+import json
 import re
+from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import BaseModel
@@ -196,3 +198,15 @@ def extract(reply: str) -> Extracted:
 
 def extract_code(reply: str) -> str:
     return extract(reply).code
+
+
+def json_objects(reply: str) -> Iterator[dict]:
+    """Every JSON object embedded in the reply, outer ones first (nested ones are found too)."""
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r"\{", reply):
+        try:
+            data, _ = decoder.raw_decode(reply, m.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict):
+            yield data

@@ -16,13 +16,13 @@ import json
 import math
 import random
 import re
-from collections.abc import Iterator
 from typing import Literal
 
 import optuna
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel, Field
 
+from nasgraph.agents.extract import json_objects
 from nasgraph.agents.llm_call import call
 from nasgraph.agents.prompts import pair_sha, render
 from nasgraph.agents.schemas import CallMeta
@@ -53,17 +53,6 @@ class Architecture(BaseModel):
 
 # --- reading the reply -----------------------------------------------------------------------------
 
-def _json_objects(reply: str) -> Iterator[dict]:
-    decoder = json.JSONDecoder()
-    for m in re.finditer(r"\{", reply):
-        try:
-            data, _ = decoder.raw_decode(reply, m.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict):
-            yield data
-
-
 def _lines(reply: str, names: list[str]) -> dict[str, str]:
     """`lr: 0.01`, `- **batch** = 64`, `"transform": "norm_64",`: one value per known key."""
     alt = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
@@ -77,7 +66,7 @@ def _lines(reply: str, names: list[str]) -> dict[str, str]:
 def parse_reply(reply: str, space: SearchSpace) -> tuple[dict[str, object], Literal["json", "lines", "fallback"]]:
     """The raw values the reply gives for the space's keys, and how they were found."""
     lower = {n.lower() for n in space.names}
-    for data in _json_objects(reply):
+    for data in json_objects(reply):
         if any(str(k).strip().lower() in lower for k in data):
             return data, "json"
     found = _lines(reply, space.names)

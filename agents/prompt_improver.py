@@ -9,14 +9,13 @@ list is offered in the prompt: left to itself, the 1.5B improver proposed layers
 """
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator
 from difflib import SequenceMatcher
 
 from langchain_core.language_models import BaseChatModel
 
 from nasgraph.agents.code_generator import layer_kinds, task_values
+from nasgraph.agents.extract import json_objects
 from nasgraph.agents.feedback import error_hint, history_block, is_near_copy, key_error_line, outcome_text
 from nasgraph.agents.llm_call import AgentError, call
 from nasgraph.agents.prompts import pair_sha, render
@@ -98,20 +97,8 @@ def _parse_labelled(reply: str) -> dict[str, str]:
     return found
 
 
-def _json_objects(reply: str) -> Iterator[dict]:
-    """Every JSON object embedded in the reply, outer ones first (nested ones are found too)."""
-    decoder = json.JSONDecoder()
-    for m in re.finditer(r"\{", reply):
-        try:
-            data, _ = decoder.raw_decode(reply, m.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict):
-            yield data
-
-
 def _parse_json(reply: str) -> dict[str, str]:
-    for data in _json_objects(reply):
+    for data in json_objects(reply):
         found: dict[str, str] = {}
         for key, value in data.items():
             label = str(key).lower().replace("_", " ").strip()
