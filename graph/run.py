@@ -157,7 +157,10 @@ def _stream(graph, inputs, config) -> Iterator[tuple[str, dict, dict]]:
     nodes included (with the loop's state as of their attempt's start)."""
     pending: list[tuple[str, dict]] = []
     loop_state: dict = {}
-    for namespace, mode, payload in graph.stream(inputs, config, stream_mode=["updates", "values"], subgraphs=True):
+    # durability="sync": a step's checkpoint is on disk before the next step runs, so no node's trace event
+    # can outlive an unsaved checkpoint of an earlier node (the invariant truncate_from relies on).
+    for namespace, mode, payload in graph.stream(inputs, config, stream_mode=["updates", "values"], subgraphs=True,
+                                                 durability="sync"):
         if namespace:  # inside the attempt subgraph
             if mode == "updates":
                 for node, update in payload.items():

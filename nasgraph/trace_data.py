@@ -147,6 +147,9 @@ def iteration_rows(events: Iterable[dict]) -> list[IterationRow]:
                 error=e.get("error") or "", triple=triple, code=code, seconds=round(seconds, 3),
                 attempts=attempts))
             seconds = 0.0
+    # One row per iteration, the last record winning: should an event of a node that was not checkpointed
+    # ever outlive the truncation on resume, the rerun of that iteration replaces it instead of counting twice.
+    rows = sorted({r.iteration: r for r in rows}.values(), key=lambda r: r.iteration)
     # A duplicate's record has no FLOPs; the evaluation of the same architecture has them.
     flops = {e.get("code_hash"): e.get("flops") for e in events if e.get("node") == "evaluate" and e.get("flops")}
     for r in rows:

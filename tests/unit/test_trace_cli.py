@@ -210,3 +210,12 @@ def test_pure_helpers():
                            {"node": "record", "iteration": 1, "status": "syntax"},
                            {"node": "improve", "triple": {}}])  # iteration 2 still in flight
     assert len(rows) == 1 and rows[0].attempts == ["syntax"] and rows[0].seconds == 3.5 and rows[0].code == "X"
+
+
+def test_an_iteration_recorded_twice_is_one_row_the_last_winning():
+    # A record event that outlived its unsaved checkpoint, then the rerun of the same iteration.
+    rows = iteration_rows([{"node": "record", "iteration": 1, "status": "ok", "accuracy": 0.5},
+                           {"node": "record", "iteration": 2, "status": "runtime_error"},
+                           {"node": "record", "iteration": 2, "status": "ok", "accuracy": 0.6},
+                           {"node": "record", "iteration": 3, "status": "ok", "accuracy": 0.7}])
+    assert [(r.iteration, r.status) for r in rows] == [(1, "ok"), (2, "ok"), (3, "ok")]
