@@ -13,9 +13,11 @@ import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal
 
+from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.syntax import Syntax
@@ -157,23 +159,67 @@ def selected(digest: RunDigest, args: argparse.Namespace) -> list[dict]:
 
 
 # -- ls / show / search -----------------------------------------------------------------------
-def runs_table(digests: list[RunDigest], title: str) -> Table:
+@dataclass(frozen=True)
+class LsColumn:
+    key: str
+    justify: Literal["left", "right"] = "left"
+    shrink_to: int | None = None  # a name column that may be cut (with …) to this width; None: never cut
+
+
+# In the order shown. Run, iterations, best accuracy and valid rate are what `ls` is for: they are never
+# cut. The rest go when the terminal is too narrow, in DROP_ORDER: the size first, then the creation time
+# (a default run id starts with it), then why it stopped; dataset and model names are cut before they go.
+LS_COLUMNS = (LsColumn("run"), LsColumn("dataset", shrink_to=12), LsColumn("model", shrink_to=12),
+              LsColumn("iters", "right"), LsColumn("size", "right"), LsColumn("best", "right"),
+              LsColumn("valid", "right"), LsColumn("stopped"), LsColumn("created"))
+DROP_ORDER = ("size", "created", "stopped", "model", "dataset")
+
+
+def _ls_cells(d: RunDigest) -> dict[str, Text]:
+    best = d.best
+    created = time.strftime("%m-%d %H:%M", time.localtime(d.created)) if d.created else "–"
+    return {"run": Text(d.run_id), "dataset": Text(parse(d.dataset).label if d.dataset else "–"),
+            "model": Text(d.model or "–"), "iters": Text(str(d.iterations)), "size": Text(fmt_bytes(d.size_bytes)),
+            "best": Text(fmt_acc(best.accuracy if best else None)), "valid": Text(fmt_rate(d.valid_rate)),
+            "stopped": Text(d.stop_reason) if d.stop_reason else Text("open", style="yellow"),
+            "created": Text(created)}
+
+
+def _ls_widths(rows: list[dict[str, Text]], width: int | None) -> dict[str, int]:
+    """The content width of each column shown: all at full width when they fit in `width` (None: no
+    limit), else name columns cut and columns dropped as LS_COLUMNS says."""
+    full = {c.key: max([cell_len(c.key), *(r[c.key].cell_len for r in rows)]) for c in LS_COLUMNS}
+    least = {c.key: min(full[c.key], c.shrink_to or full[c.key]) for c in LS_COLUMNS}
+    shown = [c.key for c in LS_COLUMNS]
+
+    def room() -> int:  # what is left for content once each column's padding (2) and rule (1) and the edge are paid
+        return (width or 0) - 3 * len(shown) - 1
+
+    if width is None or sum(full[k] for k in shown) <= room():
+        return {k: full[k] for k in shown}
+    for gone in DROP_ORDER:
+        if sum(least[k] for k in shown) <= room():
+            break
+        shown.remove(gone)
+    widths = {k: least[k] for k in shown}
+    spare = room() - sum(widths.values())
+    for k in shown:  # what is left widens the cut names again, the dataset's first
+        extra = max(0, min(spare, full[k] - widths[k]))
+        widths[k] += extra
+        spare -= extra
+    return widths
+
+
+def runs_table(digests: list[RunDigest], title: str, width: int | None = None) -> Table:
+    """The runs, one row each; within `width` columns when given (a terminal's width), see LS_COLUMNS."""
+    rows = [_ls_cells(d) for d in digests]
+    widths = _ls_widths(rows, width)
     t = Table(title=title)
-    t.add_column("run", no_wrap=True)
-    t.add_column("dataset")
-    t.add_column("model")
-    t.add_column("iters", justify="right")
-    t.add_column("size", justify="right", no_wrap=True)
-    t.add_column("best", no_wrap=True)
-    t.add_column("valid", justify="right")
-    t.add_column("stopped")
-    t.add_column("created", no_wrap=True)
-    for d in digests:
-        best = d.best
-        created = time.strftime("%m-%d %H:%M", time.localtime(d.created)) if d.created else "–"
-        t.add_row(d.run_id, parse(d.dataset).label if d.dataset else "–", d.model or "–", str(d.iterations), fmt_bytes(d.size_bytes),
-                  fmt_acc(best.accuracy if best else None), fmt_rate(d.valid_rate),
-                  d.stop_reason or "[yellow]open[/]", created)
+    shown = [c for c in LS_COLUMNS if c.key in widths]
+    for c in shown:
+        t.add_column(c.key, justify=c.justify, no_wrap=True, overflow="ellipsis", width=widths[c.key])
+    for r in rows:
+        t.add_row(*(r[c.key] for c in shown))
     return t
 
 
@@ -192,7 +238,7 @@ def cmd_ls(args, cfg: Config, console: Console) -> int:
     elif not digests:
         console.print(f"no runs in {cfg.runs_dir}")
     else:
-        console.print(runs_table(digests, str(cfg.runs_dir)))
+        console.print(runs_table(digests, str(cfg.runs_dir), console.width))
     return 0
 
 

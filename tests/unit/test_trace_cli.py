@@ -2,15 +2,20 @@
 search, export, tail, and following a trace while it is written."""
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from nasgraph import cli
+from nasgraph import cli, trace_cli
+from nasgraph.config import load_config
 from nasgraph.graph.run import RunPaths
 from nasgraph.graph.trace import TraceWriter, read_events
 from nasgraph.tools.store import Store
@@ -70,6 +75,53 @@ def test_ls(capsys, home):
     assert run["size_bytes"] == (home / "runs" / RUN_ID / TRACE).stat().st_size
     rc, out, _ = nasgraph(capsys, home, "trace", "ls")
     assert RUN_ID in out and "75%" in out and f"{100 * run['best_accuracy']:.2f}%" in out
+
+
+# A run as a real one is named: a default run id, an adapter model, an image folder.
+LONG_RUN, LONG_MODEL = "20260102-030405-beef", "qwen2.5-coder-1.5b-instruct+fm16-cycle3"
+
+
+def _two_runs(home: Path, tmp_path: Path) -> Path:
+    runs = tmp_path / "runs"
+    shutil.copytree(home / "runs" / RUN_ID, runs / RUN_ID)
+    shutil.copytree(home / "runs" / RUN_ID, runs / LONG_RUN)
+    trace = runs / LONG_RUN / TRACE
+    trace.write_text("".join(json.dumps({**e, "model": LONG_MODEL} if e.get("model") else e) + "\n"
+                             for e in read_events(trace)))
+    meta = json.loads((runs / LONG_RUN / META).read_text())
+    meta["config"]["loop"]["dataset"] = "/home/someone/pictures/flowers@64"
+    (runs / LONG_RUN / META).write_text(json.dumps(meta))
+    return tmp_path
+
+
+def _ls_at(home: Path, width: int) -> str:
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    assert trace_cli.cmd_ls(argparse.Namespace(json=False), load_config(home=home), console) == 0
+    return console.file.getvalue()
+
+
+@pytest.mark.parametrize("width", [80, 100, 160])
+def test_ls_is_readable_in_a_narrow_terminal(home, tmp_path, width):
+    """Regression: at 80 columns most columns were cut to one letter. Run, iterations, best accuracy and
+    valid rate are never cut; the rest are cut or dropped only when they do not fit."""
+    out = _ls_at(_two_runs(home, tmp_path), width)
+    lines = out.splitlines()
+    assert max(len(ln) for ln in lines) <= width
+    header = next(ln for ln in lines if "┃ run" in ln)
+    heads = [h.strip() for h in header.strip("┃").split("┃")]
+    best = f"{100 * load_run(home / 'runs', RUN_ID).best.accuracy:.2f}%"
+    for run in (RUN_ID, LONG_RUN):
+        row = next(ln for ln in lines if f"│ {run} " in ln)  # the whole id, in its own cell
+        cells = dict(zip(heads, (c.strip() for c in row.strip("│").split("│"))))
+        assert (cells["iters"], cells["best"], cells["valid"]) == ("5", best, "75%")
+        assert "…" not in cells["run"] + cells["iters"] + cells["best"] + cells["valid"]
+        assert not [c for c in cells.values() if c.endswith("…") and len(c) < 8]  # nothing cut to a letter or two
+    if width == 160:  # wide: everything, in full
+        assert heads == ["run", "dataset", "model", "iters", "size", "best", "valid", "stopped", "created"]
+        assert LONG_MODEL in out and "flowers@64" in out and "iterations" in out and "…" not in out
+    if width == 80:
+        assert heads[:1] == ["run"] and {"iters", "best", "valid", "dataset"} <= set(heads) and "size" not in heads
+        assert "flowers@64" in out  # the dataset's short name, never its folder's path
 
 
 def test_show_iteration_is_readable(capsys, home):
