@@ -185,8 +185,8 @@ def tabular_part(a, llm_at: Callable | None) -> dict:
 
 
 def live_part(a, llm_at: Callable | None) -> dict:
-    from nasgraph.cli import HANDED_SIDES, NO_BUDGET
     from nasgraph.tools.evaluator import Evaluator
+    from nasgraph.tools.evaluator.policy_handed import HANDED_SIDES, NO_BUDGET
     from nasgraph.tools.evaluator.reference_models import reference_source
     from nasgraph.tools.hpo.live import LiveObjective, live_space
 

@@ -56,12 +56,6 @@ def _prm(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- eval / reference ------------------------------------------------------------------------------
-# Square sides a handed-in model may be rebuilt for when it cannot take the dataset's own size:
-# LEMUR's models were written for inputs resized to 32-299 pixels.
-HANDED_SIDES = [32, 64, 128, 256, 299]
-NO_BUDGET = 10**15
-
-
 def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin: str, as_json: bool,
                     console: Console, handed: bool = False, budgets: dict | None = None,
                     run_id: str | None = None) -> int:
@@ -81,6 +75,7 @@ def _evaluate_files(cfg: Config, files: list[tuple[str, str]], prm: dict, origin
         training_recipe,
     )
     from nasgraph.tools.evaluator.harness import pick_device
+    from nasgraph.tools.evaluator.policy_handed import HANDED_SIDES, NO_BUDGET
     from nasgraph.tools.hardware import hardware_info
     from nasgraph.tools.store import Store
     from nasgraph.views import outcome_table

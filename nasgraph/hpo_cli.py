@@ -59,10 +59,10 @@ def cmd_hpo(args, cfg: Config, console: Console) -> int:
     # Torch, optuna and the evaluator load only once the file is known to be worth a study.
     import optuna
 
-    from nasgraph.cli import HANDED_SIDES, NO_BUDGET
     from nasgraph.tools.candidate import Candidate
     from nasgraph.tools.evaluator import Evaluator
     from nasgraph.tools.evaluator.harness import pick_device
+    from nasgraph.tools.evaluator.policy_handed import HANDED_SIDES, NO_BUDGET
     from nasgraph.tools.hpo import TPE, Random, fmt_value, run_study, sqlite_storage
     from nasgraph.tools.hpo.live import LiveObjective, live_space
 

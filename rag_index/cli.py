@@ -9,8 +9,15 @@ import json
 import sys
 from typing import Any
 
+from nasgraph.errors import NasgraphError
+
 ALL_FILTER = None                                    # --all: every entry, validated or not
 RETRIEVABLE = {"prompt_ready": True}                 # what the retriever would show the generator
+
+
+class IndexCLIError(NasgraphError):
+    """A bad `nasgraph index` request; the message is printed as is (kept here: a plugin never imports
+    the CLI that loads it)."""
 
 
 def register(subparsers: Any, commands: dict) -> None:
@@ -36,14 +43,12 @@ def register(subparsers: Any, commands: dict) -> None:
 
 
 def cmd_index(args: argparse.Namespace, cfg: Any, console: Any) -> int:
-    from nasgraph.cli import CLIError
-
     from .index import IndexUnavailable
 
     try:
         return {"build": _build, "query": _query, "stats": _stats}[args.index_cmd](args, cfg, console)
     except IndexUnavailable as e:
-        raise CLIError(str(e)) from e
+        raise IndexCLIError(str(e)) from e
 
 
 def _index_path(cfg: Any):
@@ -53,18 +58,16 @@ def _index_path(cfg: Any):
 
 
 def _build(args, cfg, console) -> int:
-    from nasgraph.cli import CLIError
-
     from .build import build, default_targets
     from .index import BlockIndex
 
     if args.store_k < 1 or args.block_timeout_s <= 0:
-        raise CLIError("--store-k must be at least 1 and --timeout-s positive")
+        raise IndexCLIError("--store-k must be at least 1 and --timeout-s positive")
     targets, errors = default_targets(cfg, with_store=not args.no_store, dataset=args.dataset, store_k=args.store_k)
     if args.only:
         targets = [t for t in targets if args.only in t.qualname]
     if not targets:
-        raise CLIError("no extraction targets" + (f" match --only {args.only!r}" if args.only else ""))
+        raise IndexCLIError("no extraction targets" + (f" match --only {args.only!r}" if args.only else ""))
     index = BlockIndex(_index_path(cfg), create=True)
     if args.json:
         report = build(index, targets, timeout_s=args.block_timeout_s, force=args.force, prune=not args.only)
@@ -113,14 +116,12 @@ def _print_report(console, report) -> None:
 def _query(args, cfg, console) -> int:
     import time
 
-    from nasgraph.cli import CLIError
-
     from .index import BlockIndex
 
     if args.k < 1:
-        raise CLIError("-k must be at least 1")
+        raise IndexCLIError("-k must be at least 1")
     if not args.text.strip():
-        raise CLIError("the query text is empty")
+        raise IndexCLIError("the query text is empty")
     index = BlockIndex(_index_path(cfg))
     t0 = time.perf_counter()
     hits = index.query(args.text, args.k, where=ALL_FILTER if args.all else RETRIEVABLE)

@@ -27,6 +27,13 @@ import re
 
 from .policy import ATTR_BUILTINS, SAFE_TORCH, Checker
 
+# How a handed-in file is evaluated beyond this policy (`nasgraph eval`, `nasgraph hpo`): the square
+# image sides it may be rebuilt for when it cannot take the dataset's own size (LEMUR's models were
+# written for inputs resized to 32-299 pixels), and parameter and FLOP budgets set out of reach (a
+# person's file is measured, not refused for its size).
+HANDED_SIDES = [32, 64, 128, 256, 299]
+NO_BUDGET = 10**15
+
 # (pattern over a resolved dotted name, why it is refused). A module pattern covers its submodules
 # and members; a name is also tried from each of its components on (`torch.os.system` is `os.system`).
 _MOD = r"(?:\..*)?"
