@@ -54,6 +54,7 @@ _STATUS_HINTS = {
                    "that builds without errors.",
     "shape_error": "forward must return logits of shape (B, out_shape[0]).",
     "killed": "The process died: make the model smaller.",
+    "screened": "It trained, but early in the epoch it was far behind the best designs: build on what they do.",
 }
 
 _EXC_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Warning)|AssertionError|KeyboardInterrupt)\b.*")

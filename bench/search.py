@@ -11,7 +11,9 @@ so the benchmark can be continued across sessions by running the same command ag
 Reported per arm, from the traces and the stores: best-so-far and running mean of valid designs per
 iteration and per LLM call (plotted), the mean accuracy of valid designs in the last half with a 95%
 interval, the valid rate with its 95% Wilson interval, niches filled, seconds per iteration. The
-headline compares arms at the smallest LLM-call count any arm reached.
+headline compares arms at the smallest LLM-call count any arm reached. Every design carries its
+screen accuracy (evaluator.screen_fraction), so the cascade is replayed on each arm: how many designs
+its bar would have stopped, the training seconds saved, and whether it would have cut a final top design.
 
 Run: .venv/bin/python -m bench.search --iterations 60 [--arms parents,independent] [--chunk 5]
      [--model qwen2.5-coder-1.5b] [--root ~/.nasgraph/bench-search] [--report-only]
@@ -19,6 +21,7 @@ Run: .venv/bin/python -m bench.search --iterations 60 [--arms parents,independen
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -28,6 +31,7 @@ from nasgraph.config import load_config
 from nasgraph.graph.trace import read_events
 from nasgraph.paths import RunPaths
 from nasgraph.tools import archive
+from nasgraph.tools.cascade import Screened, replay
 from nasgraph.tools.store import Store
 
 ARMS = ("parents", "improver", "independent")
@@ -68,7 +72,8 @@ def advance(root: Path, args: argparse.Namespace) -> None:
         cfg = _config(root, arm, args)
         llm = llm or open_llm(cfg)
         target = min(args.iterations, done[arm][1] + args.chunk)
-        summary = run_loop(cfg, llm, run_id=arm, iterations=target)
+        # One seed key for every arm: step k of each arm samples with the same seed.
+        summary = run_loop(cfg, llm, run_id=arm, iterations=target, seed_key="bench-search")
         print(f"{arm}: {summary['iterations']} iterations, best {summary['best_accuracy']}", flush=True)
 
 
@@ -114,13 +119,19 @@ def analyse(root: Path, args: argparse.Namespace) -> dict:
         valid = sum(r["status"] == "ok" for r in fresh)
         half = [r["accuracy"] for r in rows[n // 2:] if r["accuracy"] is not None]
         with Store(cfg.store_path) as store:
-            ok = [archive.Design(x.arch_id, x.accuracy, x.params, x.flops, x.iteration or 0)
-                  for x in store.evaluations_for_run(arm) if x.status == "ok" and x.params and x.flops]
+            evals = store.evaluations_for_run(arm)
+        ok = [archive.Design(x.arch_id, x.accuracy, x.params, x.flops, x.iteration or 0)
+              for x in evals if x.status == "ok" and x.params and x.flops]
+        screened = [(Screened(x.accuracy, x.detail["screen"]["accuracy"]), x.seconds.get("train", 0.0),
+                     x.detail["screen"]["seconds"]) for x in evals
+                    if x.status == "ok" and x.accuracy is not None and (x.detail.get("screen") or {}).get("accuracy") is not None]
         seconds = sum(e.get("seconds", 0.0) for e in events)
         arms[arm] = {"iterations": n, "llm_calls": calls, "best": best, "valid": valid, "fresh": len(fresh),
                      "valid_rate": round(valid / max(1, len(fresh)), 3), "valid_rate_95": wilson(valid, len(fresh)),
                      "mean_last_half": mean_interval(half), "niches": len(archive.elites(ok)),
-                     "seconds_per_iteration": round(seconds / max(1, n), 1), "curve": rows}
+                     "seconds_per_iteration": round(seconds / max(1, n), 1),
+                     # The cascade replayed on designs trained without it (run config: loop.cascade off).
+                     "cascade": dataclasses.asdict(replay(screened, top=5, margin=0.05)), "curve": rows}
     if arms:
         budget = min(a["llm_calls"] for a in arms.values())
         for a in arms.values():
@@ -185,6 +196,11 @@ def main() -> None:
         print(f"\nat equal LLM calls ({next(iter(eq.values()))['calls']}): " + "; ".join(
             f"{arm} best {e['best']} mean of last half {e['mean_last_half'][0]} over {e['iterations']} iterations"
             for arm, e in eq.items()))
+    for arm, a in arms.items():
+        c = a["cascade"]
+        print(f"cascade replayed on {arm} (top 5, margin 0.05): {c['cut']} of {c['trained']} designs stopped at the "
+              f"screen, {c['saved_s']:.0f} of {c['train_s']:.0f} training seconds saved; final top-5 ranks cut: "
+              f"{c['top_cut'] or 'none'}")
     print(f"\nwrote {args.root / 'search.json'} and {args.root / 'search.png'}")
 
 

@@ -20,8 +20,10 @@ from nasgraph.config import Config
 from nasgraph.tools import archive
 from nasgraph.tools.autofix import find_fix
 from nasgraph.tools.candidate import Candidate
+from nasgraph.tools.cascade import screen_bar, screened_designs
 from nasgraph.tools.evaluator import EvalRequest, Evaluator, Outcome, static_check
 from nasgraph.tools.evaluator.diagnosis import Diagnosis
+from nasgraph.tools.evaluator.outcome import VALID
 from nasgraph.tools.store import Store
 
 from .routing import repairable, stop_reason
@@ -83,6 +85,13 @@ def _llm_event(meta: Any) -> dict:
     return {"prompt": meta.prompt_name, "prompt_sha": meta.prompt_sha, "tokens_in": meta.tokens_in,
             "tokens_out": meta.tokens_out, "latency": round(meta.seconds, 3), "prompt_text": meta.prompt,
             "reply": meta.reply}
+
+
+def _screen_saved_s(outcome: Outcome) -> float:
+    """Training seconds the cascade saved: the epoch's projected time less what ran before the screen."""
+    if outcome.status != "screened":
+        return 0.0
+    return max(0.0, float(outcome.detail.get("projected_s", 0.0)) - float(outcome.detail["screen"]["seconds"] or 0.0))
 
 
 class Nodes:
@@ -274,7 +283,7 @@ class Nodes:
             self.d.llm.release_for_training()
             req = EvalRequest.from_config(self.d.cfg.evaluator, code=cand.code, dataset=task.dataset,
                                           epochs=task.epochs, prm=self.d.prm, max_params=task.max_params,
-                                          max_flops=task.max_flops)
+                                          max_flops=task.max_flops, screen_min_accuracy=self._screen_bar(run_id))
             outcome = self.d.evaluator.evaluate(req)
             self.d.store.record_new(cand, f"llm:{self.d.llm.model}", outcome, dataset=task.dataset,
                                     epochs=task.epochs, prm=self.d.prm, hardware=self.d.hardware,
@@ -288,6 +297,14 @@ class Nodes:
                            "diagnosis": outcome.diagnosis.kind if outcome.diagnosis else None,
                            "stage_seconds": outcome.seconds, "reused": done is not None},
                           train_s=sum(v for k, v in outcome.seconds.items() if k not in ("parse", "policy")))
+
+    def _screen_bar(self, run_id: str) -> float | None:
+        """The cascade's bar for this run's next design (None: cascade off, or no yardstick yet)."""
+        loop, fraction = self.d.cfg.loop, self.d.cfg.evaluator.screen_fraction
+        if not loop.cascade or not fraction:
+            return None
+        done = screened_designs(self.d.store.evaluations_for_run(run_id), fraction)
+        return screen_bar(done, loop.cascade_top, loop.cascade_margin)
 
     # -- back in the loop ----------------------------------------------------------------------
     def record(self, state: LoopState) -> NodeResult:
@@ -314,9 +331,11 @@ class Nodes:
         novel = outcome.status == "ok" and same_as is None and (
             attempt.get("novelty") is None or attempt["novelty"] >= threshold)
         stats = {
-            "valid_first_attempt": float(attempt.get("first_status") == "ok"),
-            "valid_after_repair": float(outcome.status == "ok"),
-            "repaired": float(outcome.status == "ok" and attempt.get("first_status") != "ok"),
+            "valid_first_attempt": float(attempt.get("first_status") in VALID),
+            "valid_after_repair": float(outcome.status in VALID),
+            "repaired": float(outcome.status in VALID and attempt.get("first_status") not in VALID),
+            "screened": float(outcome.status == "screened"),
+            "screen_saved_s": _screen_saved_s(outcome),
             "duplicates": float(outcome.status == "duplicate"),
             "novel": float(novel),
             "near_copies": float(outcome.status == "ok" and not novel),

@@ -52,6 +52,7 @@ def summarize(run_id: str, values: dict) -> dict:
     dup = int(s.get("duplicates", 0))
     fresh = max(1, n - dup)  # valid rates are over iterations that produced a new design
     ok = int(s.get("valid_after_repair", 0))
+    trained = ok - int(s.get("screened", 0))  # valid designs trained to the end (the mean's denominator)
     best = values.get("best")
     return {
         "run_id": run_id,
@@ -65,7 +66,9 @@ def summarize(run_id: str, values: dict) -> dict:
         "best_accuracy": best["accuracy"] if best else None,
         "best_params": best["params"] if best else None,
         "best_arch_id": best["arch_id"] if best else None,
-        "mean_accuracy": round(s.get("accuracy_sum", 0) / ok, 4) if ok else None,
+        "mean_accuracy": round(s.get("accuracy_sum", 0) / trained, 4) if trained else None,
+        "screened": int(s.get("screened", 0)),
+        "screen_saved_s": round(s.get("screen_saved_s", 0.0), 1),
         "failures": {k[len("status_"):]: int(v) for k, v in s.items() if k.startswith("status_") and k != "status_ok"},
         "seconds": {k: round(s.get(f"seconds_{k}", 0.0), 2) for k in ("llm", "train", "other")},
         "seconds_per_iteration": {k: round(s.get(f"seconds_{k}", 0.0) / max(1, n), 2) for k in ("llm", "train", "other")},

@@ -33,6 +33,10 @@ class EvaluatorConfig(BaseModel):
     augment: bool = False
     time_budget_s: float = Field(180.0, gt=0, description="projected training seconds per epoch allowed")
     max_params: int = Field(5_000_000, ge=1)
+    # Cascade screen: test accuracy measured once this share of the first epoch has trained (0: never).
+    # Measuring costs one pass over 2,000 test images; cutting below a bar is the loop's `cascade`.
+    screen_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of epoch 0 after which the screen "
+                                                                    "scores the model (0: no screen)")
     # Measured on this project's 2-thread CPU: one Fashion-MNIST epoch trains at ~85 GFLOP/s, so the
     # default 180 s epoch budget fits ~80 MFLOPs per sample; the LLM is told this figure, and a budget
     # it can meet steers it better than one ten times too loose. Raise it with a GPU.
@@ -85,6 +89,11 @@ class LoopConfig(BaseModel):
     fresh_share: float = Field(0.2, ge=0, le=1, description="with search=parents, the share of fresh designs")
     target_accuracy: float | None = None
     time_budget_s: float | None = Field(None, description="stop the run after this many active seconds, resumes included")
+    cascade: bool = Field(False, description="stop a design at the screen (evaluator.screen_fraction) when it is "
+                                             "behind the run's top designs there (nasgraph.tools.cascade)")
+    cascade_top: int = Field(5, ge=1, description="the top designs whose screen accuracies set the bar")
+    cascade_margin: float = Field(0.05, ge=-1, le=1, description="how far below the top designs' lowest screen "
+                                                                 "accuracy the bar sits")
 
     @model_validator(mode="after")
     def _canonical_dataset(self) -> "LoopConfig":

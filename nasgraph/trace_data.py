@@ -14,6 +14,7 @@ from typing import Any, Iterable
 from nasgraph.errors import NasgraphError
 from nasgraph.graph.trace import read_events
 from nasgraph.paths import CHECKPOINT, META, TRACE, list_runs  # noqa: F401 - re-exported for the readers
+from nasgraph.tools.evaluator.outcome import VALID
 
 # Fields a text search looks into (the rest are numbers and names).
 SEARCH_FIELDS = ("node", "status", "first_status", "repairing", "prompt_text", "reply", "code", "error", "triple",
@@ -47,6 +48,11 @@ class IterationRow:
         return self.status == "ok"
 
     @property
+    def valid(self) -> bool:
+        """Code that built, checked and trained (a screened design too, stopped part-way)."""
+        return self.status in VALID
+
+    @property
     def fresh(self) -> bool:
         """Produced a design not seen before (a duplicate cost no training and is not counted in rates)."""
         return self.status != "duplicate"
@@ -78,7 +84,7 @@ class RunDigest:
     def valid_rate(self) -> float | None:
         """Valid designs over iterations that produced a new design (as nasgraph.graph.run.summarize counts)."""
         fresh = [r for r in self.rows if r.fresh]
-        return sum(r.ok for r in fresh) / len(fresh) if fresh else None
+        return sum(r.valid for r in fresh) / len(fresh) if fresh else None
 
     @property
     def dataset(self) -> str | None:

@@ -36,7 +36,7 @@ from nasgraph.tools.evaluator.outcome import Outcome
 
 SCHEMA_VERSION = 3
 APPLICATION_ID = 0x4E534752  # "NSGR": marks the file as a nasgraph store (PRAGMA application_id)
-UNCACHEABLE = frozenset({"timeout", "memory", "killed", "over_budget"})
+UNCACHEABLE = frozenset({"timeout", "memory", "killed", "over_budget", "screened"})  # screened: the bar moves
 BUSY_TIMEOUT_MS = 30_000
 
 

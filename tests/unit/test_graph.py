@@ -195,3 +195,25 @@ def test_rule_fixes_are_off_at_zero(cfg):
     llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(wrong)])
     summary = run_loop(cfg, FakeHandle(llm), run_id="r8", iterations=1)
     assert summary["valid_after_repair"] == 0.0 and summary["rule_fixes"] == 0
+
+
+def test_cascade_stops_designs_behind_the_top_at_the_screen(cfg):
+    # top 1 and a bar above any accuracy (margin -1): once one design carries a screen accuracy, every
+    # later one is stopped at the screen; a valid design all the same, with the seconds it saved.
+    cfg = cfg.model_copy(update={"loop": cfg.loop.model_copy(update={"cascade": True, "cascade_top": 1,
+                                                                     "cascade_margin": -1.0, "epochs": 1})})
+    llm = ScriptedChatModel(improver=[C.TRIPLE] * 3, generator=[C.fenced(C.wide(w)) for w in (8, 9, 10)])
+    summary = run_loop(cfg, FakeHandle(llm), run_id="rc", iterations=3)
+    with Store(cfg.store_path) as store:
+        evals = store.evaluations_for_run("rc")
+    assert [e.status for e in evals] == ["ok", "screened", "screened"]
+    first = evals[0].detail["screen"]
+    assert first["fraction"] == cfg.evaluator.screen_fraction and 0 <= first["accuracy"] <= 1
+    assert first["min_accuracy"] is None  # no yardstick yet: measured, never cut
+    cut = evals[1].detail["screen"]
+    assert cut["min_accuracy"] == pytest.approx(min(1.0, first["accuracy"] + 1.0)) and evals[1].accuracy is None
+    assert summary["valid_after_repair"] == 1.0 and summary["screened"] == 2
+    assert summary["mean_accuracy"] == pytest.approx(evals[0].accuracy, abs=1e-4)  # over designs trained to the end
+    assert summary["screen_saved_s"] > 0
+    records = [e for e in read_events(RunPaths(cfg.runs_dir / "rc").trace) if e["node"] == "record"]
+    assert [e["status"] for e in records] == ["ok", "screened", "screened"]

@@ -9,7 +9,15 @@ import torch.nn as nn
 
 from nasgraph.tools.evaluator import harness
 from nasgraph.tools.evaluator.datasets import TensorData, load_dataset
-from nasgraph.tools.evaluator.harness import NaNLoss, OverBudget, TrainResult, pick_device, train_and_test
+from nasgraph.tools.evaluator.harness import (
+    NaNLoss,
+    OverBudget,
+    Screen,
+    ScreenedOut,
+    TrainResult,
+    pick_device,
+    train_and_test,
+)
 from nasgraph.tools.evaluator.reference_models import reference_names, reference_path, reference_source
 
 CPU = torch.device("cpu")
@@ -52,6 +60,23 @@ def test_same_seed_same_result(digits):
     assert a.accuracy == b.accuracy and a.epochs[0]["loss"] == b.epochs[0]["loss"]
     c = train_and_test(_small(), digits, {}, epochs=1, device=CPU, seed=4)
     assert c.epochs[0]["loss"] != a.epochs[0]["loss"]  # the seed really drives shuffling/augmentation
+
+
+def test_the_screen_measures_without_changing_the_result_and_cuts_below_its_bar(digits):
+    plain = train_and_test(_small(), digits, {"batch": 32}, epochs=2, device=CPU, seed=1, augment=True)
+    seen = Screen(0.25)
+    screened = train_and_test(_small(), digits, {"batch": 32}, epochs=2, device=CPU, seed=1, augment=True, screen=seen)
+    assert screened.accuracy == plain.accuracy and screened.epochs[1]["loss"] == plain.epochs[1]["loss"]
+    batches = math.ceil(len(digits.train_x) / 32)
+    assert seen.batch == round(0.25 * batches) and 0.0 < seen.seconds < screened.epochs[0]["seconds"]
+    assert 0.0 <= seen.accuracy < plain.epochs[0]["accuracy"]  # a quarter-trained model, on the first test images
+    with pytest.raises(ScreenedOut) as e:
+        train_and_test(_small(), digits, {"batch": 32}, epochs=2, device=CPU, seed=1,
+                       screen=Screen(0.25, seen.accuracy + 0.01))
+    assert e.value.screen.accuracy == seen.accuracy and e.value.projected_s > e.value.screen.seconds
+    assert "below the bar of" in str(e.value)
+    # At the bar exactly, the model goes on.
+    train_and_test(_small(), digits, {"batch": 32}, epochs=2, device=CPU, seed=1, screen=Screen(0.25, seen.accuracy))
 
 
 def test_over_budget_fires_with_projection(digits):

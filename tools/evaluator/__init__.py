@@ -47,6 +47,8 @@ class EvalRequest(EvaluatorConfig):
     dataset: str
     epochs: int = Field(1, ge=1)
     prm: dict[str, Any] = Field(default_factory=dict, description="hyperparameters passed to Net and the harness")
+    screen_min_accuracy: float | None = Field(
+        None, ge=0.0, le=1.0, description="the cascade's bar: a model below it at the screen stops there (`screened`)")
     origin: Literal["generated", "handed"] = Field(
         "generated", description="who wrote the code, which picks the static policy: the LLM (strict allow-list) "
                                  "or a person (a file given to `nasgraph eval`, LEMUR: see policy_handed.py)")

@@ -40,6 +40,8 @@ from nasgraph.tools.evaluator.harness import (
     DEFAULTS,
     NaNLoss,
     OverBudget,
+    Screen,
+    ScreenedOut,
     _batch_size,
     pick_device,
     test_accuracy,
@@ -511,14 +513,16 @@ def _checkpointer(report: Reporter):
 
 
 def train(model: nn.Module, code_lines: list[str], data: TensorData, req: dict, device: torch.device,
-          side: int | None = None, report: Reporter | None = None):
+          side: int | None = None, report: Reporter | None = None, screen: Screen | None = None):
     checkpoint = bool(req.get("checkpoint")) and report is not None
     try:
         return train_and_test(model, data, dict(req["prm_full"]), epochs=int(req["epochs"]),
                               time_budget_s=float(req["time_budget_s"]), batch_size=int(req["batch_size"]),
                               device=device, seed=int(req["seed"]), augment=bool(req["augment"]), side=side,
                               resume=_saved_state() if checkpoint else None,
-                              on_epoch=_checkpointer(report) if checkpoint else None)
+                              on_epoch=_checkpointer(report) if checkpoint else None, screen=screen)
+    except ScreenedOut as e:
+        raise Failure("screened", str(e), {"screen": e.screen.facts(), "projected_s": round(e.projected_s, 2)}) from None
     except OverBudget as e:
         raise Failure("over_budget", f"too slow: {e}", {"projected_s": round(e.projected_s, 2), "budget_s": e.budget_s,
                                                         "batches_timed": e.batches_timed, "epoch": e.epoch},
@@ -637,11 +641,15 @@ def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
             return Outcome(status="ok", stage="export", accuracy=detail["accuracy"], params=params, flops=flops,
                            seconds=seconds, detail=detail)
         begin("train")
-        res = train(model, code_lines, data, req, device, side, report)
+        screen = Screen(float(req["screen_fraction"]), req.get("screen_min_accuracy")) \
+            if req.get("screen_fraction") else None
+        res = train(model, code_lines, data, req, device, side, report, screen)
         seconds["train"], seconds["test"] = round(res.train_seconds, 4), round(res.test_seconds, 4)
         stage = "test"
         detail = {**_filled(notes), **result.get("detail", {}), "images_per_s": round(res.images_per_s, 1),
                   "device": str(device)}
+        if screen is not None and screen.accuracy is not None:
+            detail["screen"] = screen.facts()
         if req.get("latency_batches"):
             detail["latency_ms"] = {"pytorch": deploy.torch_latency(model, data, req["latency_batches"])}
         return Outcome(status="ok", stage="test", accuracy=res.accuracy, params=params, flops=flops,

@@ -8,6 +8,11 @@ the numerics it chose: bf16 autocast around it once drove a model that reaches 0
 A budget clock projects the epoch's time from the first batches and stops a model that would be
 too slow; a non-finite loss stops training at once. Both surface as typed exceptions that the
 caller turns into an Outcome.
+
+Cascade screen: a `Screen` measures test accuracy on the first SCREEN_IMAGES test images once a
+fraction of the first epoch has trained, and stops a model below its `min_accuracy` (ScreenedOut).
+Measuring changes nothing else: the screen runs in eval mode without gradients and draws no random
+numbers itself, so a model that passes ends with the accuracy it would have had unscreened.
 """
 from __future__ import annotations
 
@@ -38,6 +43,34 @@ class OverBudget(Exception):
         self.projected_s, self.budget_s, self.batches_timed, self.epoch = projected_s, budget_s, batches_timed, epoch
         super().__init__(f"projected epoch time {projected_s:.1f}s exceeds the budget of {budget_s:.1f}s "
                          f"(from {batches_timed} timed batches)")
+
+
+SCREEN_IMAGES = 2000   # test images the screen scores on: about +-1 point at the accuracies that matter
+
+
+@dataclass
+class Screen:
+    """Where the screen looks (`fraction` of epoch 0) and the accuracy a model must reach there (None:
+    measure only). The harness fills in what it saw: accuracy, batch, train seconds so far."""
+    fraction: float
+    min_accuracy: float | None = None
+    accuracy: float | None = None
+    batch: int | None = None
+    seconds: float | None = None
+
+    def at_batch(self, batches_per_epoch: int) -> int:
+        return max(1, min(batches_per_epoch, round(self.fraction * batches_per_epoch)))
+
+    def facts(self) -> dict:
+        return {"fraction": self.fraction, "min_accuracy": self.min_accuracy, "accuracy": self.accuracy,
+                "batch": self.batch, "seconds": self.seconds}
+
+
+class ScreenedOut(Exception):
+    def __init__(self, screen: Screen, projected_s: float):
+        self.screen, self.projected_s = screen, projected_s
+        super().__init__(f"screened out after {screen.fraction:.0%} of the epoch: test accuracy "
+                         f"{screen.accuracy:.3f} below the bar of {screen.min_accuracy:.3f}")
 
 
 class NaNLoss(Exception):
@@ -230,7 +263,23 @@ def _params_finite(model: nn.Module) -> bool:
     return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
 
-def _own_epoch(model, batches: _Batches, opt, loss_fn, sched, clock: _Clock, amp, scaler, epoch: int) -> dict:
+def _take_screen(model: nn.Module, batches: _Batches, clock: _Clock, amp, screen: Screen, done: int) -> None:
+    """Score the model part-way through epoch 0; its minutes, not the screen's, count for the budget."""
+    t = time.perf_counter()
+    screen.seconds = round(t - clock.t0, 4)
+    screen.batch = done
+    screen.accuracy = evaluate(model, batches, amp, limit=SCREEN_IMAGES)
+    model.train()
+    spent = time.perf_counter() - t
+    clock.t0 += spent
+    if clock.t_warm is not None:
+        clock.t_warm += spent
+    if screen.min_accuracy is not None and screen.accuracy < screen.min_accuracy:
+        raise ScreenedOut(screen, screen.seconds * len(batches) / max(done, 1))
+
+
+def _own_epoch(model, batches: _Batches, opt, loss_fn, sched, clock: _Clock, amp, scaler, epoch: int,
+               screen: Screen | None = None) -> dict:
     """One epoch of the project's loop; returns mean loss and train accuracy."""
     cuda = batches.device.type == "cuda"
     loss_sum = torch.zeros((), device=batches.device)
@@ -262,6 +311,10 @@ def _own_epoch(model, batches: _Batches, opt, loss_fn, sched, clock: _Clock, amp
         if cuda and clock.due(i + 1) and bool(bad):
             raise NaNLoss(i, epoch)
         clock.tick(i + 1)
+        if screen is not None and epoch == 0 and i + 1 == screen.at_batch(len(batches)):
+            if bool(bad):
+                raise NaNLoss(i, epoch)
+            _take_screen(model, batches, clock, amp, screen, i + 1)
     if bool(bad):
         raise NaNLoss(len(batches) - 1, epoch)
     return {"loss": float(loss_sum) / max(seen, 1), "train_accuracy": float(correct) / max(seen, 1),
@@ -310,16 +363,17 @@ def _hook_epoch(model, batches: _Batches, clock: _Clock, epoch: int) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: _Batches, amp) -> float:
-    """Test accuracy in eval mode, in big batches."""
+def evaluate(model: nn.Module, batches: _Batches, amp, limit: int | None = None) -> float:
+    """Test accuracy in eval mode, in big batches (on the first `limit` test images when given)."""
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=batches.device)
     size = TEST_BATCH.get(batches.device.type, 256)
-    for x, y in zip(batches.test_x.split(size), batches.test_y.split(size)):
+    test_x, test_y = batches.test_x[:limit], batches.test_y[:limit]
+    for x, y in zip(test_x.split(size), test_y.split(size)):
         with _autocast(amp):
             out = model(batches.normalise(x))
         correct += (out.argmax(1) == y).sum()
-    return float(correct) / max(len(batches.test_y), 1)
+    return float(correct) / max(len(test_y), 1)
 
 
 def test_accuracy(model: nn.Module, data: TensorData, device: torch.device, side: int | None = None) -> float:
@@ -425,13 +479,16 @@ def _restore(state: dict, model, opt, sched, gen: torch.Generator, epochs: int) 
 def train_and_test(model: nn.Module, data: TensorData, prm: dict, *, epochs: int = 1,
                    time_budget_s: float = 180.0, batch_size: int = 128, device: torch.device | None = None,
                    seed: int = 0, augment: bool = True, amp: bool = False, side: int | None = None,
-                   resume: dict | None = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+                   resume: dict | None = None, on_epoch: Callable[[dict], None] | None = None,
+                   screen: Screen | None = None) -> TrainResult:
     """Train `model` for `epochs` on `data` with the fixed recipe, then measure test accuracy.
 
     `prm` holds LEMUR-style hyperparameters (lr, momentum, batch, ...); missing ones take DEFAULTS.
     `side`: images are upsampled to side x side (a model written for larger inputs than the data's).
     `on_epoch(state)` is called after each epoch with a checkpoint (model, optimizer, schedule, data
     order, curve); `resume=state` continues from one, so a long training survives being stopped.
+    `screen`: score part-way through the first epoch (filled in) and stop below its bar (ScreenedOut);
+    models that train themselves through `learn()` are not screened.
     Raises OverBudget when an epoch is projected to exceed `time_budget_s`, NaNLoss on a
     non-finite loss (or parameters, for models that train themselves through `learn`).
     """
@@ -462,7 +519,8 @@ def train_and_test(model: nn.Module, data: TensorData, prm: dict, *, epochs: int
         if hooked:
             stats = _hook_epoch(model, batches, clock, epoch)
         else:
-            stats = _own_epoch(model, batches, opt, loss_fn, sched, clock, amp, scaler, epoch)
+            stats = _own_epoch(model, batches, opt, loss_fn, sched, clock, amp, scaler, epoch,
+                               screen if resume is None else None)
         seconds = clock._now() - clock.t0
         train_s += seconds
         images += stats["images"]

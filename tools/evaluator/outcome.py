@@ -20,7 +20,11 @@ Status = Literal[
     "memory",         # allocation failed under the memory limit
     "killed",         # child died by a signal or exited without reporting
     "duplicate",      # same canonical architecture already evaluated (cache hit)
+    "screened",       # valid, but stopped part-way through the epoch below the cascade's bar
 ]
+
+# Code that built, checked and trained: a screened design is valid, only its full-epoch accuracy is unknown.
+VALID = frozenset({"ok", "screened"})
 
 STAGES = ("parse", "policy", "build", "shape", "measure", "train", "test")
 
