@@ -205,12 +205,19 @@ def _parent_text(parent: Parent | None) -> str:
         return ""
     kinds = layer_kinds(parent.code)
     return (f"Parent to improve (chosen from this run's archive): accuracy {parent.accuracy:.3f} with "
-            f"{human(parent.params)} parameters and {human(parent.flops)} FLOPs" + (f", built from {kinds}" if kinds else "")
+            f"{human(parent.params)} parameters and {human(parent.flops)} FLOPs"
+            + (f", {parent.latency_ms:.2f} ms per image" if parent.latency_ms is not None else "")
+            + (f", built from {kinds}" if kinds else "")
             + f" ({parent.arch_id}).\n")
 
 
 PARENT_DIRECTIVE = ("Propose ONE change to the parent design that is likely to raise its accuracy within the "
                     "budget; name the exact layers and widths to add, remove or change.")
+PARETO_OBJECTIVE = ("Objective: the trade-off of accuracy, parameters and batch-1 latency. A design counts when no "
+                    "other is at least as accurate, as small and as fast; a smaller or faster model at about the "
+                    "same accuracy is as welcome as a more accurate one.\n")
+PARETO_DIRECTIVE = ("Propose ONE change to the parent design that makes it smaller or faster at about the same "
+                    "accuracy, or more accurate at about the same size; name the exact layers and widths.")
 
 
 def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: list[HistoryEntry],
@@ -222,6 +229,9 @@ def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: 
     values = {k: v for k, v in task_values(task).items() if k not in ("channels", "height", "width")}
     goal = user_goal.strip() or task.goal.strip()
     values["goal"] = f"User's goal: {goal}\n" if goal else ""
+    pareto = task.objective == "pareto"
+    if pareto:
+        values["goal"] += PARETO_OBJECTIVE
     best_text = (f"accuracy {best.accuracy:.3f} with {human(best.params)} parameters ({best.arch_id})"
                  if best else "(none yet)")
     system = render("prompt_improver.system")
@@ -229,7 +239,7 @@ def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: 
     earlier = [e for e in history if last is None or e.iteration != last.iteration]
     user = render("prompt_improver.user", **values, history=history_block(earlier, novelty_threshold),
                   best=best_text, parent=_parent_text(parent), last=_last_text(last, novelty_threshold),
-                  directive=PARENT_DIRECTIVE if parent else _directive(last, explore),
+                  directive=(PARETO_DIRECTIVE if pareto else PARENT_DIRECTIVE) if parent else _directive(last, explore),
                   moves="\n".join(f"- {m}" for m in _untried_moves(history)) or "- (all tried: propose your own)")
     reply = call(llm, system, user, "prompt_improver")
 

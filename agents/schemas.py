@@ -17,6 +17,7 @@ class Task(BaseModel):
     max_flops: int = Field(ge=1, description="forward FLOPs per sample")
     epochs: int = Field(1, ge=1)
     goal: str = Field("", description="free text from the user")
+    objective: Literal["accuracy", "pareto"] = Field("accuracy", description="what makes a design better")
 
     @field_validator("in_shape")
     @classmethod
@@ -70,6 +71,7 @@ class Parent(BaseModel):
     accuracy: float
     params: int
     flops: int
+    latency_ms: float | None = None
     niche: tuple[int, int]
     children: int = Field(0, description="designs already built from it before this one")
 

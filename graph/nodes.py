@@ -87,6 +87,18 @@ def _llm_event(meta: Any) -> dict:
             "reply": meta.reply}
 
 
+def _latency_ms(detail: dict) -> float | None:
+    """Batch-1 forward time of an evaluated design, when it was measured (objective pareto)."""
+    return (detail.get("latency_ms") or {}).get("pytorch", {}).get("1")
+
+
+def run_designs(store: Store, run_id: str) -> list[archive.Design]:
+    """The run's designs trained to the end: the archive parents are drawn from, and the front."""
+    return [archive.Design(e.arch_id, e.accuracy, e.params, e.flops, e.iteration or 0, _latency_ms(e.detail))
+            for e in store.evaluations_for_run(run_id)
+            if e.status == "ok" and e.accuracy is not None and e.params and e.flops]
+
+
 def _screen_saved_s(outcome: Outcome) -> float:
     """Training seconds the cascade saved: the epoch's projected time less what ran before the screen."""
     if outcome.status != "screened":
@@ -154,18 +166,16 @@ class Nodes:
     def _pick_parent(self, state: LoopState) -> tuple[Parent | None, int]:
         """A parent drawn from this run's archive (seeded by run and iteration: a replayed step draws
         the same), and how many niches the archive fills."""
-        designs = [archive.Design(e.arch_id, e.accuracy, e.params, e.flops, e.iteration or 0)
-                   for e in self.d.store.evaluations_for_run(state["run_id"])
-                   if e.status == "ok" and e.accuracy is not None and e.params and e.flops]
+        designs = run_designs(self.d.store, state["run_id"])
         children = Counter({k: int(v) for k, v in (state.get("children") or {}).items()})
         rng = random.Random(zlib.crc32(f"{state['run_id']}:{state.get('iteration', 0)}".encode()))
-        elite = archive.pick_parent(designs, children, rng, self.d.cfg.loop.fresh_share)
+        elite = archive.pick_parent(designs, children, rng, self.d.cfg.loop.fresh_share, self.d.cfg.loop.objective)
         niches = len(archive.elites(designs))
         if elite is None:
             return None, niches
         d = elite.design
         return Parent(arch_id=d.arch_id, code=self.d.store.code(d.arch_id), accuracy=d.accuracy, params=d.params,
-                      flops=d.flops, niche=elite.niche, children=elite.children), niches
+                      flops=d.flops, latency_ms=d.latency_ms, niche=elite.niche, children=elite.children), niches
 
     def retrieve(self, state: LoopState) -> NodeResult:
         if self.d.retrieve is None:
@@ -283,7 +293,8 @@ class Nodes:
             self.d.llm.release_for_training()
             req = EvalRequest.from_config(self.d.cfg.evaluator, code=cand.code, dataset=task.dataset,
                                           epochs=task.epochs, prm=self.d.prm, max_params=task.max_params,
-                                          max_flops=task.max_flops, screen_min_accuracy=self._screen_bar(run_id))
+                                          max_flops=task.max_flops, screen_min_accuracy=self._screen_bar(run_id),
+                                          latency_batches=[1] if task.objective == "pareto" else [])
             outcome = self.d.evaluator.evaluate(req)
             self.d.store.record_new(cand, f"llm:{self.d.llm.model}", outcome, dataset=task.dataset,
                                     epochs=task.epochs, prm=self.d.prm, hardware=self.d.hardware,
@@ -293,7 +304,8 @@ class Nodes:
             update["first_status"] = outcome.status
         return NodeResult(update,
                           {"code_hash": arch_id, "status": outcome.status, "accuracy": outcome.accuracy,
-                           "params": outcome.params, "flops": outcome.flops, "error": outcome.error,
+                           "params": outcome.params, "flops": outcome.flops, "latency_ms": _latency_ms(outcome.detail),
+                           "error": outcome.error,
                            "diagnosis": outcome.diagnosis.kind if outcome.diagnosis else None,
                            "stage_seconds": outcome.seconds, "reused": done is not None},
                           train_s=sum(v for k, v in outcome.seconds.items() if k not in ("parse", "policy")))

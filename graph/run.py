@@ -7,6 +7,7 @@ so nothing is trained or counted twice).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import sqlite3
@@ -19,6 +20,7 @@ from nasgraph.agents.schemas import Task
 from nasgraph.config import Config
 from nasgraph.errors import NasgraphError
 from nasgraph.paths import RunPaths, list_runs  # noqa: F401 - list_runs is part of this module's API
+from nasgraph.tools import archive
 from nasgraph.tools.evaluator import Evaluator, training_recipe
 from nasgraph.tools.evaluator.datasets import load_dataset
 from nasgraph.tools.evaluator.harness import pick_device
@@ -26,7 +28,7 @@ from nasgraph.tools.hardware import hardware_info
 from nasgraph.tools.store import Store
 
 from .build import build_graph, recursion_limit
-from .nodes import Deps, Nodes
+from .nodes import Deps, Nodes, run_designs
 from .state import LoopState
 from .trace import TraceWriter
 
@@ -43,7 +45,7 @@ def make_task(cfg: Config, goal: str = "") -> Task:
     data = load_dataset(cfg.loop.dataset, cfg.data_dir)
     return Task(dataset=data.name, in_shape=(cfg.evaluator.batch_size, *data.in_shape), classes=data.classes,
                 max_params=cfg.evaluator.max_params, max_flops=cfg.evaluator.max_flops,
-                epochs=cfg.loop.epochs, goal=goal)
+                epochs=cfg.loop.epochs, goal=goal, objective=cfg.loop.objective)
 
 
 def summarize(run_id: str, values: dict) -> dict:
@@ -119,7 +121,7 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
             # `tasks` but not `next`, and streaming on applies its writes.
             if not snapshot.tasks:  # finished before: extend it if asked for more iterations
                 if total <= values.get("iteration", 0):
-                    return summarize(run_id, values)
+                    return _summary(cfg, store, run_id, values)
                 graph.update_state(config, {"max_iterations": total, "stop_reason": None, **retasked},
                                    as_node="record")
             elif total != values["max_iterations"] or retasked:
@@ -137,12 +139,19 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
         for node, update, state in _stream(graph, inputs, config):
             if on_update:
                 on_update(node, update, state)
-        return summarize(run_id, graph.get_state(config).values)
+        return _summary(cfg, store, run_id, graph.get_state(config).values)
     finally:
         conn.close()
         store.close()
         if own_evaluator:
             evaluator.close()
+
+
+def _summary(cfg: Config, store: Store, run_id: str, values: dict) -> dict:
+    summary = summarize(run_id, values)
+    if cfg.loop.objective == "pareto":
+        summary["front"] = [dataclasses.asdict(d) for d in archive.front(run_designs(store, run_id))]
+    return summary
 
 
 def _resume_step(snapshot) -> int:

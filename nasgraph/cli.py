@@ -40,7 +40,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["llm"] = llm
     loop: dict[str, Any] = {}
     for key in ("dataset", "image_size", "epochs", "iterations", "max_repairs", "max_fixes", "target_accuracy",
-                "search"):
+                "search", "objective", "cascade"):
         if getattr(args, key, None) is not None:
             loop[key] = getattr(args, key)
     if loop:
@@ -513,6 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--search", choices=["improver", "parents", "independent"],
                     help="improver: fresh designs steered by the history; parents: one change to a design drawn "
                          "from the run's archive; independent: no feedback (a baseline)")
+    rn.add_argument("--objective", choices=["accuracy", "pareto"],
+                    help="accuracy (default): the most accurate design wins; pareto: keep the front of accuracy, "
+                         "parameters and batch-1 latency, build on it, and show it in the report")
+    rn.add_argument("--cascade", action=argparse.BooleanOptionalAction,
+                    help="stop a design part-way through its epoch when it is behind the run's top designs there")
     rn.add_argument("--goal", help="free-text design goal added to the prompts")
     rn.add_argument("--rag", action=argparse.BooleanOptionalAction, help="retrieve validated blocks (needs `nasgraph index build`)")
     for module in PLUGINS:  # commands that live beside the code they drive

@@ -87,6 +87,9 @@ class LoopConfig(BaseModel):
                                 "parents: each design is one change to a parent drawn from the run's archive; "
                                 "independent: no feedback at all (the baseline a search must beat)")
     fresh_share: float = Field(0.2, ge=0, le=1, description="with search=parents, the share of fresh designs")
+    objective: Literal["accuracy", "pareto"] = Field(
+        "accuracy", description="accuracy: the most accurate design wins; pareto: the front of accuracy, parameters "
+                                "and batch-1 latency is kept, parents are drawn from it and the report shows it")
     target_accuracy: float | None = None
     time_budget_s: float | None = Field(None, description="stop the run after this many active seconds, resumes included")
     cascade: bool = Field(False, description="stop a design at the screen (evaluator.screen_fraction) when it is "

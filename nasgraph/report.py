@@ -194,6 +194,23 @@ def write_winners_plot(winners, out: Path) -> Path:
     return path
 
 
+FRONT_TITLE = "Pareto front: accuracy, parameters, batch-1 latency"
+FRONT_HEAD = ("architecture", "accuracy", "params", "latency (ms)", "iteration")
+
+
+def front_table(digest: RunDigest) -> list[tuple[str, ...]]:
+    """Rows of the run's Pareto front, most accurate first; empty unless latency was measured
+    (a run with `--objective pareto`)."""
+    from nasgraph.tools import archive
+
+    rows = {r.arch_id: r for r in digest.rows
+            if r.ok and r.accuracy is not None and r.params and r.arch_id and r.latency_ms is not None}
+    designs = [archive.Design(r.arch_id, r.accuracy, r.params, r.flops or 0, r.iteration, r.latency_ms)
+               for r in rows.values()]
+    return [(d.arch_id, fmt_acc(d.accuracy), fmt_int(d.params), f"{d.latency_ms:.2f}", str(d.iteration))
+            for d in archive.front(designs)]
+
+
 def markdown_page(digest: RunDigest, images: dict[str, Path], top: list[IterationRow], winners=None) -> str:
     out = [f"# nasgraph report: run {digest.run_id}", "", "| | |", "| --- | --- |"]
     out += [f"| {k} | {v} |" for k, v in summary_rows(digest)]
@@ -205,6 +222,9 @@ def markdown_page(digest: RunDigest, images: dict[str, Path], top: list[Iteratio
     for name, path in images.items():
         if name in TITLES:
             out += [f"## {TITLES[name]}", "", f"![{TITLES[name]}]({path.name})", ""]
+    if front := front_table(digest):
+        out += [f"## {FRONT_TITLE}", "", "| " + " | ".join(FRONT_HEAD) + " |", "|" + " --- |" * len(FRONT_HEAD)]
+        out += ["| " + " | ".join((f"`{row[0]}`", *row[1:])) + " |" for row in front] + [""]
     out += ["## Top designs by the proxy", ""]
     if not top:
         out.append("No valid design yet.")
@@ -250,6 +270,10 @@ def html_page(digest: RunDigest, images: dict[str, Path], top: list[IterationRow
     for name, path in images.items():
         if name in TITLES:
             parts.append(f"<h2>{e(TITLES[name])}</h2><img src='{e(path.name)}' alt='{e(TITLES[name])}'>")
+    if front := front_table(digest):
+        parts.append(f"<h2>{e(FRONT_TITLE)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in FRONT_HEAD) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in front]
+        parts.append("</table>")
     parts.append("<h2>Top designs by the proxy</h2>")
     if not top:
         parts.append("<p>No valid design yet.</p>")

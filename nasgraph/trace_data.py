@@ -42,6 +42,7 @@ class IterationRow:
     code: str | None = None
     seconds: float = 0.0
     attempts: list[str] = field(default_factory=list)  # how each attempt ended: check/dup/evaluate status
+    latency_ms: float | None = None  # batch-1 forward time, measured when the objective is pareto
 
     @property
     def ok(self) -> bool:
@@ -158,8 +159,10 @@ def iteration_rows(events: Iterable[dict]) -> list[IterationRow]:
     rows = sorted({r.iteration: r for r in rows}.values(), key=lambda r: r.iteration)
     # A duplicate's record has no FLOPs; the evaluation of the same architecture has them.
     flops = {e.get("code_hash"): e.get("flops") for e in events if e.get("node") == "evaluate" and e.get("flops")}
+    latency = {e.get("code_hash"): e.get("latency_ms") for e in events
+               if e.get("node") == "evaluate" and e.get("latency_ms") is not None}
     for r in rows:
-        r.flops = flops.get(r.arch_id)
+        r.flops, r.latency_ms = flops.get(r.arch_id), latency.get(r.arch_id)
     return rows
 
 

@@ -135,6 +135,14 @@ def summary_table(summary: dict) -> Table:
     t.add_row("novel / near copies", f"{summary['novel']} / {summary['near_copies']}")
     t.add_row("best accuracy", f"{fmt_acc(summary['best_accuracy'])}  {summary.get('best_arch_id') or ''}")
     t.add_row("mean accuracy", fmt_acc(summary["mean_accuracy"]))
+    if summary.get("screened"):
+        t.add_row("cascade", f"{summary['screened']} stopped at the screen, ~{summary['screen_saved_s']:.0f}s of "
+                             "training saved")
+    if "front" in summary:
+        t.add_row("Pareto front", "\n".join(
+            f"{fmt_acc(d['accuracy'])}  {fmt_int(d['params'])} params  "
+            + (f"{d['latency_ms']:.2f} ms  " if d["latency_ms"] is not None else "") + d["arch_id"]
+            for d in summary["front"]) or "–")
     t.add_row("failures", ", ".join(f"{k} {v}" for k, v in summary["failures"].items()) or "none")
     t.add_row("s/iteration", "  ".join(f"{k} {v}" for k, v in summary["seconds_per_iteration"].items()))
     t.add_row("stopped by", str(summary.get("stop_reason")))

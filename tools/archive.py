@@ -7,6 +7,10 @@ median, in units of their spread) and falls with the children it already had, 1 
 good designs are built on, and none is built on forever (the weighting ShinkaEvolve describes).
 A configured share of iterations draws no parent (a fresh design), so new regions keep being tried.
 Diversity is reported as niches filled, never enforced as a ban on similar code.
+
+With the `pareto` objective the pool is the run's Pareto front over accuracy, parameters and batch-1
+latency (no other design is at least as accurate, as small and as fast, and better in one), each
+member weighted 1 / (1 + children) alone: every trade-off on the front is worth building on.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ class Design:
     params: int
     flops: int
     iteration: int
+    latency_ms: float | None = None  # batch-1 forward time, measured when the objective is pareto
 
 
 @dataclass(frozen=True)
@@ -63,9 +68,30 @@ def weights(pool: list[Elite]) -> list[float]:
     return [1 / (1 + math.exp(-SHARPNESS * (e.design.accuracy - median) / spread)) / (1 + e.children) for e in pool]
 
 
+def _dominates(a: Design, b: Design) -> bool:
+    lat_a, lat_b = a.latency_ms or 0.0, b.latency_ms or 0.0  # unmeasured: that axis does not decide
+    no_worse = a.accuracy >= b.accuracy and a.params <= b.params and lat_a <= lat_b
+    return no_worse and (a.accuracy > b.accuracy or a.params < b.params or lat_a < lat_b)
+
+
+def front(designs: list[Design]) -> list[Design]:
+    """The Pareto front over accuracy (up), parameters and latency (down), most accurate first; of
+    equal designs the earliest stays."""
+    out = [d for d in designs if not any(_dominates(o, d) for o in designs)]
+    unique: dict[tuple, Design] = {}
+    for d in sorted(out, key=lambda d: d.iteration):
+        unique.setdefault((d.accuracy, d.params, d.latency_ms), d)
+    return sorted(unique.values(), key=lambda d: (-d.accuracy, d.params))
+
+
 def pick_parent(designs: list[Design], children: Counter[str], rng: random.Random,
-                fresh_share: float) -> Elite | None:
+                fresh_share: float, objective: str = "accuracy") -> Elite | None:
     """The parent of the next design, or None for a fresh one (empty archive, or the fresh share)."""
+    if objective == "pareto":
+        pool = [Elite(d, niche(d.params, d.flops), children[d.arch_id]) for d in front(designs)]
+        if not pool or rng.random() < fresh_share:
+            return None
+        return rng.choices(pool, weights=[1 / (1 + e.children) for e in pool], k=1)[0]
     pool = elites(designs, children)
     if not pool or rng.random() < fresh_share:
         return None

@@ -80,3 +80,33 @@ def test_independent_search_is_the_no_feedback_baseline(cfg):
     gens = [e for e in events if e["node"] == "generate"]
     assert len({g["prompt_text"] for g in gens}) == 1  # the same prompt every time: no history, no best
     assert "(none yet)" in gens[-1]["prompt_text"] and "Best design so far" not in gens[-1]["prompt_text"]
+
+
+def test_the_front_keeps_every_trade_off_and_drops_what_is_beaten_on_all_three():
+    designs = [Design("big", 0.90, 100_000, 1, 1, 2.0), Design("small", 0.80, 5_000, 1, 2, 0.3),
+               Design("fast", 0.85, 50_000, 1, 3, 0.2), Design("beaten", 0.79, 6_000, 1, 4, 0.5),
+               Design("same-as-small", 0.80, 5_000, 1, 5, 0.3)]
+    assert [d.arch_id for d in archive.front(designs)] == ["big", "fast", "small"]
+    rng = random.Random(0)
+    drawn = Counter(archive.pick_parent(designs, Counter({"big": 3}), rng, 0.0, "pareto").design.arch_id
+                    for _ in range(1200))
+    assert set(drawn) == {"big", "fast", "small"} and drawn["fast"] > 2 * drawn["big"]  # 1/(1+children)
+
+
+def test_pareto_objective_measures_latency_builds_on_the_front_and_reports_it(cfg, tmp_path):
+    from nasgraph.report import build_report
+    from nasgraph.trace_data import load_run
+
+    cfg.loop.search, cfg.loop.fresh_share, cfg.loop.objective = "parents", 0.0, "pareto"
+    llm = ScriptedChatModel(improver=[C.TRIPLE] * 3, generator=[C.fenced(C.wide(c)) for c in (5, 12, 7)])
+    summary = run_loop(cfg, FakeHandle(llm), run_id="pf", iterations=3)
+    events = list(read_events(RunPaths(cfg.runs_dir / "pf").trace))
+    evals = [e for e in events if e["node"] == "evaluate"]
+    assert all(e["latency_ms"] > 0 for e in evals)
+    front = summary["front"]
+    assert front and all(d["latency_ms"] > 0 for d in front)
+    assert {d["arch_id"] for d in front} <= {e["code_hash"] for e in evals}
+    improves = [e for e in events if e["node"] == "improve"]
+    assert "ms per image" in improves[1]["prompt_text"] and "Objective: the trade-off" in improves[1]["prompt_text"]
+    page = build_report(load_run(cfg.runs_dir, "pf"), tmp_path / "rep", formats=("md",)).pages[0].read_text()
+    assert "Pareto front: accuracy, parameters, batch-1 latency" in page and front[0]["arch_id"] in page
