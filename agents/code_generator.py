@@ -24,6 +24,7 @@ from nasgraph.agents.feedback import error_hint, history_block, key_error_line, 
 from nasgraph.agents.llm_call import AgentError, call
 from nasgraph.agents.prompts import RenderedPrompt, pair_sha, render
 from nasgraph.agents.schemas import BestDesign, Generation, HistoryEntry, Parent, Task
+from nasgraph.dataset_ref import parse
 from nasgraph.tools.fmt import human
 
 __all__ = ["AgentError", "Generation", "Task", "build_prompt", "compact_code", "generate", "layer_kinds",
@@ -40,10 +41,11 @@ _DESIGN = re.compile(r"#\s*design\s*:\s*(.+)", re.I)  # the `# Design: ...` line
 
 
 def task_values(task: Task) -> dict[str, object]:
-    """The task placeholders shared by the generator's and the improver's templates."""
+    """The task placeholders shared by the generator's and the improver's templates. A user's dataset is
+    named by its folder's or file's name, never its path: the shape and class count come beside it."""
     _, c, h, w = task.in_shape
     return {
-        "dataset": task.dataset,
+        "dataset": parse(task.dataset).short_name,
         "in_shape": tuple(task.in_shape),
         "classes": task.classes,
         "max_params": human(task.max_params),

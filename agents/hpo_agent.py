@@ -26,6 +26,7 @@ from nasgraph.agents.extract import json_objects
 from nasgraph.agents.llm_call import call
 from nasgraph.agents.prompts import pair_sha, render
 from nasgraph.agents.schemas import CallMeta
+from nasgraph.dataset_ref import parse
 from nasgraph.tools.hpo.space import ChoiceDim, Params, SearchSpace, Validated, fmt_value
 from nasgraph.tools.hpo.study import Proposal, Sampler, Trial
 
@@ -154,7 +155,7 @@ def propose(llm: BaseChatModel, architecture: Architecture, space: SearchSpace, 
     """The next setting to try (inside `space`) and how it was obtained; raises AgentError if the LLM call fails."""
     system = render("hpo_agent.system")
     user = render("hpo_agent.user", architecture=architecture.summary or architecture.name,
-                  dataset=architecture.dataset, space=space.describe(), done=len(trials), budget=budget,
+                  dataset=parse(architecture.dataset).short_name, space=space.describe(), done=len(trials), budget=budget,
                   trials=trials_block(trials), best=_best_line(trials), directive=_directive(trials, budget),
                   keys=", ".join(space.names), example=_example(space))
     reply = call(llm, system, user, "hpo_agent")

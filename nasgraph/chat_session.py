@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nasgraph.dataset_ref import parse
 from nasgraph.errors import NasgraphError
 from nasgraph.trace_data import IterationRow, RunDigest
 
@@ -234,7 +235,7 @@ def direct_answer(question: str, digests: list[RunDigest]) -> str | None:
 
 def answer_context(session: Session, digests: list[RunDigest], recent: int = 8, code_lines: int = 40) -> str:
     """A compact, factual summary of the session for the LLM to answer from."""
-    lines = [f"Dataset: {session.dataset}; parameter budget: "
+    lines = [f"Dataset: {parse(session.dataset).short_name}; parameter budget: "
              f"{f'{session.max_params:,}' if session.max_params else 'default'}; epochs per design: "
              f"{session.epochs or 'default'}.",
              f"User's goal: {session.goal or '(none stated)'}"]

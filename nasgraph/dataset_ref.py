@@ -6,11 +6,16 @@ rows, the request to the sandboxed child), so a user's own data is named by a ca
     fashion-mnist                    a built-in name (see nasgraph.tools.evaluator.datasets)
     /abs/path/to/folder@32           an image folder (train/<class>/*.jpg|png), resized to 32x32
     /abs/path/to/data.npz            arrays x_train, y_train, x_test, y_test, used at their own size
+    own:1f0c2a9b7d3e4c51             a folder or .npz by its contents (own_data.dataset_key): what the
+                                     store records, loaded from the data cache of those contents
 
 The path is made absolute here, in the process the user started: the warm parent that loads the
 data runs in a temporary folder with another HOME, where `./flowers` or `~/flowers` would name
 nothing. The image size is part of the name, so results at 32 and at 64 pixels are never mixed up
-in the store. A bottom module: pathlib only, so the config can canonicalise without importing torch.
+in the store. The store keys a folder or .npz by its contents instead, so that the same images at
+another path are the same dataset and changed images at the same path another one. People and prompts
+see `short_name`, never the path. A bottom module: pathlib only, so the config can canonicalise
+without importing torch.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from nasgraph.errors import NasgraphError
 DEFAULT_IMAGE_SIZE = 32
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 4, 512
 _SIZED = re.compile(r"^(?P<path>.+)@(?P<size>\d+)$")
+CONTENT_PREFIX = "own:"
+_CONTENT = re.compile(rf"^{CONTENT_PREFIX}[0-9a-f]{{16}}$")
 
 
 class BadDataset(NasgraphError, ValueError):
@@ -34,8 +41,8 @@ class BadDataset(NasgraphError, ValueError):
 
 @dataclass(frozen=True)
 class DatasetRef:
-    kind: Literal["name", "folder", "npz"]
-    path: str            # the built-in name, or the absolute path of the folder / .npz
+    kind: Literal["name", "folder", "npz", "content"]
+    path: str            # the built-in name, the absolute path of the folder / .npz, or the content key
     size: int | None     # folders only: the square side images are resized to
 
     @property
@@ -46,16 +53,27 @@ class DatasetRef:
     @property
     def label(self) -> str:
         """A short name for tables and file names: the folder's or file's name (and the size)."""
-        if self.kind == "name":
+        if self.kind in ("name", "content"):
             return self.path
-        stem = Path(self.path).name.removesuffix(".npz")
-        return f"{stem}@{self.size}" if self.kind == "folder" else stem
+        return f"{self.short_name}@{self.size}" if self.kind == "folder" else self.short_name
+
+    @property
+    def short_name(self) -> str:
+        """How prompts name it: the built-in name, or the folder's or file's own name. Never the path (a
+        user's folder names are theirs) nor the size (a prompt states the input shape beside it)."""
+        if self.kind in ("name", "content"):
+            return self.path
+        return Path(self.path).name.removesuffix(".npz")
 
 
 def is_path(spec: str) -> bool:
     """A path rather than a built-in name: it has a folder separator, starts with '~' or ends in .npz.
     A bare word is always a name (a folder `mnist` in the working directory is written ./mnist)."""
     return "/" in spec or os.sep in spec or spec.startswith("~") or spec.lower().endswith(".npz")
+
+
+def is_content_key(spec: str) -> bool:
+    return bool(_CONTENT.match(spec))
 
 
 def _check_size(size: int) -> int:
@@ -70,6 +88,8 @@ def parse(spec: str, image_size: int | None = None) -> DatasetRef:
     spec = (spec or "").strip()
     if not spec:
         raise BadDataset("no dataset given: a built-in name (see `nasgraph datasets`), an image folder or an .npz")
+    if is_content_key(spec):
+        return DatasetRef("content", spec, None)
     if not is_path(spec):
         return DatasetRef("name", spec, None)
     size = None

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nasgraph.config import Config
+from nasgraph.dataset_ref import parse
 from nasgraph.errors import NasgraphError
 
 SAMPLERS = ("llm", "tpe", "random")
@@ -38,7 +39,7 @@ def trials_table(title: str, space_names: list[str], trials: list, best_number: 
 
 
 def _run_name(path: Path, arch_id: str, dataset: str, sampler: str, seed: int) -> str:
-    return f"{path.stem}-{arch_id[:8]}-{dataset}-{sampler}-seed{seed}"
+    return f"{path.stem}-{arch_id[:8]}-{parse(dataset).label}-{sampler}-seed{seed}"  # a folder's name, not its path
 
 
 def cmd_hpo(args, cfg: Config, console: Console) -> int:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from nasgraph.config import Config
 from nasgraph.errors import NasgraphError
 from nasgraph.tools.evaluator.outcome import Outcome
+from nasgraph.tools.evaluator.own_data import dataset_key
 from nasgraph.tools.store import EvaluationRecord, Store, TrainingRecord, canonical_prm
 
 # Keys the cache adds to a handed-in file's recipe (see the CLI's eval): settings of the request,
@@ -71,8 +72,9 @@ def arch_winner(store: Store, arch_id: str, dataset: str | None, default_prm: di
     """One architecture (id or prefix); its proxy is its best valid evaluation with the fewest epochs,
     on `dataset` when given. Without any evaluation there, it trains with `default_prm` on `dataset`."""
     detail = store.architecture(arch_id)
+    wanted = dataset_key(dataset) if dataset is not None else None  # as the store records it
     ok = [e for e in detail.evaluations if e.status == "ok" and e.accuracy is not None
-          and (dataset is None or e.dataset == dataset)]
+          and (wanted is None or e.dataset == wanted)]
     if ok:
         proxy = min(ok, key=lambda e: (e.epochs, -e.accuracy, e.id))
         return Winner(detail.id, detail.code, proxy.dataset, proxy.prm, proxy)
@@ -98,7 +100,8 @@ def request_settings(recipe: dict) -> dict[str, Any]:
 
 
 def checkpoint_dir(home: Path, winner: Winner, epochs: int) -> Path:
-    key = hashlib.sha256(f"{winner.dataset}|{epochs}|{canonical_prm(winner.prm)}".encode()).hexdigest()[:12]
+    # Keyed as the store keys the training: the same images trained by path or by content key share one folder.
+    key = hashlib.sha256(f"{dataset_key(winner.dataset)}|{epochs}|{canonical_prm(winner.prm)}".encode()).hexdigest()[:12]
     return Path(home) / "trained" / f"{winner.arch_id[:16]}-{key}"
 
 

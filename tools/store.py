@@ -11,6 +11,10 @@ its status depends on the machine or on limits that may change between runs: ``t
 configuration). Everything else — ``ok`` and the failures that follow from the code itself — is
 reused. ``duplicate`` is never stored as an evaluation; a reuse is a row in ``cache_hits``.
 
+Datasets are keyed as ``own_data.dataset_key`` says, whatever string a caller passes: a built-in name as
+it is, a user's image folder or .npz by its contents (``own:<digest>``), never by its path — the same
+images at another path reuse their results, changed images at the same path are another dataset.
+
 Final trainings (schema 3): a winner re-trained for N epochs is one row in ``trainings`` (unique per
 architecture, dataset, epochs and recipe, so a resumed training continues its row), its curve one row
 per finished epoch in ``training_epochs`` (written as each epoch ends), and each export of its
@@ -33,6 +37,7 @@ from nasgraph.errors import NasgraphError
 from nasgraph.tools import fingerprint as fp
 from nasgraph.tools.candidate import Candidate
 from nasgraph.tools.evaluator.outcome import Outcome
+from nasgraph.tools.evaluator.own_data import dataset_key
 
 SCHEMA_VERSION = 3
 APPLICATION_ID = 0x4E534752  # "NSGR": marks the file as a nasgraph store (PRAGMA application_id)
@@ -451,6 +456,7 @@ class Store:
         if order not in ("created", "accuracy"):
             raise StoreError(f"order must be 'created' or 'accuracy', got {order!r}")
         order_sql = "a.rowid DESC" if order == "created" else "best IS NULL, best DESC, a.rowid DESC"
+        dataset = dataset_key(dataset) if dataset else None
         ds_filter = "AND e.dataset = ?" if dataset else ""
         sql = f"""
             SELECT a.id, a.origin, a.created, a.novelty, a.nearest_id,
@@ -477,6 +483,7 @@ class Store:
 
     def lookup(self, arch_id: str, dataset: str, epochs: int, prm: dict) -> EvaluationRecord | None:
         """Most recent cacheable evaluation for these keys, or None."""
+        dataset = dataset_key(dataset)
         skip = ",".join("?" * len(UNCACHEABLE))
         rows = self._read(f"SELECT {_EVAL_COLUMNS} FROM evaluations WHERE arch_id = ? AND dataset = ? AND epochs = ? "
                           f"AND prm = ? AND status NOT IN ({skip}) ORDER BY id DESC LIMIT 1",
@@ -490,6 +497,7 @@ class Store:
             raise StoreError("a 'duplicate' outcome is a cache hit, not an evaluation: use record_cache_hit")
         if not c.execute("SELECT 1 FROM architectures WHERE id = ?", (arch_id,)).fetchone():
             raise StoreError(f"unknown architecture '{arch_id}': add it with add_architecture first")
+        dataset = dataset_key(dataset)
         cur = c.execute(
             "INSERT INTO evaluations(arch_id, dataset, epochs, prm, status, stage, accuracy, params, flops, "
             "seconds, error, detail, epoch_stats, hardware, created, run_id, iteration, diagnosis) "
@@ -577,7 +585,7 @@ class Store:
     def best(self, dataset: str, epochs: int | None = None, k: int = 1) -> list[EvaluationRecord]:
         """The k best 'ok' evaluations on ``dataset`` (one per architecture), best first."""
         ep_filter = "AND epochs = ?" if epochs is not None else ""
-        args: tuple = (dataset,) + ((int(epochs),) if epochs is not None else ()) + (int(k),)
+        args: tuple = (dataset_key(dataset),) + ((int(epochs),) if epochs is not None else ()) + (int(k),)
         rows = self._read(f"""
             SELECT {_EVAL_COLUMNS} FROM (
                 SELECT *, ROW_NUMBER() OVER (PARTITION BY arch_id ORDER BY accuracy DESC, id) AS rank
@@ -603,7 +611,7 @@ class Store:
         where, args = [], []
         if dataset is not None:
             where.append("dataset = ?")
-            args.append(dataset)
+            args.append(dataset_key(dataset))
         if status is not None:
             where.append("status = ?")
             args.append(status)
@@ -658,7 +666,7 @@ class Store:
     def start_training(self, arch_id: str, dataset: str, epochs: int, prm: dict, *, checkpoint: str,
                        proxy: EvaluationRecord | None = None, run_id: str | None = None) -> TrainingRecord:
         """The training of these keys: a new row, or the existing one (a resume) marked running again."""
-        key = (arch_id, dataset, int(epochs), canonical_prm(prm))
+        key = (arch_id, dataset_key(dataset), int(epochs), canonical_prm(prm))
         with self._write() as c:
             if not c.execute("SELECT 1 FROM architectures WHERE id = ?", (arch_id,)).fetchone():
                 raise StoreError(f"unknown architecture '{arch_id}'")
@@ -675,7 +683,7 @@ class Store:
 
     def find_training(self, arch_id: str, dataset: str, epochs: int, prm: dict) -> TrainingRecord | None:
         rows = self._read(f"SELECT {_TRAINING_COLUMNS} FROM trainings WHERE arch_id = ? AND dataset = ? AND epochs = ? "
-                          "AND prm = ?", (arch_id, dataset, int(epochs), canonical_prm(prm)))
+                          "AND prm = ?", (arch_id, dataset_key(dataset), int(epochs), canonical_prm(prm)))
         return self._training(rows[0]) if rows else None
 
     def record_training_epoch(self, training_id: int, stats: dict) -> None:
@@ -722,7 +730,7 @@ class Store:
             args += ids
         if dataset is not None:
             where.append("dataset = ?")
-            args.append(dataset)
+            args.append(dataset_key(dataset))
         sql = f"SELECT {_TRAINING_COLUMNS} FROM trainings" + (" WHERE " + " AND ".join(where) if where else "")
         return [self._training(r) for r in self._read(sql + " ORDER BY accuracy IS NULL, accuracy DESC, id",
                                                         tuple(args))]

@@ -144,7 +144,7 @@ def test_export_never_picks_one_of_two_datasets_silently(tmp_path):
 
     store = Store(tmp_path / "s.db")
     cand = Candidate.of(VALID)
-    for ds, acc in (("digits", 0.9), ("/data/shapes@32", 0.95)):
+    for ds, acc in (("digits", 0.9), ("own:5a17e0c0ffee0123", 0.95)):  # a built-in set and a folder by its contents
         store.evaluate_cached(cand, ds, 1, {}, lambda: _ok(0.5), origin="file", hardware=HW)
         ckpt = tmp_path / f"{len(ds)}.pt"
         ckpt.write_bytes(b"weights")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,95 @@ def test_unknown_bare_name_suggests_the_path(tmp_path, monkeypatch):
     with pytest.raises(datasets.UnknownDataset, match=r"write \./flowers"):
         load_dataset("flowers", tmp_path / "data")
     assert os.listdir(tmp_path) == ["flowers"]
+
+
+# ---------------------------------------------------------------- keyed by content, named without the path
+
+def _record(store, folder_spec: str, code: str, accuracy: float) -> None:
+    from nasgraph.tools.candidate import Candidate
+    from nasgraph.tools.evaluator.outcome import Outcome
+
+    store.record_new(Candidate.of(code), "test", Outcome(status="ok", stage="test", accuracy=accuracy),
+                     dataset=folder_spec, epochs=1, prm={"lr": 0.1}, hardware={})
+
+
+def test_the_store_keys_own_data_by_content_not_by_path(folder, tmp_path):
+    """Regression: evaluations were keyed by the folder's path, so the same images elsewhere were trained
+    again and changed images at the same path reused results made on the old ones."""
+    from nasgraph.tools.candidate import Candidate
+    from nasgraph.tools.final_training import arch_winner
+    from nasgraph.tools.store import Store
+    from tests import candidates as C
+
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(folder, moved)
+    key = own_data.dataset_key(f"{folder}@16")
+    assert key.startswith("own:") and key == own_data.dataset_key(f"{moved}@16") == own_data.dataset_key(key)
+    assert own_data.dataset_key(f"{folder}@8") != key  # another size is other data
+    assert own_data.dataset_key("fashion-mnist") == "fashion-mnist"  # built-in names stay as they were
+    arch = Candidate.of(C.VALID).arch_id
+    with Store(tmp_path / "store.sqlite") as store:
+        _record(store, f"{folder}@16", C.VALID, 0.5)
+        (row,) = store.evaluations()
+        assert row.dataset == key and str(tmp_path) not in row.dataset
+        hit = store.lookup(arch, f"{moved}@16", 1, {"lr": 0.1})  # the same images at another path
+        assert hit is not None and hit.accuracy == 0.5
+        assert [e.accuracy for e in store.best(f"{moved}@16")] == [0.5]
+        assert arch_winner(store, arch, f"{moved}@16", {}).proxy == hit  # `nasgraph train ID --dataset PATH`
+        _images(folder, "train", "cat", 1, seed=99)  # cat0.png rewritten: other data at the same path
+        assert store.lookup(arch, f"{folder}@16", 1, {"lr": 0.1}) is None
+        assert store.lookup(arch, f"{moved}@16", 1, {"lr": 0.1}) is not None
+        _record(store, "digits", C.VALID, 0.7)
+        assert store.lookup(arch, "digits", 1, {"lr": 0.1}).dataset == "digits"
+
+
+def test_a_content_key_loads_from_any_cache_of_those_contents(folder, tmp_path):
+    data_dir = tmp_path / "data"
+    by_path = load_dataset(f"{folder}@8", data_dir)
+    key = own_data.dataset_key(f"{folder}@8")
+    by_key = load_dataset(key, data_dir)  # what final training and export get from the store
+    assert by_key.name == key and torch.equal(by_key.train_x, by_path.train_x)
+    assert by_key.class_names == ("cat", "dog", "eel") and EvalRequest(code="", dataset=key).dataset == key
+    for f in (data_dir / "own").glob("*.pt"):
+        f.unlink()
+    with pytest.raises(datasets.DatasetUnavailable, match="nasgraph datasets PATH"):
+        load_dataset(key, data_dir)
+
+
+def test_prompts_name_own_data_by_its_folder_never_its_path(folder, tmp_path):
+    import random
+
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from nasgraph.agents.code_generator import build_prompt, task_values
+    from nasgraph.agents.hpo_agent import Architecture, propose
+    from nasgraph.agents.schemas import Task
+    from nasgraph.chat_session import Session, answer_context
+    from nasgraph.tools.hpo.live import live_space
+    from tests import candidates as C
+
+    spec = canonical(str(folder), 16)
+    task = Task(dataset=spec, in_shape=(32, 3, 16, 16), classes=3, max_params=10**5, max_flops=10**7)
+    assert task_values(task)["dataset"] == "pets"
+    prompt = build_prompt(task, "add a residual block", [], None).text
+    assert "classify pets images" in prompt and "(32, 3, 16, 16)" in prompt and "Classes: 3" in prompt
+    assert str(tmp_path) not in prompt
+    _, meta = propose(FakeListChatModel(responses=['{"lr": 0.01}']), Architecture(name="net", dataset=spec),
+                      live_space(C.VALID), [], 3, random.Random(0))
+    assert "Dataset: pets" in meta.prompt and str(tmp_path) not in meta.prompt
+    assert "Dataset: pets;" in answer_context(Session.new("s", spec), [])
+    npz = Task(dataset=str(tmp_path / "scans.npz"), in_shape=(8, 1, 12, 12), classes=2, max_params=1, max_flops=1)
+    assert task_values(npz)["dataset"] == "scans"
+    builtin = Task(dataset="fashion-mnist", in_shape=(8, 1, 28, 28), classes=10, max_params=1, max_flops=1)
+    assert task_values(builtin)["dataset"] == "fashion-mnist"  # built-in names unchanged
+
+
+def test_a_deleted_folder_finds_nothing_instead_of_failing(folder, tmp_path):
+    from nasgraph.tools.store import Store
+    from tests import candidates as C
+
+    with Store(tmp_path / "store.sqlite") as store:
+        _record(store, f"{folder}@16", C.VALID, 0.5)
+        shutil.rmtree(folder)  # `nasgraph report` on an old run: the store still answers, with nothing
+        assert store.trainings(dataset=f"{folder}@16") == [] and store.best(f"{folder}@16") == []
+        assert len(store.evaluations()) == 1

@@ -20,6 +20,7 @@ from nasgraph.dataset_ref import BadDataset
 from nasgraph.tools import final_training as ft
 from nasgraph.tools.evaluator import EvalRequest, Evaluator
 from nasgraph.tools.evaluator.outcome import Outcome
+from nasgraph.tools.evaluator.own_data import dataset_key
 from nasgraph.tools.store import Store
 from tests.candidates import VALID
 
@@ -65,7 +66,7 @@ def test_a_folder_run_trains_resumes_and_exports(setup, tmp_path, capsys):
     cfg = load_config(home=home, evaluator={"threads": 1})
     store = Store(cfg.store_path)
     (winner,) = ft.run_winners(store, "shapes", 1)
-    assert winner.dataset == f"{folder}@8" and winner.proxy.accuracy is not None
+    assert winner.dataset == dataset_key(f"{folder}@8") and winner.proxy.accuracy is not None  # by content
     seen: list[tuple[int, bool]] = []
     kept = tmp_path / "after-epoch-1.pt"
 
@@ -144,7 +145,7 @@ def test_the_loop_runs_on_an_image_folder(tmp_path):
     with Store(cfg.store_path) as store:
         (e,) = store.evaluations_for_run("folder-run")
     assert e.status == "ok", e.error
-    assert e.dataset == f"{folder}@8" and e.accuracy is not None
+    assert e.dataset == dataset_key(f"{folder}@8") and e.accuracy is not None
 
 
 def test_files_leave_the_sandbox_only_as_regular_files(tmp_path):

@@ -11,8 +11,10 @@ load takes well under a second. Sources, in the order tried:
   deterministically into train/test.
 
 A user's own data (an image folder or an .npz, named by a path: see nasgraph.dataset_ref) is read by
-`own_data` and cached under `data_dir/own/`, keyed by its contents' sizes and mtimes and the image
-size, with its class names; a changed folder gets a new cache and the old one is removed.
+`own_data` and cached under `data_dir/own/`, named by its source and its contents (`own_data.content_key`:
+the files' bytes and the image size), with its class names; a changed folder gets a new cache and the
+old one is removed. The store names such a dataset `own:<content key>`, which loads from any cache of
+those contents.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from nasgraph.dataset_ref import BadDataset, DatasetRef, is_path, parse
+from nasgraph.dataset_ref import CONTENT_PREFIX, BadDataset, DatasetRef, is_content_key, is_path, parse
 from nasgraph.errors import NasgraphError
 
 from . import own_data
@@ -398,7 +400,19 @@ def _tensors(name: str, tx, ty, vx, vy, classes: int, flip: bool, class_names: t
 
 def own_cache_path(ref: DatasetRef, data_dir: Path) -> Path:
     """Where a folder's or .npz's tensors are cached: named by the source and a digest of its contents."""
-    return Path(data_dir) / "own" / f"{own_data.cache_stem(ref)}-{own_data.source_key(ref)}.pt"
+    return Path(data_dir) / "own" / f"{own_data.cache_stem(ref)}-{own_data.content_key(ref)}.pt"
+
+
+def _load_by_content(key: str, data_dir: Path) -> TensorData:
+    """An own dataset named by its content key (as the store records it, for final training and export):
+    from any cache of those contents, whichever path they were read from."""
+    for path in sorted((Path(data_dir) / "own").glob(f"*-{key.removeprefix(CONTENT_PREFIX)}.pt")):
+        cached = _read_cache(path, key, False)
+        if cached is not None:
+            return cached
+    raise DatasetUnavailable(f"dataset {key} (an image folder or .npz, named by its contents) is not cached in "
+                             f"{Path(data_dir) / 'own'}: `nasgraph datasets PATH` (with its --image-size) on the folder or "
+                             ".npz it was read from caches it again")
 
 
 def _load_own(ref: DatasetRef, data_dir: Path) -> TensorData:
@@ -429,8 +443,11 @@ def _load_own(ref: DatasetRef, data_dir: Path) -> TensorData:
 
 def load_dataset(name: str, data_dir: Path) -> TensorData:
     """Return the dataset as uint8 tensors, building and caching it on first use. `name` is a built-in
-    name or a path (an image folder, optionally '@<size>', or an .npz); the result's `name` is the
-    canonical string (see nasgraph.dataset_ref), which is what requests and the store carry."""
+    name, a path (an image folder, optionally '@<size>', or an .npz) or an own dataset's content key
+    (`own:<digest>`, as the store records it); the result's `name` is the canonical string (see
+    nasgraph.dataset_ref), which is what requests carry."""
+    if is_content_key(name):
+        return _load_by_content(name, data_dir)
     if is_path(name):
         return _load_own(parse(name), data_dir)
     spec = _spec(name)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nasgraph.dataset_ref import BadDataset, DatasetRef
+from nasgraph.dataset_ref import CONTENT_PREFIX, BadDataset, DatasetRef, parse
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 READER_VERSION = 1   # part of the cache key: a change in how images are read rebuilds every cache
@@ -34,11 +34,12 @@ def _some(items: list[str]) -> str:
     return ", ".join(items[:SHOWN]) + more
 
 
-# ---------------------------------------------------------------- the cache key
+# ---------------------------------------------------------------- the cache key and the store's key
 
 def source_key(ref: DatasetRef) -> str:
-    """A digest of what the data is read from (every image's relative path, size and mtime; the
-    .npz's size and mtime) and how (image size, reader version): any change rebuilds the cache."""
+    """A cheap digest of where and how the data is read from (every image's relative path, size and
+    mtime; the .npz's size and mtime; image size, reader version): while it holds, `content_key` is
+    not computed again."""
     h = hashlib.sha256(f"{READER_VERSION}|{ref.spec}".encode())
     root = Path(ref.path)
     try:
@@ -54,6 +55,44 @@ def source_key(ref: DatasetRef) -> str:
     except OSError as e:
         raise BadDataset(f"cannot read {ref.path}: {e}") from None
     return h.hexdigest()[:16]
+
+
+_CONTENT_KEYS: dict[tuple[str, str], str] = {}  # (spec, source_key) -> content_key, in this process
+
+
+def content_key(ref: DatasetRef) -> str:
+    """What the data is, not where it lies: a digest of every image file's bytes under its
+    split/class/name (or of the .npz file), the image size and the reader version. The same files at
+    another path give the same key, an edited, added or removed file another one. The cache file is
+    named by it, and the store keys the dataset by it (`dataset_key`)."""
+    stamp = source_key(ref)
+    known = _CONTENT_KEYS.get((ref.spec, stamp))
+    if known is not None:
+        return known
+    h = hashlib.sha256(f"{READER_VERSION}|{ref.kind}|{ref.size}".encode())
+    root = Path(ref.path)
+    try:
+        files = [("", root)] if ref.kind == "npz" else [
+            (f"{split}/{name}/{f.name}", f) for split in ("train", "test")
+            for name, found in sorted(_listing(root / split).items()) for f in found]
+        for rel, f in files:
+            with open(f, "rb") as fh:
+                h.update(f"{rel}\n".encode() + hashlib.file_digest(fh, "sha256").digest())
+    except OSError as e:
+        raise BadDataset(f"cannot read {ref.path}: {e}") from None
+    key = _CONTENT_KEYS[(ref.spec, stamp)] = h.hexdigest()[:16]
+    return key
+
+
+def dataset_key(spec: str) -> str:
+    """The dataset as the store keys its evaluations and trainings: a built-in name as it is, a folder
+    or .npz as `own:<content_key>` (a key already made stays as it is). A folder or file that is gone
+    keys as its path, which matches nothing recorded by content: a report or listing of a run whose
+    folder was deleted finds no rows instead of failing (what was recorded never needed the folder)."""
+    ref = parse(spec)
+    if ref.kind not in ("folder", "npz") or not Path(ref.path).exists():
+        return ref.spec
+    return CONTENT_PREFIX + content_key(ref)
 
 
 def check_exists(ref: DatasetRef) -> None:
