@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
@@ -37,6 +37,9 @@ class EvaluatorConfig(BaseModel):
     # Measuring costs one pass over 2,000 test images; cutting below a bar is the loop's `cascade`.
     screen_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of epoch 0 after which the screen "
                                                                     "scores the model (0: no screen)")
+    screen_probes: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        [0.2, 0.3], description="other shares of epoch 0 where the screen only measures: data for choosing "
+                                "screen_fraction")
     # Measured on this project's 2-thread CPU: one Fashion-MNIST epoch trains at ~85 GFLOP/s, so the
     # default 180 s epoch budget fits ~80 MFLOPs per sample; the LLM is told this figure, and a budget
     # it can meet steers it better than one ten times too loose. Raise it with a GPU.

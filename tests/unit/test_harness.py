@@ -64,11 +64,12 @@ def test_same_seed_same_result(digits):
 
 def test_the_screen_measures_without_changing_the_result_and_cuts_below_its_bar(digits):
     plain = train_and_test(_small(), digits, {"batch": 32}, epochs=2, device=CPU, seed=1, augment=True)
-    seen = Screen(0.25)
+    seen = Screen(0.25, probes=(0.1, 0.5))
     screened = train_and_test(_small(), digits, {"batch": 32}, epochs=2, device=CPU, seed=1, augment=True, screen=seen)
     assert screened.accuracy == plain.accuracy and screened.epochs[1]["loss"] == plain.epochs[1]["loss"]
     batches = math.ceil(len(digits.train_x) / 32)
     assert seen.batch == round(0.25 * batches) and 0.0 < seen.seconds < screened.epochs[0]["seconds"]
+    assert list(seen.curve) == ["0.1", "0.25", "0.5"] and seen.curve["0.25"] == seen.accuracy
     assert 0.0 <= seen.accuracy < plain.epochs[0]["accuracy"]  # a quarter-trained model, on the first test images
     with pytest.raises(ScreenedOut) as e:
         train_and_test(_small(), digits, {"batch": 32}, epochs=2, device=CPU, seed=1,

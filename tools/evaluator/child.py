@@ -641,8 +641,8 @@ def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
             return Outcome(status="ok", stage="export", accuracy=detail["accuracy"], params=params, flops=flops,
                            seconds=seconds, detail=detail)
         begin("train")
-        screen = Screen(float(req["screen_fraction"]), req.get("screen_min_accuracy")) \
-            if req.get("screen_fraction") else None
+        screen = Screen(float(req["screen_fraction"]), req.get("screen_min_accuracy"),
+                        tuple(float(f) for f in req.get("screen_probes") or ())) if req.get("screen_fraction") else None
         res = train(model, code_lines, data, req, device, side, report, screen)
         seconds["train"], seconds["test"] = round(res.train_seconds, 4), round(res.test_seconds, 4)
         stage = "test"

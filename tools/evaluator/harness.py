@@ -50,20 +50,27 @@ SCREEN_IMAGES = 2000   # test images the screen scores on: about +-1 point at th
 
 @dataclass
 class Screen:
-    """Where the screen looks (`fraction` of epoch 0) and the accuracy a model must reach there (None:
-    measure only). The harness fills in what it saw: accuracy, batch, train seconds so far."""
+    """Where the screen decides (`fraction` of epoch 0) and the accuracy a model must reach there (None:
+    measure only); `probes`: other fractions where it only measures, so the point to decide at can be
+    chosen from data. The harness fills in what it saw: accuracy, batch and train seconds so far at the
+    decision point, and `curve`, the accuracy at every point measured."""
     fraction: float
     min_accuracy: float | None = None
+    probes: tuple[float, ...] = ()
     accuracy: float | None = None
     batch: int | None = None
     seconds: float | None = None
+    curve: dict[str, float] = field(default_factory=dict)
 
-    def at_batch(self, batches_per_epoch: int) -> int:
-        return max(1, min(batches_per_epoch, round(self.fraction * batches_per_epoch)))
+    def points(self, batches_per_epoch: int) -> dict[int, float]:
+        """Batch after which to measure -> the fraction it stands for (the decision's fraction wins)."""
+        at = {max(1, min(batches_per_epoch, round(f * batches_per_epoch))): f for f in self.probes}
+        at[max(1, min(batches_per_epoch, round(self.fraction * batches_per_epoch)))] = self.fraction
+        return at
 
     def facts(self) -> dict:
         return {"fraction": self.fraction, "min_accuracy": self.min_accuracy, "accuracy": self.accuracy,
-                "batch": self.batch, "seconds": self.seconds}
+                "batch": self.batch, "seconds": self.seconds, "curve": self.curve}
 
 
 class ScreenedOut(Exception):
@@ -263,17 +270,21 @@ def _params_finite(model: nn.Module) -> bool:
     return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
 
-def _take_screen(model: nn.Module, batches: _Batches, clock: _Clock, amp, screen: Screen, done: int) -> None:
+def _take_screen(model: nn.Module, batches: _Batches, clock: _Clock, amp, screen: Screen, done: int,
+                 fraction: float) -> None:
     """Score the model part-way through epoch 0; its minutes, not the screen's, count for the budget."""
     t = time.perf_counter()
-    screen.seconds = round(t - clock.t0, 4)
-    screen.batch = done
-    screen.accuracy = evaluate(model, batches, amp, limit=SCREEN_IMAGES)
+    trained_s = t - clock.t0  # earlier screens already moved t0 past themselves
+    accuracy = evaluate(model, batches, amp, limit=SCREEN_IMAGES)
     model.train()
+    screen.curve[f"{fraction:g}"] = accuracy
     spent = time.perf_counter() - t
     clock.t0 += spent
     if clock.t_warm is not None:
         clock.t_warm += spent
+    if fraction != screen.fraction:
+        return
+    screen.seconds, screen.batch, screen.accuracy = round(trained_s, 4), done, accuracy
     if screen.min_accuracy is not None and screen.accuracy < screen.min_accuracy:
         raise ScreenedOut(screen, screen.seconds * len(batches) / max(done, 1))
 
@@ -286,6 +297,7 @@ def _own_epoch(model, batches: _Batches, opt, loss_fn, sched, clock: _Clock, amp
     correct = torch.zeros((), dtype=torch.long, device=batches.device)
     bad = torch.zeros((), dtype=torch.bool, device=batches.device)
     seen = 0
+    points = screen.points(len(batches)) if screen is not None and epoch == 0 else {}
     for i, (x, y) in enumerate(batches.epoch()):
         with _autocast(amp):
             out = model(x)
@@ -311,10 +323,10 @@ def _own_epoch(model, batches: _Batches, opt, loss_fn, sched, clock: _Clock, amp
         if cuda and clock.due(i + 1) and bool(bad):
             raise NaNLoss(i, epoch)
         clock.tick(i + 1)
-        if screen is not None and epoch == 0 and i + 1 == screen.at_batch(len(batches)):
+        if points and i + 1 in points:
             if bool(bad):
                 raise NaNLoss(i, epoch)
-            _take_screen(model, batches, clock, amp, screen, i + 1)
+            _take_screen(model, batches, clock, amp, screen, i + 1, points[i + 1])
     if bool(bad):
         raise NaNLoss(len(batches) - 1, epoch)
     return {"loss": float(loss_sum) / max(seen, 1), "train_accuracy": float(correct) / max(seen, 1),
