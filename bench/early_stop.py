@@ -4,7 +4,9 @@ designs of real runs (every evaluation since the screen was added carries its sc
 Reads the stores of the given homes (default: the search benchmark's arms and the default home),
 takes the one-epoch designs screened at --fraction, and prints out-of-fold RMSE, MAE and Pearson /
 Spearman correlation for each variant: the mean, the screen accuracy alone, with the design's size,
-and with its code's features.
+and with its code's features. Also, for each point the screen measured (`curve`: the decision point and
+its probes), how well the accuracy there ranks and tracks the end of the epoch: the data for choosing
+evaluator.screen_fraction.
 
 Run: .venv/bin/python -m bench.early_stop [--homes DIR ...] [--dataset fashion-mnist] [--json OUT]
 """
@@ -14,6 +16,8 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+
+from scipy.stats import pearsonr, spearmanr
 
 from nasgraph.config import load_config
 from nasgraph.tools.predictor.early_stop import VARIANTS, cross_validate, samples
@@ -31,6 +35,22 @@ def collect(homes: list[Path], dataset: str, fraction: float):
                 if s.arch_id not in seen:
                     seen.add(s.arch_id)
                     out.append(s)
+    return out
+
+
+def curve_points(homes: list[Path], dataset: str) -> dict[str, list[tuple[float, float]]]:
+    """fraction -> (screen accuracy there, final accuracy) over every fully trained, screened design."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for home in homes:
+        path = home / "store.sqlite"
+        if not path.exists():
+            continue
+        with Store(path) as store:
+            for r in store.evaluations(dataset=dataset, status="ok"):
+                curve = ((r.detail or {}).get("screen") or {}).get("curve") or {}
+                if r.epochs == 1 and r.accuracy is not None:
+                    for f, acc in curve.items():
+                        out.setdefault(f, []).append((acc, r.accuracy))
     return out
 
 
@@ -54,9 +74,19 @@ def main() -> None:
     for v in VARIANTS:
         s = cv[v]
         print(f"{v:<18} {s.rmse:>7.4f} {s.mae:>7.4f} {s.pearson:>8.3f} {s.spearman:>9.3f}")
+    points = {}
+    for f, pairs in sorted(curve_points(args.homes, args.dataset).items(), key=lambda kv: float(kv[0])):
+        if len(pairs) >= 3:
+            x, y = zip(*pairs)
+            points[f] = {"designs": len(pairs), "pearson": round(float(pearsonr(x, y)[0]), 3),
+                         "spearman": round(float(spearmanr(x, y)[0]), 3), "mean_screen": round(sum(x) / len(x), 3)}
+            print(f"screen at {float(f):.0%} of the epoch: {len(pairs)} designs, mean accuracy there "
+                  f"{points[f]['mean_screen']:.3f}; against the final accuracy Pearson {points[f]['pearson']:.3f}, "
+                  f"Spearman {points[f]['spearman']:.3f}")
     if args.json:
         args.json.write_text(json.dumps({"designs": len(batch), "dataset": args.dataset, "fraction": args.fraction,
-                                         "scores": {v: dataclasses.asdict(cv[v]) for v in VARIANTS}}, indent=1))
+                                         "scores": {v: dataclasses.asdict(cv[v]) for v in VARIANTS},
+                                         "curve": points}, indent=1))
 
 
 if __name__ == "__main__":
