@@ -201,7 +201,8 @@ class Nodes:
         outcome = state["outcome"]
         # Each further attempt samples hotter: the 1.5B model, asked at the same temperature, often
         # returned its input unchanged.
-        hotter = 0.2 if "repeat_of" in outcome.get("detail", {}) else 0.1 * state.get("repairs", 0)
+        echoed = {"repeat_of", "parent_echo"} & set(outcome.get("detail", {}))
+        hotter = 0.2 if echoed else 0.1 * state.get("repairs", 0)
         temperature = min(1.0, self.d.cfg.llm.temperature + hotter) if hotter else None
         llm = _llm_for(self.d, state, temperature)
         # An unfinished module (cut at the token limit) is asked for again, shorter, whatever the mode.
@@ -271,9 +272,17 @@ class Nodes:
                                               "change the lines that cause the error.\n" + previous.error})
                 status = "repeat"
             else:
+                detail = {"cached_status": cached.status, "evaluation_id": cached.id}
+                error = f"duplicate of {arch_id} (already evaluated: {cached.status})"
+                parent = _parent(state)
+                if parent is not None and parent.arch_id == arch_id:
+                    # The child came back as its parent, line for line: the change was not made. Worth a
+                    # repair (the router reads `parent_echo`), unlike a duplicate of any other design.
+                    detail["parent_echo"] = True
+                    error = ("UNCHANGED: this is the parent design itself; make the change asked for: "
+                             + Triple(**state["triple"]).modification)
                 outcome = Outcome(**{**previous.model_dump(), "status": "duplicate", "stage": "cache",
-                                     "error": f"duplicate of {arch_id} (already evaluated: {cached.status})",
-                                     "detail": {"cached_status": cached.status, "evaluation_id": cached.id}})
+                                     "error": error, "detail": detail})
                 status = "duplicate"
             update["outcome"] = outcome.model_dump()
             if state.get("first_status") is None:

@@ -56,8 +56,9 @@ def after_fingerprint(state: AttemptState, max_repairs: int, max_fixes: int = 0)
     status = _status(state)
     if status is None:
         return "evaluate"
-    if status == "duplicate":
-        return "done"
+    if status == "duplicate":  # trained before: nothing to learn again, unless a child echoed its parent
+        echo = state["outcome"].get("detail", {}).get("parent_echo")
+        return "repair" if echo and state.get("repairs", 0) < max_repairs else "done"
     # The exact code of an earlier failure (often a repair that echoed its input): repair it again.
     return _next_attempt(state, max_repairs, max_fixes)
 

@@ -110,3 +110,17 @@ def test_pareto_objective_measures_latency_builds_on_the_front_and_reports_it(cf
     assert "ms per image" in improves[1]["prompt_text"] and "Objective: the trade-off" in improves[1]["prompt_text"]
     page = build_report(load_run(cfg.runs_dir, "pf"), tmp_path / "rep", formats=("md",)).pages[0].read_text()
     assert "Pareto front: accuracy, parameters, batch-1 latency" in page and front[0]["arch_id"] in page
+
+
+def test_a_child_that_echoes_its_parent_is_redrafted_not_recorded_as_a_duplicate(cfg):
+    cfg.loop.search, cfg.loop.fresh_share, cfg.loop.max_repairs = "parents", 0.0, 1
+    llm = ScriptedChatModel(improver=[C.TRIPLE] * 2,
+                            generator=[C.fenced(C.wide(5)), C.fenced(C.wide(5)),  # 2: the parent, unchanged ...
+                                       C.fenced(C.wide(9))])                       # ... then the change
+    summary = run_loop(cfg, FakeHandle(llm), run_id="echo", iterations=2)
+    events = list(read_events(RunPaths(cfg.runs_dir / "echo").trace))
+    fp = [e for e in events if e["node"] == "fingerprint"]
+    repair = next(e for e in events if e["node"] == "repair")
+    assert fp[1]["status"] == "duplicate" and repair["repairing"] == "duplicate"
+    assert "UNCHANGED: this is the parent design itself" in repair["prompt_text"]
+    assert [e["status"] for e in events if e["node"] == "record"] == ["ok", "ok"] and summary["duplicates"] == 0
