@@ -1,7 +1,8 @@
 """Build (or incrementally refresh) the block index: discover targets, close them, validate, embed, store.
 
 Targets are the `nn.Module` classes defined in torchvision.models and torchvision.ops (timm.models
-and timm.layers too when timm is installed), plus the classes of the store's best designs. A block
+and timm.layers too when timm is installed), plus the classes of the store's best designs and, when
+asked for, of the LEMUR corpus's best image classifiers on one dataset (`lemur_targets`). A block
 whose closed text hashes as before (`source_hash`, which also covers the extractor and validator
 versions) keeps its stored validation and embedding; only new or changed blocks are validated and
 embedded. Entries of a scanned source that are no longer targets are removed.
@@ -27,6 +28,8 @@ from .present import describe, present
 from .validate import Job, Validation, Validator
 
 VALIDATION_VERSION = "2"
+LEMUR_DATASET = "cifar-10"          # LEMUR's best-covered dataset: 5,724 models with a recorded accuracy
+IMAGE_TASK = "img-classification"   # LEMUR's task name; its other tasks' models do not fit the contract
 LIBRARY_PACKAGES = {"torchvision": ("torchvision.models", "torchvision.ops"), "timm": ("timm.models", "timm.layers")}
 Progress = Callable[[str, int, int, str], None]   # (stage, done, total, id)
 
@@ -99,6 +102,11 @@ def library_targets(source: str, packages: tuple[str, ...]) -> tuple[list[Target
     return [found[k] for k in sorted(found)], errors
 
 
+def _module_classes(tree: ast.Module) -> list[str]:
+    return [node.name for node in tree.body
+            if isinstance(node, ast.ClassDef) and any("Module" in ast.unparse(b) for b in node.bases)]
+
+
 def store_targets(store_path: Path, dataset: str, k: int) -> list[Target]:
     """The nn.Module classes of the store's k best designs on `dataset` (Net and its helper blocks)."""
     from nasgraph.tools.store import Store
@@ -115,15 +123,48 @@ def store_targets(store_path: Path, dataset: str, k: int) -> list[Target]:
                 continue
             module = f"store.{rec.arch_id}"
             hint = {"dataset": dataset, "accuracy": rec.accuracy, "arch_id": rec.arch_id}
-            for node in tree.body:
-                if isinstance(node, ast.ClassDef) and any("Module" in ast.unparse(b) for b in node.bases):
-                    targets.append(Target(module, node.name, "store", "design" if node.name == "Net" else "block",
-                                          text=code, hint=hint))
+            for name in _module_classes(tree):
+                targets.append(Target(module, name, "store", "design" if name == "Net" else "block",
+                                      text=code, hint=hint))
     return targets
 
 
-def default_targets(cfg, *, with_store: bool = True, dataset: str | None = None, store_k: int = 20
-                    ) -> tuple[list[Target], list[str]]:
+def lemur_targets(root: Path, dataset: str, k: int) -> list[Target]:
+    """The nn.Module classes of the k LEMUR image classifiers with the best recorded accuracy on
+    `dataset` (one per model, best first), each hinted with its model name and that accuracy.
+
+    A model's `Net` is always a target, even when its file does not parse or defines no `Net`:
+    the build then reports it as an extraction failure, rather than the model silently dropping
+    out of the top k. Raises `LemurNotPulled` when there is no LEMUR index under `root`."""
+    from nasgraph.tools.lemur import SeriesSummary, list_models, show
+
+    best: dict[str, SeriesSummary] = {}
+    for row in list_models(root, dataset=dataset, limit=None):  # best first, one row per model and task
+        if row.series is not None and row.series.task == IMAGE_TASK and row.name not in best:
+            best[row.name] = row.series
+            if len(best) == k:
+                break
+    targets = []
+    for name, series in best.items():
+        code = show(root, name).code
+        hint = {"dataset": series.dataset, "accuracy": series.best, "lemur_model": name}
+        try:
+            classes = _module_classes(ast.parse(code))
+        except SyntaxError:
+            classes = []
+        for cls in classes if "Net" in classes else ["Net", *classes]:
+            targets.append(Target(f"lemur.{name}", cls, "lemur", "model" if cls == "Net" else "block",
+                                  text=code, hint=hint))
+    return targets
+
+
+def default_targets(cfg, *, with_store: bool = True, dataset: str | None = None, store_k: int = 20,
+                    lemur_k: int = 0, lemur_dataset: str | None = None) -> tuple[list[Target], list[str]]:
+    """Library targets, the store's best designs and (with `lemur_k` > 0) LEMUR's best models."""
+    from nasgraph.tools.lemur import lemur_dir
+
+    # First: a missing LEMUR index or an unknown dataset is refused before the slow library scan.
+    lemur = lemur_targets(lemur_dir(cfg.home), lemur_dataset or LEMUR_DATASET, lemur_k) if lemur_k > 0 else []
     targets, errors = [], []
     for source, packages in LIBRARY_PACKAGES.items():
         if importlib.util.find_spec(source) is None:
@@ -133,7 +174,7 @@ def default_targets(cfg, *, with_store: bool = True, dataset: str | None = None,
         errors += errs
     if with_store:
         targets += store_targets(cfg.store_path, dataset or cfg.loop.dataset, store_k)
-    return targets, errors
+    return targets + lemur, errors
 
 
 # ---------------------------------------------------------------- one build
@@ -178,7 +219,7 @@ def _metadata(block: Block, v: Validation, shown: str) -> dict:
             "error": v.error, "note": v.note, "torch_only": block.torch_only, "prompt_ready": prompt_ready,
             "presented_ok": v.presented_ok, "chars": len(shown), "imports": ",".join(block.imports),
             "source_hash": _key(block), "seconds": v.seconds}
-    for k in ("arch_id", "accuracy", "dataset"):
+    for k in ("arch_id", "lemur_model", "accuracy", "dataset"):  # where a store or LEMUR block came from
         if k in t.hint:
             meta[k] = t.hint[k]
     return meta

@@ -1,5 +1,8 @@
 """`nasgraph index build | query TEXT | stats`: the NN-RAG block index from the command line.
 
+`build --lemur K` adds the K best LEMUR image classifiers on `--lemur-dataset` (their `Net` and helper
+blocks, each tagged with its LEMUR model name and best recorded accuracy); without it LEMUR is left out.
+
 A plugin of `nasgraph.cli`: `register` adds the `index` command; nothing heavy is imported until it runs.
 """
 from __future__ import annotations
@@ -29,6 +32,10 @@ def register(subparsers: Any, commands: dict) -> None:
     b.add_argument("--no-store", dest="no_store", action="store_true", help="leave out the store's best designs")
     b.add_argument("--dataset", help="dataset whose best designs are indexed (default: the loop's dataset)")
     b.add_argument("--store-k", dest="store_k", type=int, default=20, help="how many best designs to index")
+    b.add_argument("--lemur", dest="lemur_k", type=int, default=0, metavar="K",
+                   help="also index the K LEMUR models with the best recorded accuracy (needs `nasgraph lemur pull`)")
+    b.add_argument("--lemur-dataset", dest="lemur_dataset",
+                   help="the LEMUR dataset whose recorded accuracy ranks the models (default cifar-10)")
     b.add_argument("--timeout-s", dest="block_timeout_s", type=float, default=60.0, help="per-block validation limit")
     b.add_argument("--only", help="index only targets whose qualified name contains this text")
     q = sp.add_parser("query", help="the blocks nearest to a text")
@@ -61,9 +68,12 @@ def _build(args, cfg, console) -> int:
     from .build import build, default_targets
     from .index import BlockIndex
 
-    if args.store_k < 1 or args.block_timeout_s <= 0:
-        raise IndexCLIError("--store-k must be at least 1 and --timeout-s positive")
-    targets, errors = default_targets(cfg, with_store=not args.no_store, dataset=args.dataset, store_k=args.store_k)
+    if args.store_k < 1 or args.block_timeout_s <= 0 or args.lemur_k < 0:
+        raise IndexCLIError("--store-k must be at least 1, --lemur at least 0 and --timeout-s positive")
+    if args.lemur_dataset and not args.lemur_k:
+        raise IndexCLIError("--lemur-dataset ranks LEMUR models: give --lemur K too")
+    targets, errors = default_targets(cfg, with_store=not args.no_store, dataset=args.dataset, store_k=args.store_k,
+                                      lemur_k=args.lemur_k, lemur_dataset=args.lemur_dataset)
     if args.only:
         targets = [t for t in targets if args.only in t.qualname]
     if not targets:

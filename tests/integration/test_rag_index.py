@@ -1,5 +1,6 @@
 """NN-RAG on real parts: torchvision.ops blocks closed, validated in the sandbox, embedded with the local
-MiniLM model into a persistent Chroma collection, queried, and fed to the generator by the graph."""
+MiniLM model into a persistent Chroma collection, queried, and fed to the generator by the graph; and,
+when a LEMUR index has been pulled, LEMUR's best models indexed by `nasgraph index build --lemur`."""
 from __future__ import annotations
 
 import json
@@ -7,12 +8,15 @@ import json
 import pytest
 
 from nasgraph.agents.rag_retriever import RagUnavailable, make_retriever
-from nasgraph.config import load_config
+from nasgraph.cli import main
+from nasgraph.config import default_home, load_config
 from nasgraph.graph.run import RunPaths, run_loop
 from nasgraph.graph.trace import read_events
 from nasgraph.rag_index.build import build, stats
 from nasgraph.rag_index.extract import Target
 from nasgraph.rag_index.index import BlockIndex, index_path
+from nasgraph.tools.lemur import WHEEL, lemur_dir, list_models
+from nasgraph.tools.lemur.fetch import is_current
 from tests import candidates as C
 from tests.fakes import FakeHandle, ScriptedChatModel
 
@@ -97,3 +101,23 @@ def test_pruning_removes_targets_that_are_gone(built):
     index, _ = built
     report = build(index, TARGETS[:-1])
     assert report.removed == 1 and index.count() == len(TARGETS) - 1
+
+
+def test_lemur_best_models_are_indexed_with_their_origin(tmp_path, capsys):
+    """`--lemur 3` on the pulled corpus, into a temporary home whose `lemur` folder is the real one."""
+    real = lemur_dir(default_home())
+    if not is_current(real, WHEEL):
+        pytest.skip(f"no current LEMUR index in {real} (`nasgraph lemur pull`)")
+    (tmp_path / "lemur").symlink_to(real, target_is_directory=True)
+    assert main(["--home", str(tmp_path), "index", "build", "--lemur", "3", "--no-store", "--only", "lemur.",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    best = {r.name: r.series.best for r in list_models(real, dataset="cifar-10", limit=3)}
+    assert report["targets"] == report["blocks"] > 3 and report["failures_by_kind"] == {}
+    assert report["executable"] == report["targets"] and report["prompt_ready"] > 0
+    index = BlockIndex(index_path(load_config(home=tmp_path)))
+    metas = index.metadata().values()
+    assert {m["lemur_model"] for m in metas} == set(best) and {m["source"] for m in metas} == {"lemur"}
+    assert all(m["accuracy"] == best[m["lemur_model"]] and m["dataset"] == "cifar-10" for m in metas)
+    hits = index.query("mixture of experts gating network", k=3)
+    assert hits and hits[0].metadata["lemur_model"] in best and hits[0].metadata["kind"] == "block", hits

@@ -79,15 +79,18 @@ STATS: dict[str, object] = {
 }
 
 
-def write_wheel(path: Path, stats: dict[str, object] = STATS, extra: bytes = b"") -> LemurWheel:
+MODELS = {"AlexNet": ALEXNET, "ga-mut-7": GA_MUT, BROKEN_NAME: BROKEN}
+
+
+def write_wheel(path: Path, stats: dict[str, object] = STATS, extra: bytes = b"",
+                models: dict[str, str] = MODELS) -> LemurWheel:
     """A wheel in nn-dataset's layout, and the LemurWheel that pins it."""
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("ab/nn/__init__.py", "")
         zf.writestr("ab/nn/api.py", "# not a model\n")
         zf.writestr("ab/nn/nn/__init__.py", "")
-        zf.writestr("ab/nn/nn/AlexNet.py", ALEXNET)
-        zf.writestr("ab/nn/nn/ga-mut-7.py", GA_MUT)
-        zf.writestr(f"ab/nn/nn/{BROKEN_NAME}.py", BROKEN)
+        for name, code in models.items():
+            zf.writestr(f"ab/nn/nn/{name}.py", code)
         zf.writestr("ab/nn/stat/run/img-classification_AlexNet/android.json", "{}")
         zf.writestr("nn_dataset-9.9.9.dist-info/METADATA", "Name: nn-dataset\n" + extra.decode())
         for name, content in stats.items():
