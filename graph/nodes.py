@@ -151,6 +151,13 @@ class Nodes:
             return NodeResult({"triple": INDEPENDENT.model_dump(), "parent": None, "attempt": None},
                               {"triple": INDEPENDENT.model_dump(), "search": search})
         parent, niches = self._pick_parent(state) if search == "parents" else (None, None)
+        if search == "parents" and parent is None:
+            # A fresh design is a sample, not a change to anything: the improver's directions, given
+            # nothing to improve, steered the 1.5B's first designs to exotic blocks (0.71 on
+            # Fashion-MNIST where the plain instruction at the same seed gave 0.91).
+            return NodeResult({"triple": INDEPENDENT.model_dump(), "parent": None, "attempt": None},
+                              {"triple": INDEPENDENT.model_dump(), "search": search, "niches": niches,
+                               "parent": None, "fresh": True})
         history = _history(state)
         last = history[-1] if history else None
         window = prompt_improver.window(history, self.d.cfg.loop.history_k)
@@ -169,7 +176,8 @@ class Nodes:
         designs = run_designs(self.d.store, state["run_id"])
         children = Counter({k: int(v) for k, v in (state.get("children") or {}).items()})
         rng = random.Random(zlib.crc32(f"{state['run_id']}:{state.get('iteration', 0)}".encode()))
-        elite = archive.pick_parent(designs, children, rng, self.d.cfg.loop.fresh_share, self.d.cfg.loop.objective)
+        loop = self.d.cfg.loop
+        elite = archive.pick_parent(designs, children, rng, loop.fresh_share, loop.objective, loop.population_init)
         niches = len(archive.elites(designs))
         if elite is None:
             return None, niches

@@ -90,6 +90,8 @@ class LoopConfig(BaseModel):
                                 "parents: each design is one change to a parent drawn from the run's archive; "
                                 "independent: no feedback at all (the baseline a search must beat)")
     fresh_share: float = Field(0.2, ge=0, le=1, description="with search=parents, the share of fresh designs")
+    population_init: int = Field(3, ge=0, description="with search=parents, designs stay fresh until the archive "
+                                                      "holds this many valid ones")
     objective: Literal["accuracy", "pareto"] = Field(
         "accuracy", description="accuracy: the most accurate design wins; pareto: the front of accuracy, parameters "
                                 "and batch-1 latency is kept, parents are drawn from it and the report shows it")

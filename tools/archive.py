@@ -85,8 +85,11 @@ def front(designs: list[Design]) -> list[Design]:
 
 
 def pick_parent(designs: list[Design], children: Counter[str], rng: random.Random,
-                fresh_share: float, objective: str = "accuracy") -> Elite | None:
-    """The parent of the next design, or None for a fresh one (empty archive, or the fresh share)."""
+                fresh_share: float, objective: str = "accuracy", min_archive: int = 0) -> Elite | None:
+    """The parent of the next design, or None for a fresh one (an archive smaller than `min_archive`,
+    the initial population, or the fresh share)."""
+    if len(designs) < min_archive:
+        return None
     if objective == "pareto":
         pool = [Elite(d, niche(d.params, d.flops), children[d.arch_id]) for d in front(designs)]
         if not pool or rng.random() < fresh_share:

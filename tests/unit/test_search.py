@@ -54,7 +54,7 @@ def cfg(tmp_path, monkeypatch):
 
 
 def test_parents_search_shows_the_parent_to_both_agents_and_counts_its_children(cfg):
-    cfg.loop.search, cfg.loop.fresh_share = "parents", 0.0
+    cfg.loop.search, cfg.loop.fresh_share, cfg.loop.population_init = "parents", 0.0, 1
     llm = ScriptedChatModel(improver=[C.TRIPLE] * 3, generator=[C.fenced(C.wide(c)) for c in (5, 6, 7)])
     run_loop(cfg, FakeHandle(llm), run_id="p1", iterations=3)
     events = list(read_events(RunPaths(cfg.runs_dir / "p1").trace))
@@ -97,7 +97,7 @@ def test_pareto_objective_measures_latency_builds_on_the_front_and_reports_it(cf
     from nasgraph.report import build_report
     from nasgraph.trace_data import load_run
 
-    cfg.loop.search, cfg.loop.fresh_share, cfg.loop.objective = "parents", 0.0, "pareto"
+    cfg.loop.search, cfg.loop.fresh_share, cfg.loop.objective, cfg.loop.population_init = "parents", 0.0, "pareto", 1
     llm = ScriptedChatModel(improver=[C.TRIPLE] * 3, generator=[C.fenced(C.wide(c)) for c in (5, 12, 7)])
     summary = run_loop(cfg, FakeHandle(llm), run_id="pf", iterations=3)
     events = list(read_events(RunPaths(cfg.runs_dir / "pf").trace))
@@ -113,7 +113,7 @@ def test_pareto_objective_measures_latency_builds_on_the_front_and_reports_it(cf
 
 
 def test_a_child_that_echoes_its_parent_is_redrafted_not_recorded_as_a_duplicate(cfg):
-    cfg.loop.search, cfg.loop.fresh_share, cfg.loop.max_repairs = "parents", 0.0, 1
+    cfg.loop.search, cfg.loop.fresh_share, cfg.loop.max_repairs, cfg.loop.population_init = "parents", 0.0, 1, 1
     llm = ScriptedChatModel(improver=[C.TRIPLE] * 2,
                             generator=[C.fenced(C.wide(5)), C.fenced(C.wide(5)),  # 2: the parent, unchanged ...
                                        C.fenced(C.wide(9))])                       # ... then the change
@@ -124,3 +124,13 @@ def test_a_child_that_echoes_its_parent_is_redrafted_not_recorded_as_a_duplicate
     assert fp[1]["status"] == "duplicate" and repair["repairing"] == "duplicate"
     assert "UNCHANGED: this is the parent design itself" in repair["prompt_text"]
     assert [e["status"] for e in events if e["node"] == "record"] == ["ok", "ok"] and summary["duplicates"] == 0
+
+
+def test_parents_search_starts_from_a_fresh_population_sampled_without_the_improver(cfg):
+    cfg.loop.search, cfg.loop.fresh_share, cfg.loop.population_init = "parents", 0.0, 2
+    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(C.wide(c)) for c in (5, 6, 7)])
+    run_loop(cfg, FakeHandle(llm), run_id="pop", iterations=3)
+    improves = [e for e in read_events(RunPaths(cfg.runs_dir / "pop").trace) if e["node"] == "improve"]
+    assert [e.get("fresh") for e in improves] == [True, True, None] and llm.calls.count("improver") == 1
+    assert improves[0]["triple"]["modification"].startswith("Design a sound, efficient")
+    assert improves[2]["parent"] is not None
