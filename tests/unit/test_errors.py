@@ -11,7 +11,7 @@ from nasgraph.errors import NasgraphError
 
 # Exceptions that never reach a user: the sandboxed child turns them into a typed Outcome, or the
 # block extractor into a skipped block.
-INTERNAL = {"Failure", "OverBudget", "NaNLoss", "ClosureError"}
+INTERNAL = {"Failure", "OverBudget", "NaNLoss", "ScreenedOut", "ClosureError"}
 
 
 def _project_exceptions() -> dict[str, type[BaseException]]:
