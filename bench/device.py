@@ -5,6 +5,8 @@ Parts (each timed; the whole check is meant to finish in under 5 minutes on a GP
   correctness  a CUDA candidate and a CPU candidate both evaluate (a fork-unsafe warm parent failed both)
   models       tiny CNN, small ResNet and a ~2.4M-parameter ResNet, one epoch through the evaluator:
                wall per candidate, training seconds, images/s; the same model in a plain loop
+  lemur_learn  a model that trains itself through LEMUR's learn(): it must keep its own fp32 numerics
+  harness      the harness in this process, fp32 vs bf16 autocast (its `amp` switch), per model
   knobs        the plain loop with cudnn.benchmark on/off, fp32/bf16 autocast, channels-last on/off
   hostile      a 400 GiB allocation (ends `memory`), a spin holding 20 GiB (ends `timeout`, memory freed)
   at_once      K small CNNs with 1 worker against N workers per device: throughput ratio
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from bench.workers import MODEL as TINY_VARIANT  # small CNNs of a given width
 from nasgraph.tools.evaluator import EvalRequest, Evaluator
 from nasgraph.tools.evaluator.datasets import load_dataset
+from nasgraph.tools.evaluator.harness import train_and_test
 from nasgraph.tools.evaluator.reference_models import reference_source
 
 RESNET = '''
@@ -153,7 +156,8 @@ def main() -> None:
               "resnet_2m": RESNET}
     if not cuda:
         del models["resnet_2m"]  # minutes per epoch on a few cores
-        report["skipped"] += ["resnet_2m (CPU)", "knobs (CUDA only)", "hostile GPU cases (CUDA only)"]
+        report["skipped"] += ["resnet_2m (CPU)", "harness fp32 vs bf16 (CUDA only)", "knobs (CUDA only)",
+                              "hostile GPU cases (CUDA only)"]
 
     with Evaluator(data_dir, workers=1, policy=False) as ev:
         ev.evaluate(_req(models["tiny_cnn"], dataset, dev))  # warm: dataset cache, first fork, CUDA context
@@ -170,6 +174,9 @@ def main() -> None:
             if out["train_s"]:
                 out["train_vs_plain"] = round(out["train_s"] / plain["train_s"], 2)
             report["models"][name] = out
+        t = time.perf_counter()
+        report["lemur_learn"] = _outcome(ev.evaluate(_req(reference_source("lemur_hooks"), dataset, dev)),
+                                         time.perf_counter() - t)
         if cuda:
             report["hostile"] = {}
             free_before = torch.cuda.mem_get_info()[0]
@@ -185,6 +192,14 @@ def main() -> None:
             report["evaluator_restarts"] = ev.restarts
 
     if cuda:
+        report["harness"] = {}
+        for name in ("tiny_cnn", "small_resnet"):
+            for amp in (False, True):
+                res = train_and_test(_exec_net(models[name], data, device), data, {"lr": 0.05}, device=device,
+                                     augment=False, amp=amp, time_budget_s=120.0)
+                report["harness"][f"{name} amp={int(amp)}"] = {
+                    "train_s": round(res.train_seconds, 3), "images_per_s": round(res.images_per_s, 1),
+                    "accuracy": round(res.accuracy, 4)}
         report["knobs"] = {}
         for name in ("tiny_cnn", "small_resnet"):
             for bench in (False, True):
