@@ -14,12 +14,16 @@ for its whole life) and never initialises CUDA, so a forked child starts from a 
 and CUDA state and sets its own threads and device. A backward in this process would start
 autograd's per-device threads, and on a GPU machine every child would then fail ("Unable to handle
 autograd's threading in combination with fork-based multiprocessing", "Cannot re-initialize CUDA in
-forked subprocess"); on a CPU-only machine nothing would show it, so `main` checks it on every start. It is a child
+forked subprocess"), and so would a CUDA runtime started below torch's notice ("CUDA error: initialization
+error"; measured on an H200, where an Adam step on CPU tensors asked the runtime whether it was capturing a
+graph): the warm-up runs with the GPU hidden (`_gpu_hidden`). On a CPU-only machine nothing would show
+either, so `main` checks both, and the driver's device files, on every start. It is a child
 subreaper, so processes that a candidate spawned and detached come back to it and are killed after
 each candidate. It ends when its parent does (EOF on stdin, or a changed parent pid mid-candidate).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -244,6 +248,34 @@ class Net(nn.Module):
 """
 
 
+@contextlib.contextmanager
+def _gpu_hidden():
+    """torch.cuda.is_available() says no while this is active. Library code that finds a GPU may call
+    the CUDA runtime directly (the optimizers' graph-capture health check does), which starts the driver
+    in this process without torch.cuda.is_initialized() knowing, and no forked child can then use CUDA."""
+    import torch
+
+    real = torch.cuda.is_available
+    torch.cuda.is_available = lambda: False
+    try:
+        yield
+    finally:
+        torch.cuda.is_available = real
+
+
+def driver_files() -> list[str]:
+    """NVIDIA device files this process holds open: there are some once the CUDA driver was started."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/dev/nvidia"):
+            held.append(target)
+    return sorted(held)
+
+
 def warm_up() -> None:
     """Run the child's stages in-process, on the CPU with one thread, on a tiny synthetic dataset,
     with autograd off and CUDA untouched (the caller checks both), so that forked children can train
@@ -277,10 +309,11 @@ def warm_up() -> None:
     for code in [WARMUP_MODEL, *(reference_source(n) for n in reference_names())]:
         r = {**req, "prm_full": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "label_smoothing": 0.0,
                                  "dropout": 0.1, "batch": 32}}
-        model = child.build(code, r, data, device)
-        x = child.shape_check(model, code.splitlines(), data, device)
-        child.measure(model, x, r)
-        rehearse(model, data, r["prm_full"])  # the training path, without backward: see rehearse()
+        with _gpu_hidden():
+            model = child.build(code, r, data, device)
+            x = child.shape_check(model, code.splitlines(), data, device)
+            child.measure(model, x, r)
+            rehearse(model, data, r["prm_full"])  # the training path, without backward: see rehearse()
     try:  # the error paths format tracebacks and classify messages: warm them too
         child.build("raise ValueError('x')", req, data, device)
     except child.Failure:
@@ -310,8 +343,9 @@ def main(argv: list[str]) -> int:
     torch.set_grad_enabled(False)  # no backward in the forking process, ever; the child turns it back on
     t = time.perf_counter()
     warm_up()
-    if torch.cuda.is_initialized():
-        print("zygote: CUDA was initialised before forking; children could not use it", file=sys.stderr)
+    if torch.cuda.is_initialized() or driver_files():
+        print(f"zygote: CUDA was initialised before forking ({', '.join(driver_files()) or 'by torch'}); "
+              "children could not use it", file=sys.stderr)
         return 3
     threads = len(os.listdir("/proc/self/task"))
     print(f"zygote {os.getpid()}: warm-up {time.perf_counter() - t:.1f}s, {threads} thread(s)", file=sys.stderr)
