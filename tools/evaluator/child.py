@@ -615,7 +615,8 @@ def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
         device = pick_device(req["device"])
         if device.type == "cuda" and req.get("gpu_memory_fraction"):
             # Several candidates share a card: past its share a candidate ends `memory`, alone.
-            torch.cuda.set_per_process_memory_fraction(float(req["gpu_memory_fraction"]), device)
+            # the current device: torch refuses a device without an index here ("cuda" is what requests carry)
+            torch.cuda.set_per_process_memory_fraction(float(req["gpu_memory_fraction"]))
         namespace = load(code)
         prm, notes = fill_prm(namespace, req, data)
         req["prm_full"] = prm  # Net and the training recipe (train_setup) see the same keys
