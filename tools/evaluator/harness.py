@@ -2,11 +2,12 @@
 
 Data stays as uint8 tensors (on the GPU when there is one); each batch is indexed, augmented as a
 whole, converted and normalised in a few tensor ops, so there is no per-image DataLoader work.
-On CPU models run channels_last where they allow it; on CUDA they run NCHW, in fp32, with cudnn's
-autotuner off: measured on an H200 for one-epoch Fashion-MNIST proxies (docs/bench/2026-11-27-device-h200.json),
-channels_last, bf16 autocast and cudnn.benchmark each made them no faster and often slower (`amp=True`
-opts into bf16). A model's own `learn()` loop always runs with the numerics it chose: bf16 autocast
-around it once drove a model that reaches 0.83 in fp32 to chance.
+Models run channels_last where they allow it, in fp32, with cudnn's autotuner off, on CUDA too: measured
+on an H200 (docs/bench/2026-11-27-device-h200*.json), bf16 autocast and cudnn.benchmark made one-epoch
+proxies no faster, and NCHW instead of channels_last made the ResNets slower against a plain loop in the
+same run (1.3-1.4x its time instead of 0.9-1.2x). `amp=True` opts into bf16. A model's own `learn()` loop
+always runs with the numerics it chose: bf16 autocast around it once drove a model that reaches 0.83 in
+fp32 to chance.
 A budget clock projects the epoch's time from the first batches and stops a model that would be
 too slow; a non-finite loss stops training at once. Both surface as typed exceptions that the
 caller turns into an Outcome.
@@ -219,16 +220,13 @@ def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
 
 
 def _choose_memory_format(model: nn.Module, batches: _Batches, amp: torch.dtype | None) -> None:
-    """On CPU use channels_last where the model allows it, else plain NCHW; on CUDA plain NCHW.
+    """Use channels_last where the model allows it, else plain NCHW.
 
-    On CPU channels_last makes convolutions faster (measured 25-50% per training step with oneDNN),
-    but it breaks the common `x.view(n, -1)` flatten. A probe forward on two images decides; any failure
-    falls back to NCHW, where a real error will surface during training with the model's own message.
-    On CUDA the small models of one-epoch proxies are launch-bound: measured on an H200 in the plain
-    loop, channels_last was 3% faster to 51% slower (tiny CNN 1.04-1.63 s vs 1.07-1.08 s NCHW).
+    channels_last makes convolutions faster (measured 25-50% per training step on CPU with oneDNN,
+    and it is what tensor cores want on CUDA), but it breaks the common `x.view(n, -1)` flatten.
+    A probe forward on two images decides; any failure falls back to NCHW, where a real error will
+    surface during training with the model's own message.
     """
-    if batches.device.type == "cuda":
-        return
     was_training = model.training
     model.eval()  # no batch-norm statistics updated, no dropout drawn
     try:
