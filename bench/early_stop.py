@@ -20,6 +20,7 @@ from pathlib import Path
 from scipy.stats import pearsonr, spearmanr
 
 from nasgraph.config import load_config
+from nasgraph.tools.cascade import trained_screen
 from nasgraph.tools.predictor.early_stop import VARIANTS, cross_validate, samples
 from nasgraph.tools.store import Store
 
@@ -47,9 +48,9 @@ def curve_points(homes: list[Path], dataset: str) -> dict[str, list[tuple[float,
             continue
         with Store(path) as store:
             for r in store.evaluations(dataset=dataset, status="ok"):
-                curve = ((r.detail or {}).get("screen") or {}).get("curve") or {}
-                if r.epochs == 1 and r.accuracy is not None:
-                    for f, acc in curve.items():
+                screen = trained_screen(r)
+                if screen is not None and r.epochs == 1:
+                    for f, acc in (screen.get("curve") or {}).items():
                         out.setdefault(f, []).append((acc, r.accuracy))
     return out
 

@@ -31,7 +31,7 @@ from nasgraph.config import load_config
 from nasgraph.graph.trace import read_events
 from nasgraph.paths import RunPaths
 from nasgraph.tools import archive
-from nasgraph.tools.cascade import Screened, replay
+from nasgraph.tools.cascade import Screened, replay, trained_screen
 from nasgraph.tools.store import Store
 
 ARMS = ("parents", "improver", "independent")
@@ -122,9 +122,8 @@ def analyse(root: Path, args: argparse.Namespace) -> dict:
             evals = store.evaluations_for_run(arm)
         ok = [archive.Design(x.arch_id, x.accuracy, x.params, x.flops, x.iteration or 0)
               for x in evals if x.status == "ok" and x.params and x.flops]
-        screened = [(Screened(x.accuracy, x.detail["screen"]["accuracy"]), x.seconds.get("train", 0.0),
-                     x.detail["screen"]["seconds"]) for x in evals
-                    if x.status == "ok" and x.accuracy is not None and (x.detail.get("screen") or {}).get("accuracy") is not None]
+        screened = [(Screened(x.accuracy, s["accuracy"]), x.seconds.get("train", 0.0), s["seconds"])
+                    for x in evals if (s := trained_screen(x))]
         seconds = sum(e.get("seconds", 0.0) for e in events)
         arms[arm] = {"iterations": n, "llm_calls": calls, "best": best, "valid": valid, "fresh": len(fresh),
                      "valid_rate": round(valid / max(1, len(fresh)), 3), "valid_rate_95": wilson(valid, len(fresh)),

@@ -26,16 +26,19 @@ def screen_bar(designs: list[Screened], top: int, margin: float) -> float | None
     return min(1.0, max(0.0, min(d.screen_accuracy for d in best) - margin))
 
 
+def trained_screen(record, fraction: float | None = None) -> dict | None:
+    """The screen (`detail.screen`) of an evaluation (a store record) that trained to the end and was
+    screened, at `fraction` of the epoch when given (a screen taken at another point is not comparable),
+    else None. The one test the cascade, its replay and the early-stop predictor share."""
+    screen = (record.detail or {}).get("screen") or {}
+    if record.status != "ok" or record.accuracy is None or screen.get("accuracy") is None:
+        return None
+    return screen if fraction is None or screen.get("fraction") == fraction else None
+
+
 def screened_designs(records, fraction: float) -> list[Screened]:
-    """The fully trained designs among a run's evaluations (store records) screened at `fraction`:
-    a bar measured at another point of the epoch is not comparable."""
-    out = []
-    for r in records:
-        screen = (r.detail or {}).get("screen") or {}
-        if r.status == "ok" and r.accuracy is not None and screen.get("accuracy") is not None \
-                and screen.get("fraction") == fraction:
-            out.append(Screened(r.accuracy, screen["accuracy"]))
-    return out
+    """The fully trained designs among a run's evaluations screened at `fraction`."""
+    return [Screened(r.accuracy, s["accuracy"]) for r in records if (s := trained_screen(r, fraction))]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from nasgraph.tools.cascade import trained_screen
+
 from .features import NUMERIC, code_features
 from .model import PredictorError, Scores, scores
 
@@ -43,9 +45,8 @@ def samples(records: Iterable, code_of: Callable[[str], str], fraction: float) -
     """Fully trained one-epoch designs screened at `fraction`, one per architecture (its first)."""
     out: dict[str, Sample] = {}
     for r in records:
-        screen = (r.detail or {}).get("screen") or {}
-        if r.status != "ok" or r.accuracy is None or r.epochs != 1 or not r.params or not r.flops \
-                or screen.get("accuracy") is None or screen.get("fraction") != fraction or r.arch_id in out:
+        screen = trained_screen(r, fraction)
+        if screen is None or r.epochs != 1 or not r.params or not r.flops or r.arch_id in out:
             continue
         out[r.arch_id] = Sample(r.arch_id, screen["accuracy"], r.params, r.flops, r.accuracy, code_of(r.arch_id))
     return list(out.values())
