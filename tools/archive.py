@@ -90,12 +90,12 @@ def pick_parent(designs: list[Design], children: Counter[str], rng: random.Rando
     the initial population, or the fresh share)."""
     if len(designs) < min_archive:
         return None
-    if objective == "pareto":
+    if objective == "pareto":  # every design on the front is as good as any other: only use spreads them
         pool = [Elite(d, niche(d.params, d.flops), children[d.arch_id]) for d in front(designs)]
-        if not pool or rng.random() < fresh_share:
-            return None
-        return rng.choices(pool, weights=[1 / (1 + e.children) for e in pool], k=1)[0]
-    pool = elites(designs, children)
+        pool_weights = [1 / (1 + e.children) for e in pool]
+    else:
+        pool = elites(designs, children)
+        pool_weights = weights(pool) if pool else []
     if not pool or rng.random() < fresh_share:
         return None
-    return rng.choices(pool, weights=weights(pool), k=1)[0]
+    return rng.choices(pool, weights=pool_weights, k=1)[0]
