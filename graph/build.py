@@ -45,6 +45,8 @@ def attempt_node(attempt_graph) -> Callable[[LoopState], dict]:
     def attempt(state: LoopState) -> dict:
         start = state.get("step", 0)
         inputs = {**{k: state.get(k) for k in ATTEMPT_INPUTS}, "stats": {}, "repairs": 0, "fixes": 0, "drafts": []}
+        if state.get("view"):  # planned ahead (loop.in_flight > 1): drafts and repairs see what the plan saw
+            inputs.update(history=state["view"]["history"], best=state["view"]["best"])
         # On resume LangGraph ignores `inputs` and continues the subgraph from its own checkpoint.
         out = attempt_graph.invoke(inputs)
         return {"attempt": {k: out.get(k) for k in RESULT_KEYS}, "step": out["step"] - start,

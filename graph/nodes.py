@@ -6,12 +6,14 @@ The loop's nodes (improve, retrieve, record) take `LoopState`; the attempt's nod
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 from nasgraph.agents import code_generator, prompt_improver
@@ -26,6 +28,7 @@ from nasgraph.tools.evaluator.diagnosis import Diagnosis
 from nasgraph.tools.evaluator.outcome import VALID
 from nasgraph.tools.store import Store
 
+from .ahead import Ahead, Plan
 from .routing import repairable, stop_reason
 from .state import AttemptState, LoopState
 from .trace import TraceWriter
@@ -50,14 +53,30 @@ class Deps:
     hardware: dict
     prm: dict = field(default_factory=dict)
     retrieve: Callable[[Task, Triple], tuple[list[str], dict]] | None = None
+    ahead: Ahead | None = None    # loop.in_flight > 1: iterations planned while earlier ones train
     _last_end: float | None = None
 
 
-def _llm_for(deps: Deps, state: LoopState | AttemptState, temperature: float | None = None):
+PLANNED_NODES = ("improve", "generate")  # the LLM nodes an iteration's plan holds
+PLANNED_SEEDS = 10_000_000               # their seeds when planned ahead: clear of the step-keyed ones
+
+
+def _llm_for(deps: Deps, state: LoopState | AttemptState, temperature: float | None = None, node: str | None = None):
     """The chat model seeded for this step of this run: a replayed step samples the same reply, and
-    a new run (another id) does not replay an old run's designs."""
+    a new run (another id) does not replay an old run's designs. Planned ahead (deps.ahead), the improve
+    and generate nodes are seeded by iteration and node, as their step number is not known yet."""
     key = state.get("seed_key") or state["run_id"]
-    return deps.llm.at_step(zlib.crc32(key.encode()) % 1_000_003 + state.get("step", 0), temperature)
+    base = zlib.crc32(key.encode()) % 1_000_003
+    if deps.ahead is not None and node in PLANNED_NODES:
+        iteration = state.get("iteration", 0) + 1
+        return deps.llm.at_step(base + PLANNED_SEEDS + len(PLANNED_NODES) * iteration + PLANNED_NODES.index(node),
+                                temperature)
+    return deps.llm.at_step(base + state.get("step", 0), temperature)
+
+
+def _planned(result: NodeResult) -> NodeResult:
+    """A node's result taken from a plan made ahead: its trace event says so."""
+    return NodeResult(dict(result.update), {**result.event, "ahead": True}, result.train_s)
 
 
 def _task(state: LoopState | AttemptState) -> Task:
@@ -116,8 +135,10 @@ class Nodes:
             start = time.perf_counter()
             result = fn(state)
             update, event, train_s = dict(result.update), result.event, result.train_s
-            llm_s = float(event.get("latency", 0.0))
             now = time.perf_counter()
+            # A node planned ahead ran its LLM call while earlier designs trained: the run spent on it
+            # only the seconds it waited here.
+            llm_s = (now - start) if event.get("ahead") else float(event.get("latency", 0.0))
             # Time since the previous node ended also covers LangGraph's own checkpoint writes.
             elapsed = now - (self.d._last_end if self.d._last_end is not None else start)
             self.d._last_end = now
@@ -145,35 +166,61 @@ class Nodes:
         return {"code": fix.code, "rule": fix.rule, "description": fix.description} if fix else None
 
     # -- agents ------------------------------------------------------------------------------
+    def _agents(self):
+        """Held around every LLM or RAG call: with planning ahead, the graph and the planner share them."""
+        return self.d.ahead.agents if self.d.ahead is not None else contextlib.nullcontext()
+
     def improve(self, state: LoopState) -> NodeResult:
+        ahead = self.d.ahead
+        if ahead is None:
+            return self._improve(state, *self._choose(state))
+        iteration = state.get("iteration", 0) + 1
+        plan, _ = ahead.take(iteration)
+        ahead.current = plan
+        if plan is not None:
+            result = _planned(plan.improve)
+        else:  # not planned ahead (the first iterations of a resumed run): plan it here, from the same view
+            view, designs = self.view(state, iteration)
+            result = self._improve(view, *self._choose(view, designs))
+        self._plan_ahead(state, iteration)
+        return result
+
+    def _choose(self, state: LoopState, designs: list[archive.Design] | None = None) -> tuple[Parent | None, int | None]:
+        """The parent (None: a fresh design) and the archive's niches filled, with search = parents."""
+        if self.d.cfg.loop.search != "parents":
+            return None, None
+        return self._pick_parent(state, designs)
+
+    def _improve(self, state: LoopState, parent: Parent | None, niches: int | None) -> NodeResult:
         search = self.d.cfg.loop.search
+        view = {"view": {"history": state.get("history", []), "best": state.get("best")}} if self.d.ahead else {}
         if search == "independent":  # no feedback: no improver call, no history, no parent
-            return NodeResult({"triple": INDEPENDENT.model_dump(), "parent": None, "attempt": None},
+            return NodeResult({"triple": INDEPENDENT.model_dump(), "parent": None, "attempt": None, **view},
                               {"triple": INDEPENDENT.model_dump(), "search": search})
-        parent, niches = self._pick_parent(state) if search == "parents" else (None, None)
         if search == "parents" and parent is None:
             # A fresh design is a sample, not a change to anything: the improver's directions, given
             # nothing to improve, steered the 1.5B's first designs to exotic blocks (0.71 on
             # Fashion-MNIST where the plain instruction at the same seed gave 0.91).
-            return NodeResult({"triple": INDEPENDENT.model_dump(), "parent": None, "attempt": None},
+            return NodeResult({"triple": INDEPENDENT.model_dump(), "parent": None, "attempt": None, **view},
                               {"triple": INDEPENDENT.model_dump(), "search": search, "niches": niches,
                                "parent": None, "fresh": True})
         history = _history(state)
         last = history[-1] if history else None
         window = prompt_improver.window(history, self.d.cfg.loop.history_k)
-        triple, meta = prompt_improver.improve(_llm_for(self.d, state), _task(state), last, window, _best(state),
-                                               state.get("user_goal", ""),
-                                               novelty_threshold=self.d.cfg.loop.novelty_threshold, parent=parent)
+        with self._agents():
+            triple, meta = prompt_improver.improve(_llm_for(self.d, state, node="improve"), _task(state), last, window,
+                                                   _best(state), state.get("user_goal", ""),
+                                                   novelty_threshold=self.d.cfg.loop.novelty_threshold, parent=parent)
         event = {**_llm_event(meta), "triple": triple.model_dump(), "parse_mode": meta.parse_mode,
                  "repeated": meta.repeated, "search": search, "niches": niches,
                  "parent": parent.arch_id if parent else None, "parent_accuracy": parent.accuracy if parent else None}
         return NodeResult({"triple": triple.model_dump(), "parent": parent.model_dump() if parent else None,
-                           "attempt": None}, event)
+                           "attempt": None, **view}, event)
 
-    def _pick_parent(self, state: LoopState) -> tuple[Parent | None, int]:
+    def _pick_parent(self, state: LoopState, designs: list[archive.Design] | None = None) -> tuple[Parent | None, int]:
         """A parent drawn from this run's archive (seeded by run and iteration: a replayed step draws
         the same), and how many niches the archive fills."""
-        designs = run_designs(self.d.store, state["run_id"])
+        designs = run_designs(self.d.store, state["run_id"]) if designs is None else designs
         children = Counter({k: int(v) for k, v in (state.get("children") or {}).items()})
         rng = random.Random(zlib.crc32(f"{state['run_id']}:{state.get('iteration', 0)}".encode()))
         loop = self.d.cfg.loop
@@ -185,22 +232,85 @@ class Nodes:
         return Parent(arch_id=d.arch_id, code=self.d.store.code(d.arch_id), accuracy=d.accuracy, params=d.params,
                       flops=d.flops, latency_ms=d.latency_ms, niche=elite.niche, children=elite.children), niches
 
+    # -- planning ahead (loop.in_flight > 1; graph.ahead) ---------------------------------------
+    def view(self, state: LoopState, iteration: int) -> tuple[dict, list[archive.Design]]:
+        """The loop's state as it was after iteration `iteration - in_flight` was recorded (its history,
+        best design and children per parent), shaped as the state `iteration` is planned in, and the
+        archive as it was then. The same whether computed ahead or when the iteration comes."""
+        upto = iteration - self.d.ahead.in_flight
+        history = [h for h in state.get("history", []) if h["iteration"] <= upto]
+        later = Counter(h["parent"] for h in state.get("history", []) if h["iteration"] > upto and h.get("parent"))
+        children = {p: n - later[p] for p, n in (state.get("children") or {}).items() if n - later[p] > 0}
+        designs = [d for d in run_designs(self.d.store, state["run_id"]) if d.iteration <= upto]
+        best = None
+        if designs:
+            top = max(designs, key=lambda d: (d.accuracy, -d.iteration))  # of equals the earliest, as record keeps
+            best = BestDesign(arch_id=top.arch_id, code=self.d.store.code(top.arch_id), accuracy=top.accuracy,
+                              params=top.params).model_dump()
+        return {**state, "iteration": iteration - 1, "history": history, "children": children, "best": best}, designs
+
+    def _plan_ahead(self, state: LoopState, iteration: int) -> None:
+        """Schedule the plans of the iterations after `iteration` whose views are complete. The store is
+        read here, on the graph's thread; the planner thread makes only agent calls."""
+        ahead = self.d.ahead
+        last = min(state["max_iterations"], iteration + ahead.in_flight - 1)
+        for later in range(iteration + 1, last + 1):
+            if not ahead.scheduled(later):
+                view, designs = self.view(state, later)
+                ahead.schedule(later, partial(self._make_plan, view, *self._choose(view, designs)))
+
+    def _make_plan(self, view: dict, parent: Parent | None, niches: int | None) -> Plan:
+        """The planner thread's work for one iteration: what its improve, retrieve and generate nodes
+        will return."""
+        iteration = view["iteration"] + 1
+        improved = self._improve(view, parent, niches)
+        triple, parent_state = improved.update["triple"], improved.update["parent"]
+        retrieved = self._retrieve({**view, "triple": triple})
+        blocks = retrieved.update["blocks"]
+        generated = None
+        if not self.d.ahead.closing.is_set():
+            generated = self._generate({"run_id": view["run_id"], "seed_key": view.get("seed_key"), "task": view["task"],
+                                        "triple": triple, "parent": parent_state, "blocks": blocks,
+                                        "history": view["history"], "best": view["best"], "iteration": iteration - 1})
+        return Plan(iteration, improved, retrieved, generated, triple, parent_state, blocks)
+
+    def _current_plan(self, state: LoopState | AttemptState) -> Plan | None:
+        """The plan of the iteration in flight, if it was made for this very triple, parent and blocks."""
+        plan = self.d.ahead.current if self.d.ahead is not None else None
+        if plan is None or plan.iteration != state.get("iteration", 0) + 1 or plan.triple != state.get("triple") \
+                or plan.parent != state.get("parent"):
+            return None
+        return plan
+
     def retrieve(self, state: LoopState) -> NodeResult:
+        plan = self._current_plan(state)
+        return _planned(plan.retrieve) if plan is not None else self._retrieve(state)
+
+    def _retrieve(self, state: LoopState) -> NodeResult:
         if self.d.retrieve is None:
             return NodeResult({"blocks": []}, {"enabled": False})
-        blocks, info = self.d.retrieve(_task(state), Triple(**state["triple"]))
+        with self._agents():
+            blocks, info = self.d.retrieve(_task(state), Triple(**state["triple"]))
         return NodeResult({"blocks": blocks}, {"enabled": True, **info})
 
     # -- the attempt subgraph ------------------------------------------------------------------
     def _draft(self, state: AttemptState, llm, instruction: str) -> code_generator.Generation:
-        if self.d.cfg.loop.search == "independent":  # the baseline sees no results of earlier designs
-            return code_generator.generate(llm, _task(state), instruction, [], None, state.get("blocks") or [])
-        window = prompt_improver.window(_history(state), self.d.cfg.loop.history_k)
-        return code_generator.generate(llm, _task(state), instruction, window, _best(state), state.get("blocks") or [],
-                                       novelty_threshold=self.d.cfg.loop.novelty_threshold, parent=_parent(state))
+        with self._agents():
+            if self.d.cfg.loop.search == "independent":  # the baseline sees no results of earlier designs
+                return code_generator.generate(llm, _task(state), instruction, [], None, state.get("blocks") or [])
+            window = prompt_improver.window(_history(state), self.d.cfg.loop.history_k)
+            return code_generator.generate(llm, _task(state), instruction, window, _best(state),
+                                           state.get("blocks") or [], novelty_threshold=self.d.cfg.loop.novelty_threshold,
+                                           parent=_parent(state))
 
     def generate(self, state: AttemptState) -> NodeResult:
-        gen = self._draft(state, _llm_for(self.d, state), Triple(**state["triple"]).as_instruction())
+        plan = self._current_plan(state)
+        if plan is not None and plan.generate is not None and plan.blocks == (state.get("blocks") or []):
+            return _planned(plan.generate)
+        return self._generate(state)
+
+    def _generate(self, state: AttemptState) -> NodeResult:
+        gen = self._draft(state, _llm_for(self.d, state, node="generate"), Triple(**state["triple"]).as_instruction())
         cand = Candidate.of(gen.code)
         return NodeResult({"code": gen.code, "cut": gen.cut, "candidate": cand.to_state()},
                           {**_llm_event(gen), "code_hash": _code_hash(cand), "code": gen.code, "cut": gen.cut})
@@ -215,15 +325,16 @@ class Nodes:
         llm = _llm_for(self.d, state, temperature)
         # An unfinished module (cut at the token limit) is asked for again, shorter, whatever the mode.
         mode = "shorten" if state.get("cut") else self.d.cfg.loop.repair
-        if mode == "shorten":
-            gen = code_generator.shorten(llm, _task(state), state["code"])
-        elif mode == "redraft":
-            gen = self._draft(state, llm, code_generator.redraft_instruction(
-                Triple(**state["triple"]).as_instruction(), outcome["error"], outcome["status"],
-                outcome.get("diagnosis")))
-        else:
-            gen = code_generator.repair(llm, _task(state), state["code"], outcome["error"], outcome["status"],
-                                        outcome.get("diagnosis"))
+        with self._agents():
+            if mode == "shorten":
+                gen = code_generator.shorten(llm, _task(state), state["code"])
+            elif mode == "redraft":
+                gen = self._draft(state, llm, code_generator.redraft_instruction(
+                    Triple(**state["triple"]).as_instruction(), outcome["error"], outcome["status"],
+                    outcome.get("diagnosis")))
+            else:
+                gen = code_generator.repair(llm, _task(state), state["code"], outcome["error"], outcome["status"],
+                                            outcome.get("diagnosis"))
         # A new draft gets its own rule fixes: a redraft needs them as much as the first draft did.
         cand = Candidate.of(gen.code)
         return NodeResult({"code": gen.code, "cut": gen.cut, "candidate": cand.to_state(),
@@ -307,7 +418,8 @@ class Nodes:
         if done is not None:
             outcome = done.to_outcome()
         else:
-            self.d.llm.release_for_training()
+            if self.d.ahead is None:  # planning ahead, the LLM works while this trains: it stays loaded
+                self.d.llm.release_for_training()
             req = EvalRequest.from_config(self.d.cfg.evaluator, code=cand.code, dataset=task.dataset,
                                           epochs=task.epochs, prm=self.d.prm, max_params=task.max_params,
                                           max_flops=task.max_flops, screen_min_accuracy=self._screen_bar(run_id),

@@ -27,6 +27,7 @@ from nasgraph.tools.evaluator.harness import pick_device
 from nasgraph.tools.hardware import hardware_info
 from nasgraph.tools.store import Store
 
+from .ahead import Ahead
 from .build import build_graph, recursion_limit
 from .nodes import Deps, Nodes, run_designs
 from .state import LoopState
@@ -102,11 +103,12 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
     evaluator = evaluator or Evaluator.from_config(cfg.evaluator, cfg.data_dir, device=device, workers=1)
     trace = TraceWriter(paths.trace)
     conn = sqlite3.connect(paths.checkpoint, check_same_thread=False)
+    ahead = Ahead(cfg.loop.in_flight) if cfg.loop.in_flight > 1 else None
     try:
         saver = SqliteSaver(conn)
         deps = Deps(cfg=cfg, llm=llm, evaluator=evaluator, store=store, trace=trace,
                     hardware=hardware_info(cfg.evaluator.threads, device), prm=training_recipe(cfg.evaluator, cfg.loop.prm),
-                    retrieve=retrieve)
+                    retrieve=retrieve, ahead=ahead)
         graph = build_graph(Nodes(deps), cfg.loop.max_repairs, checkpointer=saver, max_fixes=cfg.loop.max_fixes)
         config = {"configurable": {"thread_id": run_id}}
         snapshot = graph.get_state(config, subgraphs=True)
@@ -141,6 +143,8 @@ def run_loop(cfg: Config, llm: Any, *, run_id: str | None = None, iterations: in
                 on_update(node, update, state)
         return _summary(cfg, store, run_id, graph.get_state(config).values)
     finally:
+        if ahead is not None:  # before the store closes: the planner's last LLM call ends first
+            ahead.close()
         conn.close()
         store.close()
         if own_evaluator:

@@ -36,6 +36,7 @@ class LoopState(TypedDict, total=False):
     parent: dict[str, Any] | None        # nasgraph.agents.schemas.Parent this iteration builds on (None: fresh)
     children: Annotated[dict[str, float], add_counts]  # designs built on each parent so far
     blocks: list[str]                    # retrieved blocks for this iteration (RAG node, when enabled)
+    view: dict[str, Any] | None          # loop.in_flight > 1: the history and best this iteration was planned from
     attempt: dict[str, Any] | None       # AttemptResult of this iteration's attempt subgraph
     history: Annotated[list[dict], keep_recent]   # nasgraph.agents.prompt_improver.HistoryEntry dicts
     best: dict[str, Any] | None          # nasgraph.agents.prompt_improver.BestDesign

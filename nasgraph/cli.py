@@ -40,7 +40,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["llm"] = llm
     loop: dict[str, Any] = {}
     for key in ("dataset", "image_size", "epochs", "iterations", "max_repairs", "max_fixes", "target_accuracy",
-                "search", "objective", "cascade"):
+                "search", "objective", "cascade", "in_flight"):
         if getattr(args, key, None) is not None:
             loop[key] = getattr(args, key)
     if loop:
@@ -518,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "parameters and batch-1 latency, build on it, and show it in the report")
     rn.add_argument("--cascade", action=argparse.BooleanOptionalAction,
                     help="stop a design part-way through its epoch when it is behind the run's top designs there")
+    rn.add_argument("--in-flight", dest="in_flight", type=int,
+                    help="iterations planned at once: the LLM drafts the next ones while a design trains (default 1)")
     rn.add_argument("--goal", help="free-text design goal added to the prompts")
     rn.add_argument("--rag", action=argparse.BooleanOptionalAction, help="retrieve validated blocks (needs `nasgraph index build`)")
     for module in PLUGINS:  # commands that live beside the code they drive

@@ -102,6 +102,9 @@ class LoopConfig(BaseModel):
     cascade_top: int = Field(5, ge=1, description="the top designs whose screen accuracies set the bar")
     cascade_margin: float = Field(0.05, ge=-1, le=1, description="how far below the top designs' lowest screen "
                                                                  "accuracy the bar sits")
+    in_flight: int = Field(1, ge=1, le=4, description="iterations planned at once: while one design trains, the agents "
+                                                      "draft the next in_flight - 1 (graph.ahead); iteration m is then "
+                                                      "planned from what was known after iteration m - in_flight")
 
     @model_validator(mode="after")
     def _canonical_dataset(self) -> "LoopConfig":

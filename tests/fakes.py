@@ -53,3 +53,41 @@ class FakeHandle:
 
     def release_for_training(self) -> None:
         self.releases.append(1)
+
+
+class SeededChatModel(BaseChatModel):
+    """Replies that depend only on the seed and the prompt, like a real model sampling at a fixed seed:
+    the same step asked the same thing gives the same answer, in any thread and any order."""
+    seed: int = 0
+
+    @property
+    def _llm_type(self) -> str:
+        return "seeded"
+
+    def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kw: Any) -> ChatResult:
+        import zlib
+
+        from tests import candidates as C
+
+        h = zlib.crc32("\n".join(str(m.content) for m in messages).encode()) + self.seed
+        if "PROBLEM:" in str(messages[0].content):
+            text = f"PROBLEM: p{h % 97}\nMODIFICATION: use {8 + h % 9} channels in the first conv\nEXPECTED: better"
+        else:
+            text = C.fenced(C.wide(4 + h % 29))
+        msg = AIMessage(content=text, usage_metadata={"input_tokens": 10, "output_tokens": len(text) // 4,
+                                                      "total_tokens": 10 + len(text) // 4},
+                        response_metadata={"finish_reason": "stop"})
+        return ChatResult(generations=[ChatGeneration(message=msg)])
+
+
+@dataclass
+class SeededHandle:
+    """A handle whose chat model is seeded per step, as the real handle's is."""
+    backend: str = "seeded"
+    model: str = "seeded"
+
+    def at_step(self, step: int, temperature: float | None = None) -> BaseChatModel:
+        return SeededChatModel(seed=step)
+
+    def release_for_training(self) -> None:
+        pass

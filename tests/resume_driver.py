@@ -6,7 +6,7 @@ when LangGraph is about to write its K-th checkpoint: the node before it has run
 its writes, and the checkpoint that would record them is never written. With EXIT_IN_ATTEMPT=1 it
 dies likewise inside the first attempt subgraph, at the checkpoint after its check node (the first
 one there to carry an outcome): the checkpoint after generate is on disk. The resumed process prints
-how many drafts it asked the LLM for."""
+how many drafts it asked the LLM for. IN_FLIGHT=K sets loop.in_flight (iterations planned ahead)."""
 import itertools
 import os
 import sys
@@ -49,7 +49,8 @@ def main(home: str, run_id: str, iterations: int, start_width: int) -> None:
     if os.environ.get("EXIT_IN_ATTEMPT"):
         _exit_in_attempt()
     cfg = load_config(home=home, evaluator={"threads": 1, "time_budget_s": 60, "batch_size": 32},
-                      loop={"dataset": "digits", "max_repairs": 1, "prm": {"lr": 0.1}})
+                      loop={"dataset": "digits", "max_repairs": 1, "prm": {"lr": 0.1},
+                            "in_flight": int(os.environ.get("IN_FLIGHT", "1"))})
     widths = itertools.count(start_width)
     llm = ScriptedChatModel(improver=[], generator=[C.fenced(C.wide(next(widths))) for _ in range(200)])
     summary = run_loop(cfg, FakeHandle(llm), run_id=run_id, iterations=iterations)

@@ -106,3 +106,24 @@ def test_a_run_killed_inside_an_attempt_continues_that_attempt(tmp_path):
     assert [e["step"] for e in events] == list(range(len(events)))
     assert [e["node"] for e in events].count("generate") == 2
     assert [e["iteration"] for e in events if e["node"] == "record"] == [1, 2]
+
+
+def test_a_run_planning_ahead_killed_and_resumed_loses_and_repeats_nothing(tmp_path):
+    # With loop.in_flight = 2 a plan for the next iteration is being drafted while one trains; dying then
+    # loses only that LLM work: the resumed run drafts it again, and every iteration is evaluated once.
+    for k in (6, 13):
+        home = tmp_path / f"k{k}"
+        env = {**os.environ, "NASGRAPH_HOME": str(home), "PYTHONPATH": str(ROOT), "IN_FLIGHT": "2"}
+        first = subprocess.run([sys.executable, "-m", "tests.resume_driver", str(home), "kr", "4", "4"],
+                               cwd=ROOT, env={**env, "EXIT_AT_CHECKPOINT": str(k)}, capture_output=True, text=True)
+        assert first.returncode == 9, first.stderr[-2000:]
+        resumed = subprocess.run([sys.executable, "-m", "tests.resume_driver", str(home), "kr", "4", "44"],
+                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "SUMMARY 4" in resumed.stdout
+        events = list(read_events(RunPaths(home / "runs" / "kr").trace))
+        assert [e["step"] for e in events] == list(range(len(events)))
+        assert [e["iteration"] for e in events if e["node"] == "record"] == [1, 2, 3, 4]
+        assert any(e.get("ahead") for e in events)
+        with Store(home / "store.sqlite") as store:
+            assert sorted(e.iteration for e in store.evaluations_for_run("kr")) == [1, 2, 3, 4]
