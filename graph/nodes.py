@@ -193,7 +193,9 @@ class Nodes:
 
     def _improve(self, state: LoopState, parent: Parent | None, niches: int | None) -> NodeResult:
         search = self.d.cfg.loop.search
-        view = {"view": {"history": state.get("history", []), "best": state.get("best")}} if self.d.ahead else {}
+        # Planned ahead, the attempt drafts from the view; otherwise none (a run resumed with in_flight 1
+        # must not keep the view of its last planned iteration).
+        view = {"view": {"history": state.get("history", []), "best": state.get("best")} if self.d.ahead else None}
         if search == "independent":  # no feedback: no improver call, no history, no parent
             return NodeResult({"triple": INDEPENDENT.model_dump(), "parent": None, "attempt": None, **view},
                               {"triple": INDEPENDENT.model_dump(), "search": search})
