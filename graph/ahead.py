@@ -15,7 +15,6 @@ work with training, which runs in the evaluator's own processes.
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -52,18 +51,16 @@ class Ahead:
         if iteration not in self._plans and not self.closing.is_set():
             self._plans[iteration] = self._pool.submit(make)
 
-    def take(self, iteration: int) -> tuple[Plan | None, float]:
-        """The plan for `iteration` (waiting for it if it is being made) and the seconds waited; None when
-        none was scheduled (a resumed run) or making it failed: the graph then plans it itself."""
+    def take(self, iteration: int) -> Plan | None:
+        """The plan for `iteration` (waiting for it if it is being made); None when none was scheduled
+        (a resumed run) or making it failed: the graph then plans it itself. The node's wrapper times the wait."""
         future = self._plans.pop(iteration, None)
         if future is None:
-            return None, 0.0
-        start = time.perf_counter()
+            return None
         try:
-            plan = future.result()
+            return future.result()
         except (Exception, CancelledError):  # noqa: BLE001 - the graph redoes it and raises there if it must
-            plan = None
-        return plan, time.perf_counter() - start
+            return None
 
     def close(self) -> None:
         """Stop planning: no new LLM call starts; the one in progress (if any) is waited for, so the model

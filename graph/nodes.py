@@ -175,7 +175,7 @@ class Nodes:
         if ahead is None:
             return self._improve(state, *self._choose(state))
         iteration = state.get("iteration", 0) + 1
-        plan, _ = ahead.take(iteration)
+        plan = ahead.take(iteration)
         ahead.current = plan
         if plan is not None:
             result = _planned(plan.improve)
