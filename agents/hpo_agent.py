@@ -27,6 +27,7 @@ from nasgraph.agents.llm_call import call
 from nasgraph.agents.prompts import pair_sha, render
 from nasgraph.agents.schemas import CallMeta
 from nasgraph.dataset_ref import parse
+from nasgraph.tools.hpo.prior import Prior
 from nasgraph.tools.hpo.space import ChoiceDim, Params, SearchSpace, Validated, fmt_value
 from nasgraph.tools.hpo.study import Proposal, Sampler, Trial
 
@@ -115,6 +116,14 @@ def _example(space: SearchSpace) -> str:
     return json.dumps(mid)
 
 
+def prior_block(prior: Prior | None, space: SearchSpace, rng: random.Random) -> str:
+    """The settings LEMUR's records favour on this dataset (other models' runs), or nothing."""
+    if prior is None or not prior.settings:
+        return ""
+    return (f"Settings that did best for other models on {prior.dataset} (LEMUR's recorded runs of "
+            f"{prior.judges} models):\n{prior.describe(space, space.sample(rng))}\n\n")
+
+
 def _directive(trials: list[Trial], budget: int) -> str:
     """Explore for the first third of the budget, then refine the best: told only "beat the best", the
     0.5B model re-proposed its first setting with the lr changed in the third digit. (Measured: the
@@ -151,11 +160,12 @@ def _nudge(params: Params, space: SearchSpace, rng: random.Random) -> Params:
 
 
 def propose(llm: BaseChatModel, architecture: Architecture, space: SearchSpace, trials: list[Trial], budget: int,
-            rng: random.Random) -> tuple[Params, HpoCall]:
+            rng: random.Random, prior: Prior | None = None) -> tuple[Params, HpoCall]:
     """The next setting to try (inside `space`) and how it was obtained; raises AgentError if the LLM call fails."""
     system = render("hpo_agent.system")
     user = render("hpo_agent.user", architecture=architecture.summary or architecture.name,
-                  dataset=parse(architecture.dataset).short_name, space=space.describe(), done=len(trials), budget=budget,
+                  dataset=parse(architecture.dataset).short_name, space=space.describe(),
+                  prior=prior_block(prior, space, random.Random(0)), done=len(trials), budget=budget,
                   trials=trials_block(trials), best=_best_line(trials), directive=_directive(trials, budget),
                   keys=", ".join(space.names), example=_example(space))
     reply = call(llm, system, user, "hpo_agent")
@@ -177,13 +187,16 @@ def propose(llm: BaseChatModel, architecture: Architecture, space: SearchSpace, 
 
 class LLMSampler(Sampler):
     """The agent as a sampler: each proposal is enqueued into the study as fixed parameters, with how
-    it was read as trial attributes. `llm_at(step)` gives the chat model for a step (a per-step seed)."""
+    it was read as trial attributes. `llm_at(step)` gives the chat model for a step (a per-step seed).
+    With a `prior` (tools.hpo.prior), the prompt also shows the settings LEMUR's records favour."""
     name = "llm"
 
-    def __init__(self, llm_at, architecture: Architecture, budget: int) -> None:
+    def __init__(self, llm_at, architecture: Architecture, budget: int, prior: Prior | None = None) -> None:
         self.llm_at = llm_at
         self.architecture = architecture
         self.budget = budget
+        self.prior = prior
+        self.name = "llm+prior" if prior is not None else "llm"  # type: ignore[misc]
         self.calls: list[HpoCall] = []
 
     def optuna_sampler(self, seed: int, trials: int) -> optuna.samplers.BaseSampler:
@@ -192,7 +205,8 @@ class LLMSampler(Sampler):
     def propose(self, space: SearchSpace, trials: list[Trial], seed: int) -> Proposal:
         step = len(trials)
         rng = random.Random(f"{seed}:{step}")
-        params, meta = propose(self.llm_at(seed * 1000 + step), self.architecture, space, trials, self.budget, rng)
+        params, meta = propose(self.llm_at(seed * 1000 + step), self.architecture, space, trials, self.budget, rng,
+                               self.prior)
         self.calls.append(meta)
         attrs = {"parse_mode": meta.parse_mode, "repeated": meta.repeated, "missing": meta.missing,
                  "clamped": meta.clamped, "invalid": meta.invalid, "llm_seconds": meta.seconds,

@@ -16,7 +16,7 @@ TPE per search, and for the agent how its replies were read (fallbacks, repeats,
 and its seconds per proposal. Each search is an optuna study in SQLite under --run-dir (default
 <home>/runs/bench-hpo/<part>), so a killed benchmark resumes where it stopped.
 
-Run: nice -n 19 .venv/bin/python -m bench.hpo tabular [--series 12] [--seeds 2] [--trials 10] [--model M]
+Run: nice -n 19 .venv/bin/python -m bench.hpo tabular [--series 12] [--seeds 2] [--trials 10] [--model M] [--prior]
      nice -n 19 .venv/bin/python -m bench.hpo live [--trials 12] [--seeds 1] [--json docs/bench/F.json]
 """
 from __future__ import annotations
@@ -37,9 +37,11 @@ from nasgraph.agents.hpo_agent import Architecture, LLMSampler
 from nasgraph.config import default_home, load_config
 from nasgraph.tools.hpo import TPE, Random, Sampler, StudyResult, run_study, sqlite_storage
 from nasgraph.tools.hpo import tabular as tab
+from nasgraph.tools.hpo.prior import Prior, PriorFirst, transfer_prior
 from nasgraph.tools.lemur import lemur_dir
 
 SAMPLERS = ("llm", "tpe", "random")
+PRIOR_SAMPLERS = ("llm+prior", "tpe+prior")  # with --prior: told / tried first LEMUR's portfolio
 START = time.perf_counter()
 REFERENCES = ("tiny_cnn", "small_resnet", "lemur_hooks")
 
@@ -121,13 +123,22 @@ def _llm_counts(result: StudyResult) -> dict:
 
 
 def search(sampler_name: str, objective, space, arch: Architecture, trials: int, seed: int, storage, study: str,
-           llm_at: Callable | None) -> StudyResult:
+           llm_at: Callable | None, prior: Prior | None = None) -> StudyResult:
+    """`llm+prior` is the agent told LEMUR's portfolio; `tpe+prior` tries the portfolio first, then TPE."""
+    base, _, with_prior = sampler_name.partition("+")
     sampler: Sampler
-    if sampler_name == "llm":
-        sampler = LLMSampler(llm_at, arch, trials)
+    if base == "llm":
+        sampler = LLMSampler(llm_at, arch, trials, prior if with_prior else None)
     else:
-        sampler = TPE() if sampler_name == "tpe" else Random()
+        sampler = TPE() if base == "tpe" else Random()
+        if with_prior:
+            sampler = PriorFirst(sampler, prior)
     return run_study(objective, space, sampler, trials, name=study, storage=storage, seed=seed)
+
+
+def _samplers(a, llm_at: Callable | None) -> tuple[str, ...]:
+    names = SAMPLERS + (PRIOR_SAMPLERS if a.prior else ())
+    return tuple(s for s in names if not s.startswith("llm") or llm_at is not None)
 
 
 def _storages(run_dir: Path, samplers: tuple[str, ...]) -> dict:
@@ -138,7 +149,7 @@ def tabular_part(a, llm_at: Callable | None) -> dict:
     root = lemur_dir(a.home)
     run_dir = Path(a.run_dir or Path(a.home) / "runs" / "bench-hpo" / "tabular")
     series = tab.draw(root, a.series, seed=a.draw_seed, min_configs=a.min_configs)
-    samplers = tuple(s for s in SAMPLERS if s != "llm" or llm_at is not None)
+    samplers = _samplers(a, llm_at)
     storages = _storages(run_dir, samplers)
     print(f"tabular: {len(series)} series (>= {a.min_configs} distinct recorded settings at epoch 1), "
           f"{a.seeds} seed(s), {a.trials} trials per search; studies in {run_dir}")
@@ -148,11 +159,13 @@ def tabular_part(a, llm_at: Callable | None) -> dict:
             print(f"  --max-minutes reached: {i - 1} of {len(series)} series done (the same command resumes)")
             break
         arch = Architecture(name=s.model, dataset=s.dataset, summary=s.describe())
+        # The series' own model is left out of its prior: the search never sees its own records.
+        prior = transfer_prior(root, s.dataset, exclude=s.model) if a.prior else None
         for seed in range(a.seeds):
             for name in samplers:
                 t = time.perf_counter()
                 res = search(name, tab.TabularOracle(s), s.space, arch, a.trials, seed, storages[name],
-                             f"{s.model}@{s.dataset}-seed{seed}", llm_at)
+                             f"{s.model}@{s.dataset}-seed{seed}", llm_at, prior)
                 seconds[name] += time.perf_counter() - t
                 row = {"sampler": name, "unit": f"{s.model}@{s.dataset}", "seed": seed, "best": res.best_accuracy,
                        "regret": s.best - res.best_accuracy, "recorded_best": s.best, "points": len(s.points)}
@@ -192,7 +205,8 @@ def live_part(a, llm_at: Callable | None) -> dict:
 
     cfg = load_config(home=a.home, evaluator={"threads": a.threads})
     run_dir = Path(a.run_dir or Path(a.home) / "runs" / "bench-hpo" / "live")
-    samplers = tuple(s for s in SAMPLERS if s != "llm" or llm_at is not None)
+    samplers = _samplers(a, llm_at)
+    prior = transfer_prior(lemur_dir(a.home), a.dataset) if a.prior else None
     storages = _storages(run_dir, samplers)
     print(f"live: {', '.join(REFERENCES)} on {a.dataset}, {a.seeds} seed(s), {a.trials} one-epoch trials per "
           f"search, {a.threads} training thread(s); studies in {run_dir}")
@@ -211,7 +225,7 @@ def live_part(a, llm_at: Callable | None) -> dict:
                     objective = LiveObjective(evaluator, cfg.evaluator, code, a.dataset, origin="handed",
                                               image_sides=HANDED_SIDES, max_params=NO_BUDGET, max_flops=NO_BUDGET)
                     res = search(name, objective, space, arch, a.trials, seed, storages[name],
-                                 f"{ref}@{a.dataset}-seed{seed}", llm_at)
+                                 f"{ref}@{a.dataset}-seed{seed}", llm_at, prior)
                     seconds[name] += time.perf_counter() - t
                     row = {"sampler": name, "unit": ref, "seed": seed, "best": res.best_accuracy,
                            "failed": sum(t.accuracy is None for t in res.trials),
@@ -269,6 +283,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="live: training threads")
     ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="the agent's LLM (embedded name or GGUF path)")
     ap.add_argument("--no-llm", action="store_true", help="TPE and random only")
+    ap.add_argument("--prior", action="store_true",
+                    help="also llm+prior and tpe+prior: LEMUR's portfolio for the dataset (other models' runs)")
     ap.add_argument("--home", type=Path, default=default_home())
     ap.add_argument("--run-dir", help="folder of the studies' SQLite files (the same folder resumes)")
     ap.add_argument("--json", help="write the figures here too, e.g. docs/bench/2026-11-27-hpo-tabular.json")

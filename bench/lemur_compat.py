@@ -16,6 +16,7 @@ policy's calibration; it lists every torch-only file the handed-in policy refuse
 
 Run: .venv/bin/python -m bench.lemur_compat [--sample 200] [--seed 0] [--dataset fashion-mnist --dataset mnist-5k]
                                             [--time-budget 30] [--sides 32,64,128,256,299] [--workers 1] [--out F.json]
+     (with --out, each measured file is journaled beside it; the same command again resumes)
      .venv/bin/python -m bench.lemur_compat --static [--out F.json]
 """
 from __future__ import annotations
@@ -122,13 +123,24 @@ def print_static(res: dict) -> None:
 
 # ---------------------------------------------------------------- evaluation
 
+def journal(out: Path | None) -> Path | None:
+    """Rows already measured, one JSON line each beside --out: a stopped run resumes where it was."""
+    return out.with_suffix(".rows.jsonl") if out else None
+
+
 def evaluate(root: Path, sample: list[tuple[str, bool]], datasets: list[str], args: argparse.Namespace) -> list[dict]:
     cfg = load_config(evaluator={"threads": args.threads or load_config().evaluator.threads})
-    rows = []
+    log = journal(args.out)
+    rows = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()] if log and log.exists() else []
+    done = {(r["dataset"], r["file"]) for r in rows}
+    if rows:
+        print(f"resuming: {len(rows)} rows from {log}", flush=True)
     with Evaluator(cfg.data_dir, workers=args.workers) as ev:
         futures = {}
         for dataset in datasets:
             for name, torch_only in sample:
+                if (dataset, name) in done:
+                    continue
                 code = (root / MODELS_DIR / f"{name}.py").read_text(encoding="utf-8", errors="replace")
                 req = EvalRequest.from_config(cfg.evaluator, code=code, dataset=dataset, origin="handed",
                                               max_params=NO_BUDGET, max_flops=NO_BUDGET,
@@ -145,6 +157,9 @@ def evaluate(root: Path, sample: list[tuple[str, bool]], datasets: list[str], ar
                    "prm_filled": out.detail.get("prm_filled", {}),
                    "seconds": round(sum(out.seconds.values()), 1), "reason": None if out.ok else reason(out)}
             rows.append(row)
+            if log:
+                with log.open("a") as f:
+                    f.write(json.dumps(row, default=str) + "\n")
             side = f"@{row['image_side']}px" if row["image_side"] else ""
             print(f"  {dataset:14} {row['group']:10} {'OK ' if row['ok'] else 'BAD'} {row['kind']:28} {name} {side}",
                   flush=True)
@@ -208,6 +223,8 @@ def main() -> None:
                 print(f"  {r['dataset']:14} {r['group']:10} {r['file']}: {r['reason']}")
     if args.out:
         args.out.write_text(json.dumps(res, indent=1, default=str))
+        if journal(args.out).exists():
+            journal(args.out).unlink()
 
 
 if __name__ == "__main__":

@@ -11,13 +11,11 @@ from langgraph.graph import END, START, StateGraph
 
 from . import routing
 from .nodes import Nodes
-from .state import RESULT_KEYS, AttemptState, LoopState
+from .state import ATTEMPT_INPUTS, RESULT_KEYS, AttemptState, LoopState
 
 LOOP_NODES = ("improve", "retrieve", "record")
 ATTEMPT_NODES = ("generate", "check", "fix", "repair", "fingerprint", "evaluate")
 NODE_NAMES = LOOP_NODES[:2] + ATTEMPT_NODES + LOOP_NODES[2:]  # every traced node, in iteration order
-# What the loop hands to a new attempt; the rest of AttemptState starts empty.
-ATTEMPT_INPUTS = ("run_id", "seed_key", "task", "triple", "parent", "blocks", "history", "best", "iteration", "step")
 
 
 def build_attempt(nodes: Nodes, max_repairs: int, max_fixes: int = 0):

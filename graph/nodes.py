@@ -30,7 +30,7 @@ from nasgraph.tools.store import Store
 
 from .ahead import Ahead, Plan
 from .routing import repairable, stop_reason
-from .state import AttemptState, LoopState
+from .state import ATTEMPT_INPUTS, AttemptState, LoopState
 from .trace import TraceWriter
 
 NET_DEF = re.compile(r"^class\s+Net\b", re.M)
@@ -271,9 +271,10 @@ class Nodes:
         blocks = retrieved.update["blocks"]
         generated = None
         if not self.d.ahead.closing.is_set():
-            generated = self._generate({"run_id": view["run_id"], "seed_key": view.get("seed_key"), "task": view["task"],
-                                        "triple": triple, "parent": parent_state, "blocks": blocks,
-                                        "history": view["history"], "best": view["best"], "iteration": iteration - 1})
+            # The attempt's inputs as the loop will hand them over (the step count is not known yet).
+            inputs = {k: view.get(k) for k in ATTEMPT_INPUTS if k != "step"}
+            generated = self._generate({**inputs, "triple": triple, "parent": parent_state, "blocks": blocks,
+                                        "iteration": iteration - 1})
         return Plan(iteration, improved, retrieved, generated, triple, parent_state, blocks)
 
     def _current_plan(self, state: LoopState | AttemptState) -> Plan | None:

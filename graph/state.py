@@ -9,6 +9,8 @@ import operator
 from typing import Annotated, Any, TypedDict
 
 HISTORY_KEEP = 50  # entries kept in state; the prompt window (K) is a suffix of this
+# What the loop hands to a new attempt; the rest of AttemptState starts empty.
+ATTEMPT_INPUTS = ("run_id", "seed_key", "task", "triple", "parent", "blocks", "history", "best", "iteration", "step")
 
 
 def keep_recent(old: list[dict], new: list[dict]) -> list[dict]:

@@ -1,4 +1,4 @@
-"""`nasgraph hpo FILE --dataset D --trials N --sampler llm|tpe|random`: tune a model file's training
+"""`nasgraph hpo FILE --dataset D --trials N --sampler llm|tpe|random [--prior]`: tune a model file's training
 hyperparameters through the sandboxed Evaluator, each trial one training run.
 
 The study lives in optuna's SQLite storage under `<home>/runs/hpo/<name>/study.sqlite`; the same
@@ -70,8 +70,18 @@ def cmd_hpo(args, cfg: Config, console: Console) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines would repeat our own
     dataset = cfg.loop.dataset
     arch_id = Candidate.of(code).arch_id
-    run_dir = cfg.runs_dir / "hpo" / (args.name or _run_name(path, arch_id, dataset, args.sampler, args.seed))
+    label = args.sampler + ("+prior" if args.prior else "")
+    run_dir = cfg.runs_dir / "hpo" / (args.name or _run_name(path, arch_id, dataset, label, args.seed))
     space = live_space(code)
+    prior = None
+    if args.prior:
+        from nasgraph.tools.hpo.prior import transfer_prior
+        from nasgraph.tools.lemur import lemur_dir
+
+        prior = transfer_prior(lemur_dir(cfg.home), dataset)
+        if prior is None:
+            raise HpoCLIError(f"--prior: no LEMUR records for {dataset} (or none stand in for it); "
+                              "run `nasgraph lemur pull` first, or leave out --prior")
 
     if args.sampler == "llm":
         from nasgraph.agents.code_generator import layer_kinds
@@ -82,9 +92,13 @@ def cmd_hpo(args, cfg: Config, console: Console) -> int:
         kinds = layer_kinds(code)
         arch = Architecture(name=path.stem, dataset=dataset,
                             summary=f"{path.stem}" + (f", built from {kinds}" if kinds else ""))
-        sampler = LLMSampler(lambda step: handle.at_step(step), arch, args.trials)
+        sampler = LLMSampler(lambda step: handle.at_step(step), arch, args.trials, prior)
     else:
         sampler = TPE() if args.sampler == "tpe" else Random()
+        if prior is not None:
+            from nasgraph.tools.hpo.prior import PriorFirst
+
+            sampler = PriorFirst(sampler, prior)
 
     def show(tr) -> None:
         if args.json:
@@ -95,8 +109,11 @@ def cmd_hpo(args, cfg: Config, console: Console) -> int:
 
     device = str(pick_device(cfg.evaluator.device))
     if not args.json:
-        console.print(f"[bold]hpo[/] {path.name} on {dataset}, sampler {args.sampler}, {args.trials} trials "
+        console.print(f"[bold]hpo[/] {path.name} on {dataset}, sampler {label}, {args.trials} trials "
                       f"of {cfg.loop.epochs} epoch(s); study in {run_dir}")
+        if prior is not None:
+            console.print(f"[dim]prior: {len(prior.settings)} settings from LEMUR's {prior.dataset} runs of "
+                          f"{prior.judges} other models[/]")
     with Evaluator.from_config(cfg.evaluator, cfg.data_dir, device=device, workers=1) as evaluator:
         objective = LiveObjective(evaluator, cfg.evaluator, code, dataset, epochs=cfg.loop.epochs, origin="handed",
                                   image_sides=HANDED_SIDES, max_params=NO_BUDGET, max_flops=NO_BUDGET)
@@ -108,7 +125,7 @@ def cmd_hpo(args, cfg: Config, console: Console) -> int:
                           "best": best.model_dump() if best else None,
                           "trials": [t.model_dump() for t in result.trials]}, default=str))
         return 0
-    console.print(trials_table(f"{path.name} on {dataset}: {args.sampler}", space.names, result.trials,
+    console.print(trials_table(f"{path.name} on {dataset}: {label}", space.names, result.trials,
                                best.number if best else None))
     fallbacks = sum(t.source == "fallback" for t in result.trials)
     if best is None:
@@ -129,6 +146,9 @@ def register(subparsers, commands: dict) -> None:
     p.add_argument("--trials", type=int, default=12, help="trials in the study, resumed ones included (default 12)")
     p.add_argument("--sampler", choices=SAMPLERS, default="llm")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--prior", action="store_true",
+                   help="start from the settings LEMUR's records favour on the dataset (needs `nasgraph lemur pull`): "
+                        "the agent is told them, tpe and random try them first")
     p.add_argument("--epochs", type=int, help="training epochs per trial (default: the config's, 1)")
     p.add_argument("--name", help="study folder under <home>/runs/hpo/ (default: file, architecture, dataset, "
                                   "sampler and seed); the same name resumes")
