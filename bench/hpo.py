@@ -169,7 +169,7 @@ def tabular_part(a, llm_at: Callable | None) -> dict:
                 seconds[name] += time.perf_counter() - t
                 row = {"sampler": name, "unit": f"{s.model}@{s.dataset}", "seed": seed, "best": res.best_accuracy,
                        "regret": s.best - res.best_accuracy, "recorded_best": s.best, "points": len(s.points)}
-                if name == "llm":
+                if name.startswith("llm"):
                     row["llm"] = _llm_counts(res)
                 rows.append(row)
         done = {n: statistics.fmean(r["regret"] for r in rows if r["sampler"] == n) for n in samplers}
@@ -231,7 +231,7 @@ def live_part(a, llm_at: Callable | None) -> dict:
                            "failed": sum(t.accuracy is None for t in res.trials),
                            "trials": [{"params": t.params, "accuracy": t.accuracy, "status": t.status,
                                        "source": t.source, "seconds": t.seconds} for t in res.trials]}
-                    if name == "llm":
+                    if name.startswith("llm"):
                         row["llm"] = _llm_counts(res)
                     rows.append(row)
                     print(f"  {ref} seed {seed} {name}: best {res.best_accuracy:.4f} "
