@@ -122,7 +122,7 @@ def transfer_prior(root: Path, dataset: str, *, exclude: str | None = None, k: i
     scored = []
     # Each pool model's two best runs: models often share their very best setting, and a portfolio of
     # one setting k times teaches a search nothing.
-    for m, run in ((m, r) for m in pool for r in sorted(by_model[m], key=lambda r: -r.accuracy)[:2]):
+    for m, run in ((name, r) for name in pool for r in sorted(by_model[name], key=lambda r: -r.accuracy)[:2]):
         raw = {"lr": run.lr, "momentum": run.momentum, "batch": run.batch, "dropout": run.dropout,
                "transform": run.transform}
         pct = []
