@@ -144,7 +144,10 @@ def register(subparsers, commands: dict) -> None:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--dataset", help="dataset to train on (default: the config's loop.dataset)")
     p.add_argument("--trials", type=int, default=12, help="trials in the study, resumed ones included (default 12)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="llm")
+    # TPE by default: it beat the LLM agent on LEMUR's recorded runs and live on Fashion-MNIST
+    # (docs/2026-11-27-hpo.md), and it needs no LLM.
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                   help="tpe (optuna, default), random, or llm (the hyperparameter agent on the configured LLM)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--prior", action="store_true",
                    help="start from the settings LEMUR's records favour on the dataset (needs `nasgraph lemur pull`): "

@@ -132,7 +132,10 @@ def test_agent_is_told_the_prior(root: Path) -> None:
 
 
 def test_cli_prior_without_lemur_records_is_a_clear_error(tmp_path: Path, capsys) -> None:
-    from nasgraph.cli import main
+    from nasgraph.cli import build_parser, main
+
+    defaults = build_parser().parse_args(["hpo", "m.py"])
+    assert (defaults.sampler, defaults.prior) == ("tpe", False)  # the sampler that won the benchmarks, no LLM needed
 
     model = tmp_path / "m.py"
     model.write_text(CODE)
