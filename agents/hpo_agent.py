@@ -116,12 +116,13 @@ def _example(space: SearchSpace) -> str:
     return json.dumps(mid)
 
 
-def prior_block(prior: Prior | None, space: SearchSpace, rng: random.Random) -> str:
-    """The settings LEMUR's records favour on this dataset (other models' runs), or nothing."""
+def prior_block(prior: Prior | None, space: SearchSpace) -> str:
+    """The settings LEMUR's records favour on this dataset (other models' runs), or nothing. A key a
+    recorded run lacks is shown filled from a fixed sample of the space."""
     if prior is None or not prior.settings:
         return ""
     return (f"Settings that did best for other models on {prior.dataset} (LEMUR's recorded runs of "
-            f"{prior.judges} models):\n{prior.describe(space, space.sample(rng))}\n\n")
+            f"{prior.judges} models):\n{prior.describe(space, space.sample(random.Random(0)))}\n\n")
 
 
 def _directive(trials: list[Trial], budget: int) -> str:
@@ -165,7 +166,7 @@ def propose(llm: BaseChatModel, architecture: Architecture, space: SearchSpace, 
     system = render("hpo_agent.system")
     user = render("hpo_agent.user", architecture=architecture.summary or architecture.name,
                   dataset=parse(architecture.dataset).short_name, space=space.describe(),
-                  prior=prior_block(prior, space, random.Random(0)), done=len(trials), budget=budget,
+                  prior=prior_block(prior, space), done=len(trials), budget=budget,
                   trials=trials_block(trials), best=_best_line(trials), directive=_directive(trials, budget),
                   keys=", ".join(space.names), example=_example(space))
     reply = call(llm, system, user, "hpo_agent")

@@ -17,9 +17,7 @@ The agent is told the portfolio (`Prior.describe`); `PriorFirst` enqueues it bef
 from __future__ import annotations
 
 import json
-import math
 import random
-import re
 import sqlite3
 import statistics
 from contextlib import closing
@@ -28,12 +26,15 @@ from pathlib import Path
 
 from nasgraph.tools.hpo.space import ChoiceDim, Params, SearchSpace, fmt_value
 from nasgraph.tools.hpo.study import HpoError, Proposal, Sampler, Trial
-from nasgraph.tools.hpo.tabular import RecordedRun, TabularOracle, build_series, transform_parts
+from nasgraph.tools.hpo.tabular import RecordedRun, TabularOracle, build_series, transform_gap, transform_parts
 from nasgraph.tools.lemur import index_path
+from nasgraph.tools.lemur.query import dataset_key
 
 # Datasets of ours that LEMUR lacks, and the LEMUR dataset whose records stand in for them.
 STAND_IN = {"fashionmnist": "mnist", "mnist5k": "mnist", "digits": "mnist", "animalmnist": "mnist"}
-RAW_KEYS = ("lr", "momentum", "batch", "dropout", "transform")
+RAW_KEYS = ("lr", "momentum", "batch", "dropout", "transform")  # a RecordedRun's settings
+# A LEMUR transform's side counts against a space's choices over 4 doublings (32 to 512 px, LEMUR's range).
+SIDE_RANGE = 4.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ class Prior:
 
 
 def lemur_dataset(db: sqlite3.Connection, dataset: str) -> str | None:
-    norm = re.sub(r"[-_\s]", "", dataset.lower().split("@")[0])
-    known = {re.sub(r"[-_\s]", "", d.lower()): d for (d,) in db.execute("SELECT DISTINCT dataset FROM series")}
+    norm = dataset_key(dataset.split("@")[0])
+    known = {dataset_key(d): d for (d,) in db.execute("SELECT DISTINCT dataset FROM series")}
     return known.get(norm) or known.get(STAND_IN.get(norm, ""))
 
 
@@ -74,15 +75,10 @@ def fit(space: SearchSpace, raw: dict[str, object], fill: Params) -> Params:
     if "transform" in names and raw.get("transform") is not None:
         dim = space.dim("transform")
         assert isinstance(dim, ChoiceDim)
-        out["transform"] = min(dim.choices, key=lambda c: _transform_gap(str(c), str(raw["transform"])))
+        out["transform"] = min(dim.choices, key=lambda c: transform_gap(str(c), str(raw["transform"]), SIDE_RANGE))
     if "augment" in names and raw.get("transform") is not None:
         out["augment"] = transform_parts(str(raw["transform"]))[2]
     return space.validate({k: v for k, v in out.items() if k in names and v is not None}, fill).params
-
-
-def _transform_gap(a: str, b: str) -> float:
-    (ka, sa, fa), (kb, sb, fb) = transform_parts(a), transform_parts(b)
-    return (ka != kb) + (fa != fb) + abs(math.log2(sa) - math.log2(sb)) / 4
 
 
 _RUNS = """
@@ -122,9 +118,8 @@ def transfer_prior(root: Path, dataset: str, *, exclude: str | None = None, k: i
     scored = []
     # Each pool model's two best runs: models often share their very best setting, and a portfolio of
     # one setting k times teaches a search nothing.
-    for m, run in ((name, r) for name in pool for r in sorted(by_model[name], key=lambda r: -r.accuracy)[:2]):
-        raw = {"lr": run.lr, "momentum": run.momentum, "batch": run.batch, "dropout": run.dropout,
-               "transform": run.transform}
+    for m, run in ((model, r) for model in pool for r in sorted(by_model[model], key=lambda r: -r.accuracy)[:2]):
+        raw = {key: getattr(run, key) for key in RAW_KEYS}
         pct = []
         for judge, oracle, ranked in panel:
             if judge == m:

@@ -123,6 +123,14 @@ def transform_parts(name: str) -> tuple[str, int, bool]:
     return parts[0], sides[0] if sides else NATIVE_SIDE, "flip" in parts[1:]
 
 
+def transform_gap(a: str, b: str, side_range: float) -> float:
+    """How far two transform names are: another kind 1, flips on one side only 1, and the sides' log2
+    difference over `side_range` (0: sides ignored)."""
+    (ka, sa, fa), (kb, sb, fb) = transform_parts(a), transform_parts(b)
+    side = abs(math.log2(sa) - math.log2(sb)) / side_range if side_range else 0.0
+    return (ka != kb) + (fa != fb) + side
+
+
 class TabularOracle:
     """The objective of a tabular search: the nearest recorded point's accuracy."""
 
@@ -137,9 +145,7 @@ class TabularOracle:
         total = 0.0
         for d in self.series.space.dims:
             if isinstance(d, ChoiceDim):
-                (ka, sa, fa), (kb, sb, fb) = transform_parts(str(a[d.name])), transform_parts(str(b[d.name]))
-                side = abs(math.log2(sa) - math.log2(sb)) / self._side_range if self._side_range else 0.0
-                total += ((ka != kb) + (fa != fb) + side) ** 2 / 9
+                total += transform_gap(str(a[d.name]), str(b[d.name]), self._side_range) ** 2 / 9
             else:
                 total += (d.unit(a[d.name]) - d.unit(b[d.name])) ** 2
         return math.sqrt(total)

@@ -148,7 +148,7 @@ def _open(root: Path) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
-def _norm(text: str) -> str:
+def dataset_key(text: str) -> str:
     """`CIFAR10`, `cifar_10` and `cifar-10` name one dataset."""
     return re.sub(r"[-_\s]", "", text.lower())
 
@@ -164,7 +164,7 @@ def _close(word: str, names: list[str]) -> str:
 def _resolve_dataset(db: sqlite3.Connection, dataset: str) -> str:
     known = sorted({d for (d,) in db.execute("SELECT DISTINCT dataset FROM datasets")})
     for d in known:
-        if _norm(d) == _norm(dataset):
+        if dataset_key(d) == dataset_key(dataset):
             return d
     raise UnknownLemurName(f"no dataset {dataset!r} in LEMUR: one of {', '.join(known)}")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
 from nasgraph.errors import NasgraphError
+from nasgraph.tools.lemur.query import dataset_key
 from nasgraph.tools.predictor.dataset import (
     CATEGORY_COLUMNS,
     COLUMNS,
@@ -121,7 +121,7 @@ class Predictor:
     def resolve_dataset(self, name: str) -> str:
         """`CIFAR10`, `cifar_10` and `cifar-10` name one dataset."""
         for d in self.datasets:
-            if _norm(d) == _norm(name):
+            if dataset_key(d) == dataset_key(name):
                 return d
         raise PredictorError(f"the predictor knows no dataset {name!r}: one of {', '.join(self.datasets)}")
 
@@ -141,10 +141,6 @@ class Predictor:
         with threadpool_limits(1):
             value = float(self.estimator.predict(row)[0])
         return Prediction(min(max(value, 0.0), 1.0), settings, tuple(filled), features.parse_error, self.source)
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"[-_\s]", "", text.lower())
 
 
 # -- fitting ---------------------------------------------------------------------------------------
