@@ -151,6 +151,9 @@ def outcome_text(e: HistoryEntry, threshold: float = 0.1) -> str:
     if e.status == "ok":
         text = f"ok acc={e.accuracy:.3f}" if e.accuracy is not None else "ok"
         text += f" params={human(e.params)}"
+        if e.accuracy is not None and e.parent_accuracy is not None:
+            # The change's own effect: without it the 1.5B improver read a small loss as progress.
+            text += f" ({e.accuracy - e.parent_accuracy:+.3f} vs its parent)"
         if e.same_as is not None:
             text += f" SAME NETWORK AS #{e.same_as}"
         elif e.novelty is not None and e.novelty < threshold:

@@ -44,6 +44,22 @@ MOVES = (
     "use dense connectivity: in a stage, each 3x3 conv takes torch.cat of the stage input and all previous "
     "conv outputs, so its in_channels is the sum of theirs",
 )
+# Changes to a parent (search = parents): edits that keep its design and spend the budget on what one
+# epoch rewards. The family moves above are for fresh designs: offered to a parent, the 1.5B improver
+# turned 4 of 5 good parents into depthwise-separable or inverted-bottleneck variants, each a little
+# worse (mean -0.007 against the parent; docs/2026-11-28-search.md).
+PARENT_MOVES = (
+    "widen every conv stage by half (e.g. 32 -> 48, 64 -> 96 channels), keeping within the FLOP budget",
+    "add one more 3x3 conv (padding=1) with BatchNorm and ReLU to the stage at the lowest resolution",
+    "add BatchNorm after every conv that has none",
+    "add a residual connection around each pair of 3x3 convs that keep the channel count",
+    "move width to the later stages: fewer channels at full resolution, twice as many after the last "
+    "downsampling",
+    "replace the classifier's large Linear on the flattened map with AdaptiveAvgPool2d(1), a Linear to "
+    "128 units with ReLU and Dropout(0.2), then the output Linear",
+    "replace ReLU with GELU everywhere",
+    "add squeeze-and-excitation to the last conv stage only",
+)
 EXPLORE = ("Make the architecture structurally different from all earlier designs "
            "(another block type, depth or layout), not a variation of the same network.")
 
@@ -129,9 +145,9 @@ def _repeats(modification: str, history: list[HistoryEntry], ratio: float = 0.8)
     return any(SequenceMatcher(None, new, norm(e.triple.modification)).ratio() >= ratio for e in history)
 
 
-def _untried_moves(history: list[HistoryEntry]) -> list[str]:
+def _untried_moves(history: list[HistoryEntry], moves: tuple[str, ...] = MOVES) -> list[str]:
     tried = " ".join(e.triple.modification for e in history).lower()
-    return [m for m in MOVES if m.lower() not in tried]
+    return [m for m in moves if m.lower() not in tried]
 
 
 def _next_move(history: list[HistoryEntry], last: HistoryEntry | None) -> str:
@@ -200,12 +216,13 @@ def _last_text(last: HistoryEntry | None, threshold: float) -> str:
     return text
 
 
-def _parent_text(parent: Parent | None) -> str:
+def _parent_text(parent: Parent | None, max_flops: int) -> str:
     if parent is None:
         return ""
     kinds = layer_kinds(parent.code)
     return (f"Parent to improve (chosen from this run's archive): accuracy {parent.accuracy:.3f} with "
             f"{human(parent.params)} parameters and {human(parent.flops)} FLOPs"
+            + (f" ({parent.flops / max_flops:.0%} of the FLOP budget)" if parent.flops and max_flops else "")
             + (f", {parent.latency_ms:.2f} ms per image" if parent.latency_ms is not None else "")
             + (f", built from {kinds}" if kinds else "")
             + f" ({parent.arch_id}).\n")
@@ -238,9 +255,10 @@ def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: 
     # The last entry is shown in full under "Last result"; don't spend tokens on it twice.
     earlier = [e for e in history if last is None or e.iteration != last.iteration]
     user = render("prompt_improver.user", **values, history=history_block(earlier, novelty_threshold),
-                  best=best_text, parent=_parent_text(parent), last=_last_text(last, novelty_threshold),
+                  best=best_text, parent=_parent_text(parent, task.max_flops), last=_last_text(last, novelty_threshold),
                   directive=(PARETO_DIRECTIVE if pareto else PARENT_DIRECTIVE) if parent else _directive(last, explore),
-                  moves="\n".join(f"- {m}" for m in _untried_moves(history)) or "- (all tried: propose your own)")
+                  moves="\n".join(f"- {m}" for m in _untried_moves(history, PARENT_MOVES if parent and not pareto else MOVES))
+                  or "- (all tried: propose your own)")
     reply = call(llm, system, user, "prompt_improver")
 
     found, mode = parse_triple(reply.text)

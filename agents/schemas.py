@@ -55,6 +55,8 @@ class HistoryEntry(BaseModel):
     same_as: int | None = Field(None, description="an earlier iteration whose valid design had the same "
                                                   "parameter and FLOP counts (the same network, other code)")
     parent: str | None = Field(None, description="arch id of the design this one was built from (None: fresh)")
+    parent_accuracy: float | None = Field(None, description="that parent's accuracy: the change's effect is the "
+                                                            "difference")
 
 
 class BestDesign(BaseModel):

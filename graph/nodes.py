@@ -455,7 +455,7 @@ class Nodes:
         attempt = state["attempt"]
         outcome = Outcome(**attempt["outcome"])
         arch_id = attempt.get("arch_id")  # None when the attempt ended before its fingerprint
-        parent_id = (state.get("parent") or {}).get("arch_id")
+        parent_id, parent_acc = ((state.get("parent") or {}).get(k) for k in ("arch_id", "accuracy"))
         iteration = state.get("iteration", 0) + 1
         cached_ok = outcome.status == "duplicate" and outcome.detail.get("cached_status") == "ok"
         valid = outcome.status == "ok" or cached_ok
@@ -465,7 +465,7 @@ class Nodes:
                              accuracy=outcome.accuracy if valid else None, params=outcome.params,
                              error=outcome.error, arch_id=arch_id or "", novelty=attempt.get("novelty"),
                              diagnosis=outcome.diagnosis.model_dump(exclude_defaults=True) if outcome.diagnosis else None,
-                             same_as=same_as, parent=parent_id)
+                             same_as=same_as, parent=parent_id, parent_accuracy=parent_acc)
         best = state.get("best")
         if outcome.status == "ok" and outcome.accuracy is not None and (
                 best is None or outcome.accuracy > best["accuracy"]):

@@ -2,11 +2,8 @@
 other models, never the tuned model's own records; the agent told it; TPE with it tried first."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,8 +13,7 @@ from nasgraph.agents.hpo_agent import Architecture, LLMSampler
 from nasgraph.tools.hpo import TPE, FloatDim, IntDim, Result, SearchSpace, run_study
 from nasgraph.tools.hpo.live import live_space
 from nasgraph.tools.hpo.prior import PriorFirst, transfer_prior
-from nasgraph.tools.lemur import index as lemur_index
-from nasgraph.tools.lemur import lemur_dir
+from tests.lemur_wheel import TRAIN, indexed
 
 CODE = ("import torch\nimport torch.nn as nn\n\n\ndef supported_hyperparameters():\n    return {'lr', 'momentum'}\n\n\n"
         "class Net(nn.Module):\n    def __init__(self, in_shape, out_shape, prm, device):\n        super().__init__()\n"
@@ -30,32 +26,28 @@ def _acc(lr: float, best_lr: float) -> float:
     return round(max(0.0, 0.9 - 0.25 * abs(math.log10(lr / best_lr))), 4)
 
 
-def _wheel(path: Path) -> tuple[str, str]:
+def _records() -> tuple[dict[str, object], dict[str, str]]:
+    """LEMUR stat files and model files: eight models best near GOOD_LR, one ("odd") best near ODD_LR."""
     rng = random.Random(0)
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("ab/nn/nn/__init__.py", "")
-        for name in [f"net-{i}" for i in range(8)] + ["odd"]:
-            zf.writestr(f"ab/nn/nn/{name}.py", CODE)
-            best_lr = ODD_LR if name == "odd" else GOOD_LR
-            runs = []
-            for r in range(14):
-                lr = 10 ** rng.uniform(-4, -0.5)
-                runs.append({"accuracy": _acc(lr, best_lr), "lr": lr, "momentum": rng.uniform(0.5, 0.99),
-                             "batch": rng.choice([16, 32, 64, 128]), "transform": rng.choice(["norm_32", "norm_64_flip"]),
-                             "uid": f"{name}{r}", "duration": 10**9})
-            runs.append({"accuracy": 0.95 if name == "odd" else 0.91, "lr": best_lr, "momentum": 0.9, "batch": 32,
-                         "transform": "norm_32", "uid": f"{name}-best", "duration": 10**9})
-            zf.writestr(f"ab/nn/stat/train/img-classification_mnist_acc_{name}/1.json", json.dumps(runs))
-    return path.name, hashlib.sha256(path.read_bytes()).hexdigest()
+    stats: dict[str, object] = {}
+    names = [f"net-{i}" for i in range(8)] + ["odd"]
+    for name in names:
+        best_lr = ODD_LR if name == "odd" else GOOD_LR
+        runs = []
+        for r in range(14):
+            lr = 10 ** rng.uniform(-4, -0.5)
+            runs.append({"accuracy": _acc(lr, best_lr), "lr": lr, "momentum": rng.uniform(0.5, 0.99),
+                         "batch": rng.choice([16, 32, 64, 128]), "transform": rng.choice(["norm_32", "norm_64_flip"]),
+                         "uid": f"{name}{r}", "duration": 10**9})
+        runs.append({"accuracy": 0.95 if name == "odd" else 0.91, "lr": best_lr, "momentum": 0.9, "batch": 32,
+                     "transform": "norm_32", "uid": f"{name}-best", "duration": 10**9})
+        stats[f"{TRAIN}/img-classification_mnist_acc_{name}/1.json"] = runs
+    return stats, dict.fromkeys(names, CODE)
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("home")
-    wheel = home / "nn_dataset-0.0.1-py3-none-any.whl"
-    name, sha = _wheel(wheel)
-    lemur_index.build(wheel, lemur_dir(home), wheel_name=name, wheel_sha256=sha)
-    return lemur_dir(home)
+    return indexed(tmp_path_factory.mktemp("home"), *_records())
 
 
 def test_portfolio_is_other_models_best_settings_scored_on_other_models(root: Path) -> None:
@@ -93,6 +85,10 @@ def test_portfolio_fits_another_space(root: Path) -> None:
         assert set(params) == set(space.names)
         assert 32 <= params["batch"] <= 512 and 1e-3 <= params["lr"] <= 0.5
         assert params["augment"] in (False, True)
+    # The prompt shows what LEMUR recorded, never a value the fill supplied: these runs have no dropout.
+    with_dropout = SearchSpace(dims=[*space.dims, FloatDim(name="dropout", low=0.0, high=0.5)])
+    told = prior.describe(with_dropout, with_dropout.sample(random.Random(0)))
+    assert "lr " in told and "batch " in told and "augment " in told and "dropout" not in told
 
 
 SPACE = SearchSpace(dims=[FloatDim(name="lr", low=1e-4, high=0.3, log=True), IntDim(name="batch", low=16, high=128, log=True)])

@@ -7,7 +7,6 @@ import sqlite3
 import threading
 import time
 import warnings
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,8 @@ from nasgraph.tools import lemur
 from nasgraph.tools.lemur import LemurError, LemurNotPulled, LemurWheel, UnknownLemurName, fetch
 from nasgraph.tools.lemur import index as lemur_index
 from nasgraph.tools.lemur.parse import analyse, family
+from tests import lemur_wheel
+from tests.lemur_wheel import TRAIN
 from tests.unit.test_cli import assert_clean_error, nasgraph
 
 ALEXNET = """import torch
@@ -57,7 +58,6 @@ class Net(nn.Module):
 
 BROKEN = "def supported_hyperparameters(:\n    return {'lr'}\n"
 BROKEN_NAME = "FractalNet-0123456789abcdef0123456789abcdef"
-TRAIN = "ab/nn/stat/train"
 
 
 def _run(acc: float | None, **kw) -> dict:
@@ -84,20 +84,7 @@ MODELS = {"AlexNet": ALEXNET, "ga-mut-7": GA_MUT, BROKEN_NAME: BROKEN}
 
 def write_wheel(path: Path, stats: dict[str, object] = STATS, extra: bytes = b"",
                 models: dict[str, str] = MODELS) -> LemurWheel:
-    """A wheel in nn-dataset's layout, and the LemurWheel that pins it."""
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("ab/nn/__init__.py", "")
-        zf.writestr("ab/nn/api.py", "# not a model\n")
-        zf.writestr("ab/nn/nn/__init__.py", "")
-        for name, code in models.items():
-            zf.writestr(f"ab/nn/nn/{name}.py", code)
-        zf.writestr("ab/nn/stat/run/img-classification_AlexNet/android.json", "{}")
-        zf.writestr("nn_dataset-9.9.9.dist-info/METADATA", "Name: nn-dataset\n" + extra.decode())
-        for name, content in stats.items():
-            zf.writestr(name, content if isinstance(content, str) else json.dumps(content))
-    data = path.read_bytes()
-    return LemurWheel("nn-dataset==9.9.9", "nn_dataset-9.9.9-py3-none-any.whl", len(data),
-                      hashlib.sha256(data).hexdigest())
+    return lemur_wheel.write_wheel(path, stats, models, extra)
 
 
 @pytest.fixture

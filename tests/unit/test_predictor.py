@@ -1,16 +1,13 @@
 """The accuracy predictor on real code snippets and a tiny synthetic LEMUR index (no real corpus)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nasgraph.tools.lemur import index as lemur_index
 from nasgraph.tools.lemur import lemur_dir
 from nasgraph.tools.predictor import (
     PredictorError,
@@ -26,6 +23,7 @@ from nasgraph.tools.predictor import dataset as predictor_dataset
 from nasgraph.tools.predictor.dataset import CACHE, COLUMNS, transform_parts
 from nasgraph.tools.predictor.features import CATEGORICAL, GROUPS, NUMERIC
 from nasgraph.tools.predictor.model import group_folds, scores
+from tests.lemur_wheel import TRAIN, indexed
 from tests.unit.test_cli import assert_clean_error, nasgraph
 
 ALEXNET = """import torch
@@ -168,41 +166,36 @@ def model_code(n_conv: int, width: int) -> str:
             f"        self.body = nn.Sequential({convs})\n        self.fc = nn.Linear({width}, out_shape[0])\n")
 
 
-def synthetic_wheel(path: Path, *, models_per_family: int = 6, seed: int = 0) -> tuple[str, str]:
-    """A wheel whose accuracies depend on a model's conv count (and, a little, on lr); (name, sha256)."""
+def synthetic_records(*, models_per_family: int = 6, seed: int = 0) -> tuple[dict[str, object], dict[str, str]]:
+    """LEMUR stat files and model files whose accuracies depend on a model's conv count (and, a little, on lr)."""
     rng = np.random.default_rng(seed)
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("ab/nn/nn/__init__.py", "")
-        for fi, fam in enumerate(FAMILIES):
-            for i in range(models_per_family):
-                name = f"{fam}-{i}"
-                n_conv = 1 + (fi + 2 * i) % 6  # every family spans several conv counts
-                zf.writestr(f"ab/nn/nn/{name}.py", model_code(n_conv, 16 * (1 + i % 3)))
-                for dataset in DATASETS:
-                    base = 0.2 + 0.12 * n_conv + (0.05 if dataset == "mnist" else 0.0)
-                    for epoch in (1, 2):
-                        runs = []
-                        for r in range(4):
-                            lr = float(10 ** rng.uniform(-3, -1))
-                            acc = base + 0.03 * epoch + 0.02 * math.log10(lr) + rng.normal(0, 0.01)
-                            runs.append({"accuracy": float(np.clip(acc, 0, 1)), "lr": lr, "momentum": 0.9,
-                                         "batch": 32, "transform": "norm_32", "uid": f"{name}{r}",
-                                         "duration": 1_000_000_000})
-                        zf.writestr(f"ab/nn/stat/train/img-classification_{dataset}_acc_{name}/{epoch}.json",
-                                    json.dumps(runs))
-        # Another task's records are left out of the table.
-        zf.writestr("ab/nn/stat/train/txt-generation_wikitext_ppl_alpha-0/1.json",
-                    json.dumps([{"accuracy": 0.5, "lr": 0.01}]))
-    data = path.read_bytes()
-    return path.name, hashlib.sha256(data).hexdigest()
+    stats: dict[str, object] = {}
+    models: dict[str, str] = {}
+    for fi, fam in enumerate(FAMILIES):
+        for i in range(models_per_family):
+            name = f"{fam}-{i}"
+            n_conv = 1 + (fi + 2 * i) % 6  # every family spans several conv counts
+            models[name] = model_code(n_conv, 16 * (1 + i % 3))
+            for dataset in DATASETS:
+                base = 0.2 + 0.12 * n_conv + (0.05 if dataset == "mnist" else 0.0)
+                for epoch in (1, 2):
+                    runs = []
+                    for r in range(4):
+                        lr = float(10 ** rng.uniform(-3, -1))
+                        acc = base + 0.03 * epoch + 0.02 * math.log10(lr) + rng.normal(0, 0.01)
+                        runs.append({"accuracy": float(np.clip(acc, 0, 1)), "lr": lr, "momentum": 0.9,
+                                     "batch": 32, "transform": "norm_32", "uid": f"{name}{r}",
+                                     "duration": 1_000_000_000})
+                    stats[f"{TRAIN}/img-classification_{dataset}_acc_{name}/{epoch}.json"] = runs
+    # Another task's records are left out of the table.
+    stats[f"{TRAIN}/txt-generation_wikitext_ppl_alpha-0/1.json"] = [{"accuracy": 0.5, "lr": 0.01}]
+    return stats, models
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("home")
-    wheel = home / "nn_dataset-0.0.1-py3-none-any.whl"
-    name, sha = synthetic_wheel(wheel)
-    lemur_index.build(wheel, lemur_dir(home), wheel_name=name, wheel_sha256=sha)
+    indexed(home, *synthetic_records())
     return home
 
 

@@ -5,6 +5,7 @@ from collections import Counter
 
 import pytest
 
+from nasgraph.agents.prompt_improver import MOVES, PARENT_MOVES
 from nasgraph.config import load_config
 from nasgraph.graph.run import RunPaths, run_loop
 from nasgraph.graph.trace import read_events
@@ -64,7 +65,11 @@ def test_parents_search_shows_the_parent_to_both_agents_and_counts_its_children(
     assert improves[0]["parent"] is None  # an empty archive: the first design is fresh
     first = records[0]["code_hash"]
     assert improves[1]["parent"] == first and improves[1]["niches"] == 1
-    assert "Parent to improve" in improves[1]["prompt_text"]
+    assert "Parent to improve" in improves[1]["prompt_text"] and "of the FLOP budget" in improves[1]["prompt_text"]
+    # A parent is offered edits that keep its design, not the fresh designs' family moves...
+    assert PARENT_MOVES[0] in improves[1]["prompt_text"] and MOVES[1] not in improves[1]["prompt_text"]
+    # ...and the improver reads each change's effect against its parent.
+    assert records[1]["status"] == "ok" and "vs its parent)" in improves[2]["prompt_text"]
     assert gens[1]["prompt"] == "code_generator.child" and "nn.Conv2d(in_shape[1], 5" in gens[1]["prompt_text"]
     assert gens[0]["prompt"] == "code_generator.user"
     assert [r["parent"] for r in records] == [None, first, improves[2]["parent"]]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from nasgraph.tools.evaluator import Outcome
+from nasgraph.tools.evaluator.outcome import VALID
 
 from .registry import find_fix
 
@@ -42,7 +43,7 @@ class Result:
 
     @property
     def valid(self) -> bool:
-        return self.final.ok
+        return self.final.status in VALID  # a screened model built, checked and trained: valid
 
 
 def load_corpus(path: Path) -> list[Case]:
@@ -61,7 +62,7 @@ def replay(case: Case, evaluate: Callable[[str], Outcome], max_fixes: int) -> Re
     code = case.code
     first = out = evaluate(code)
     rules: list[str] = []
-    while not out.ok and len(rules) < max_fixes:
+    while out.status not in VALID and len(rules) < max_fixes:
         fix = find_fix(code, out.diagnosis)
         if fix is None:
             break

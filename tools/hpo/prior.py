@@ -43,6 +43,12 @@ class PriorSetting:
     score: float               # mean percentile among other models' runs (0..1, higher is better)
     model: str                 # whose best run it is
 
+    @property
+    def recorded(self) -> frozenset[str]:
+        """The space keys LEMUR's run gives a value for (`augment` follows from the transform)."""
+        keys = {k for k, v in self.params.items() if v is not None}
+        return frozenset(keys | ({"augment"} if "transform" in keys else set()))
+
 
 @dataclass(frozen=True)
 class Prior:
@@ -56,10 +62,12 @@ class Prior:
         return [fit(space, s.params, fill) for s in self.settings]
 
     def describe(self, space: SearchSpace, fill: Params) -> str:
-        """Prompt lines: each portfolio setting in the space, with how it did for other models."""
-        lines = [f"{i}. {', '.join(f'{k} {fmt_value(v)}' for k, v in p.items())} "
-                 f"(beat {s.score:.0%} of the runs of other models on average)"
-                 for i, (s, p) in enumerate(zip(self.settings, self.in_space(space, fill)), 1)]
+        """Prompt lines: each portfolio setting in the space, with how it did for other models. Only what
+        LEMUR recorded is shown: a key `fill` supplied (e.g. dropout in a run without one) is left out."""
+        lines = []
+        for i, (s, p) in enumerate(zip(self.settings, self.in_space(space, fill)), 1):
+            shown = ", ".join(f"{k} {fmt_value(v)}" for k, v in p.items() if k in s.recorded)
+            lines.append(f"{i}. {shown} (beat {s.score:.0%} of the runs of other models on average)")
         return "\n".join(lines)
 
 
