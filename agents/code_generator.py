@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 from langchain_core.language_models import BaseChatModel
 
-from nasgraph.agents.extract import extract
+from nasgraph.agents.edits import apply_edits
+from nasgraph.agents.extract import ensure_imports, extract
 from nasgraph.agents.feedback import error_hint, history_block, key_error_line, offending_line
 from nasgraph.agents.llm_call import AgentError, call
 from nasgraph.agents.prompts import RenderedPrompt, pair_sha, render
@@ -170,11 +171,46 @@ def child_prompt(task: Task, instruction: str, history: list[HistoryEntry], pare
         n_history -= 2
 
 
+def _edit_generation(llm: BaseChatModel, task: Task, instruction: str, history: list[HistoryEntry],
+                     parent: Parent, code: str, novelty_threshold: float) -> Generation:
+    """One change to `parent` asked for as SEARCH/REPLACE blocks on its compact code. A reply with no
+    block is read as a whole module (the model may ignore the format); blocks that match nowhere leave
+    the parent unchanged, which the fingerprint node reports as a parent echo (a redraft follows)."""
+    system = render("code_generator.edit_system")
+    n_history = 8
+    while True:
+        user = render("code_generator.child_edit", **task_values(task),
+                      history=history_block(history, novelty_threshold, limit=n_history),
+                      accuracy=f"{parent.accuracy:.3f}", params=human(parent.params), code=code,
+                      instruction=instruction.strip())
+        if len(user.text) <= USER_CHAR_BUDGET or n_history <= 2:
+            break
+        n_history -= 2
+    reply = call(llm, system, user, "code_generator")
+    done = apply_edits(code, reply.text)
+    if done.blocks == 0:
+        ex = extract(reply.text)
+        new, source, added = ex.code, ex.source, ex.added_imports
+    else:
+        new, added = ensure_imports(done.code) if done.applied else (parent.code, [])
+        source = "edit"
+    return Generation(
+        code=new, extract_source=source, added_imports=added, reply=reply.text, prompt=user.text,
+        prompt_name=user.name, prompt_sha=pair_sha(system, user), tokens_in=reply.tokens_in,
+        tokens_out=reply.tokens_out, tokens_estimated=reply.estimated, seconds=round(reply.seconds, 3), cut=reply.cut,
+        edit_blocks=done.blocks, edits_applied=done.applied,
+    )
+
+
 def generate(llm: BaseChatModel, task: Task, instruction: str, history: list[HistoryEntry],
              best: BestDesign | None, blocks: Sequence[str] = (), novelty_threshold: float = 0.1,
-             parent: Parent | None = None) -> Generation:
+             parent: Parent | None = None, child_format: str = "module") -> Generation:
     """Ask for a new model module implementing `instruction` (as a change to `parent` when one is
-    given); raises AgentError if the LLM call fails."""
+    given, written as a whole module or as edits of it); raises AgentError if the LLM call fails."""
+    if parent is not None and child_format == "edit":
+        code = compact_code(parent.code, PARENT_CODE_CHARS)
+        if "# ... (truncated)" not in code:  # edits need every line of the parent to be shown
+            return _edit_generation(llm, task, instruction, history, parent, code, novelty_threshold)
     system = render("code_generator.system")
     user = (child_prompt(task, instruction, history, parent, novelty_threshold) if parent is not None
             else build_prompt(task, instruction, history, best, blocks, novelty_threshold))

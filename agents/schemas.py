@@ -92,9 +92,11 @@ class CallMeta(BaseModel):
 
 class Generation(CallMeta):
     code: str
-    extract_source: str = Field("", description="fence / unclosed_fence / bare / empty")
+    extract_source: str = Field("", description="fence / unclosed_fence / bare / empty / edit")
     cut: bool = Field(False, description="the reply stopped at the token limit, so the module is unfinished")
     added_imports: list[str] = Field(default_factory=list)
+    edit_blocks: int | None = Field(None, description="SEARCH/REPLACE blocks in the reply (child_format edit)")
+    edits_applied: int | None = Field(None, description="of them, those that matched the parent and were applied")
 
 
 class Improvement(CallMeta):

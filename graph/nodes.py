@@ -103,7 +103,10 @@ INDEPENDENT = Triple(problem="", modification="Design a sound, efficient convolu
 def _llm_event(meta: Any) -> dict:
     return {"prompt": meta.prompt_name, "prompt_sha": meta.prompt_sha, "tokens_in": meta.tokens_in,
             "tokens_out": meta.tokens_out, "latency": round(meta.seconds, 3), "prompt_text": meta.prompt,
-            "reply": meta.reply}
+            "reply": meta.reply,
+            # A child written as edits: how many SEARCH/REPLACE blocks came back, and how many applied.
+            **({"edits": [meta.edit_blocks, meta.edits_applied]} if getattr(meta, "edit_blocks", None) is not None
+               else {})}
 
 
 def _latency_ms(detail: dict) -> float | None:
@@ -304,7 +307,7 @@ class Nodes:
             window = prompt_improver.window(_history(state), self.d.cfg.loop.history_k)
             return code_generator.generate(llm, _task(state), instruction, window, _best(state),
                                            state.get("blocks") or [], novelty_threshold=self.d.cfg.loop.novelty_threshold,
-                                           parent=_parent(state))
+                                           parent=_parent(state), child_format=self.d.cfg.loop.child_format)
 
     def generate(self, state: AttemptState) -> NodeResult:
         plan = self._current_plan(state)

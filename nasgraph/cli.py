@@ -40,7 +40,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["llm"] = llm
     loop: dict[str, Any] = {}
     for key in ("dataset", "image_size", "epochs", "iterations", "max_repairs", "max_fixes", "target_accuracy",
-                "search", "objective", "cascade", "in_flight"):
+                "search", "child_format", "objective", "cascade", "in_flight"):
         if getattr(args, key, None) is not None:
             loop[key] = getattr(args, key)
     if loop:
@@ -513,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--search", choices=["improver", "parents", "independent"],
                     help="improver: fresh designs steered by the history; parents: one change to a design drawn "
                          "from the run's archive; independent: no feedback (a baseline)")
+    rn.add_argument("--child-format", dest="child_format", choices=["module", "edit"],
+                    help="with --search parents: the child written as edits of its parent (default) or as a whole module")
     rn.add_argument("--objective", choices=["accuracy", "pareto"],
                     help="accuracy (default): the most accurate design wins; pareto: keep the front of accuracy, "
                          "parameters and batch-1 latency, build on it, and show it in the report")

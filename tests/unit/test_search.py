@@ -70,7 +70,7 @@ def test_parents_search_shows_the_parent_to_both_agents_and_counts_its_children(
     assert PARENT_MOVES[0] in improves[1]["prompt_text"] and MOVES[1] not in improves[1]["prompt_text"]
     # ...and the improver reads each change's effect against its parent.
     assert records[1]["status"] == "ok" and "vs its parent)" in improves[2]["prompt_text"]
-    assert gens[1]["prompt"] == "code_generator.child" and "nn.Conv2d(in_shape[1], 5" in gens[1]["prompt_text"]
+    assert gens[1]["prompt"] == "code_generator.child_edit" and "nn.Conv2d(in_shape[1], 5" in gens[1]["prompt_text"]
     assert gens[0]["prompt"] == "code_generator.user"
     assert [r["parent"] for r in records] == [None, first, improves[2]["parent"]]
     assert improves[2]["parent"] in {r["code_hash"] for r in records[:2]}
@@ -119,6 +119,7 @@ def test_pareto_objective_measures_latency_builds_on_the_front_and_reports_it(cf
 
 def test_a_child_that_echoes_its_parent_is_redrafted_not_recorded_as_a_duplicate(cfg):
     cfg.loop.search, cfg.loop.fresh_share, cfg.loop.max_repairs, cfg.loop.population_init = "parents", 0.0, 1, 1
+    cfg.loop.child_format = "module"  # the child written whole
     llm = ScriptedChatModel(improver=[C.TRIPLE] * 2,
                             generator=[C.fenced(C.wide(5)), C.fenced(C.wide(5)),  # 2: the parent, unchanged ...
                                        C.fenced(C.wide(9))])                       # ... then the change
@@ -128,6 +129,7 @@ def test_a_child_that_echoes_its_parent_is_redrafted_not_recorded_as_a_duplicate
     repair = next(e for e in events if e["node"] == "repair")
     assert fp[1]["status"] == "duplicate" and repair["repairing"] == "duplicate"
     assert "UNCHANGED: this is the parent design itself" in repair["prompt_text"]
+    assert repair["prompt"] == "code_generator.child" and "Write the complete new module" in repair["prompt_text"]
     assert [e["status"] for e in events if e["node"] == "record"] == ["ok", "ok"] and summary["duplicates"] == 0
 
 
@@ -139,3 +141,25 @@ def test_parents_search_starts_from_a_fresh_population_sampled_without_the_impro
     assert [e.get("fresh") for e in improves] == [True, True, None] and llm.calls.count("improver") == 1
     assert improves[0]["triple"]["modification"].startswith("Design a sound, efficient")
     assert improves[2]["parent"] is not None
+
+
+def test_a_child_written_as_edits_is_the_parent_with_the_edits_and_unmatched_edits_echo_the_parent(cfg):
+    cfg.loop.search, cfg.loop.fresh_share, cfg.loop.population_init = "parents", 0.0, 1
+    cfg.loop.child_format, cfg.loop.max_repairs = "edit", 1
+    widen = ("<<<<<<< SEARCH\nself.c2 = nn.Conv2d(5, 5, 3, padding=1)\n=======\n"
+             "self.c2 = nn.Conv2d(5, 5, 3, padding=1)\nself.c3 = nn.Conv2d(5, 5, 3, padding=1)\n>>>>>>> REPLACE\n"
+             "<<<<<<< SEARCH\n        x = torch.relu(self.c2(torch.relu(self.c1(x))))\n=======\n"
+             "        x = torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))\n>>>>>>> REPLACE")
+    nowhere = "<<<<<<< SEARCH\nself.c9 = nn.Conv2d(5, 5, 3)\n=======\nself.c9 = nn.Conv2d(5, 8, 3)\n>>>>>>> REPLACE"
+    llm = ScriptedChatModel(improver=[C.TRIPLE] * 2, generator=[C.fenced(C.wide(5)), widen, nowhere, widen])
+    run_loop(cfg, FakeHandle(llm), run_id="ed", iterations=3)
+    events = list(read_events(RunPaths(cfg.runs_dir / "ed").trace))
+    gens = [e for e in events if e["node"] in ("generate", "repair")]
+    records = [e for e in events if e["node"] == "record"]
+    assert gens[1]["prompt"] == "code_generator.child_edit" and gens[1]["edits"] == [2, 2]
+    assert "self.c3 = nn.Conv2d(5, 5, 3, padding=1)" in gens[1]["code"] and "self.c3(torch.relu(self.c2(" in gens[1]["code"]
+    assert records[1]["status"] == "ok" and records[1]["parent"] == records[0]["code_hash"]
+    # Edits that match nothing leave the parent as it was: a parent echo, which gets a redraft.
+    assert gens[2]["edits"] == [1, 0]
+    fp = [e for e in events if e["node"] == "fingerprint" and e["iteration"] == 3]
+    assert fp[0]["status"] == "duplicate" and gens[3]["node"] == "repair"

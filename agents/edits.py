@@ -1,0 +1,108 @@
+"""SEARCH/REPLACE edit blocks in a chat reply, applied to the module they edit.
+
+A child of a parent design can be asked for as edits instead of a whole module (`loop.child_format =
+"edit"`): a few changed lines are a fraction of the tokens. Small models copy the SEARCH lines with
+their indentation shifted or trailing spaces changed, and decorate the markers, so a block is matched
+line by line ignoring surrounding whitespace, and the replacement re-indented by the shift. A block that matches nowhere is skipped and counted: the caller sees how many applied.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SEARCH = re.compile(r"^\s*<{3,}\s*SEARCH\s*$", re.I)
+_DIVIDER = re.compile(r"^\s*={3,}(.*)$")
+_REPLACE = re.compile(r"^\s*>{3,}\s*REPLACE\s*$", re.I)
+_FENCE = re.compile(r"^\s*```")
+
+
+@dataclass(frozen=True)
+class Edit:
+    search: list[str]
+    replace: list[str]
+
+
+@dataclass(frozen=True)
+class Applied:
+    code: str
+    blocks: int   # edit blocks found in the reply
+    applied: int  # of them, those whose SEARCH lines were found and replaced
+
+
+def parse_edits(reply: str) -> list[Edit]:
+    """Every SEARCH/=======/REPLACE block, in order; fences and prose around them are ignored. The 1.5B
+    model often ends its last block without the REPLACE marker, or writes the first new line on the
+    divider's line: a block whose divider was seen ends at REPLACE, a fence, the next SEARCH or the end."""
+    edits: list[Edit] = []
+    search: list[str] | None = None
+    replace: list[str] | None = None
+
+    def close() -> None:
+        if search is not None and replace is not None and any(s.strip() for s in search):
+            edits.append(Edit(search, replace))
+
+    for line in reply.splitlines():
+        divider = _DIVIDER.match(line)
+        if _SEARCH.match(line):
+            close()
+            search, replace = [], None
+        elif search is not None and replace is None and divider:
+            replace = [divider.group(1)] if divider.group(1).strip() else []
+        elif replace is not None and (_REPLACE.match(line) or _FENCE.match(line)):
+            close()
+            search, replace = None, None
+        elif replace is not None:
+            replace.append(line)
+        elif search is not None:
+            search.append(line)
+    close()
+    return edits
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
+
+
+def _find(lines: list[str], search: list[str]) -> int | None:
+    """Index of the first run of `lines` equal to `search` (blank edges dropped), ignoring indentation."""
+    want = [s.strip() for s in _trimmed(search)]
+    if not want:
+        return None
+    for i in range(len(lines) - len(want) + 1):
+        if all(lines[i + k].strip() == w for k, w in enumerate(want)):
+            return i
+    return None
+
+
+def _apply_one(code: str, edit: Edit) -> str | None:
+    lines = code.splitlines()
+    at = _find(lines, edit.search)
+    if at is None:
+        return None
+    search = _trimmed(edit.search)
+    # Re-indent the replacement by how far the model's copy was shifted from the module's lines (none
+    # when it copied them exactly).
+    have, gave = _indent(lines[at]), _indent(search[0])
+    shifted = [(have + r[len(gave):] if r.startswith(gave) else have + r.lstrip()) if r.strip() else r
+               for r in edit.replace]
+    return "\n".join(lines[:at] + shifted + lines[at + len(search):]) + ("\n" if code.endswith("\n") else "")
+
+
+def _trimmed(lines: list[str]) -> list[str]:
+    start, end = 0, len(lines)
+    while start < end and not lines[start].strip():
+        start += 1
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    return lines[start:end]
+
+
+def apply_edits(code: str, reply: str) -> Applied:
+    """`code` with every block of `reply` that matches applied, in order, each to the result of the last."""
+    edits = parse_edits(reply)
+    applied = 0
+    for edit in edits:
+        out = _apply_one(code, edit)
+        if out is not None:
+            code, applied = out, applied + 1
+    return Applied(code, len(edits), applied)
