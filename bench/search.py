@@ -96,6 +96,19 @@ def mean_interval(values: list[float]) -> tuple[float | None, float | None, floa
     return round(m, 4), round(m - half, 4), round(m + half, 4)
 
 
+def lineage(events: list[dict]) -> dict:
+    """Children against their parents: how many valid children beat the design they were built from, and
+    the mean accuracy change with its 95% interval (what a parent search must get right)."""
+    acc = {e["code_hash"]: e.get("accuracy") for e in events
+           if e["node"] == "record" and e.get("status") == "ok" and e.get("code_hash")}
+    deltas = [e["accuracy"] - acc[e["parent"]] for e in events
+              if e["node"] == "record" and e.get("status") == "ok" and e.get("accuracy") is not None
+              and acc.get(e.get("parent")) is not None]
+    better = sum(d > 0 for d in deltas)
+    return {"children": len(deltas), "better": better, "better_95": wilson(better, len(deltas)),
+            "delta": mean_interval(deltas)}
+
+
 def analyse(root: Path, args: argparse.Namespace) -> dict:
     arms = {}
     for arm in args.arms.split(","):
@@ -130,7 +143,8 @@ def analyse(root: Path, args: argparse.Namespace) -> dict:
                      "mean_last_half": mean_interval(half), "niches": len(archive.elites(ok)),
                      "seconds_per_iteration": round(seconds / max(1, n), 1),
                      # The cascade replayed on designs trained without it (run config: loop.cascade off).
-                     "cascade": dataclasses.asdict(replay(screened, top=5, margin=0.05)), "curve": rows}
+                     "cascade": dataclasses.asdict(replay(screened, top=5, margin=0.05)),
+                     "lineage": lineage(events), "curve": rows}
     if arms:
         budget = min(a["llm_calls"] for a in arms.values())
         for a in arms.values():
@@ -200,6 +214,12 @@ def main() -> None:
         print(f"cascade replayed on {arm} (top 5, margin 0.05): {c['cut']} of {c['trained']} designs stopped at the "
               f"screen, {c['saved_s']:.0f} of {c['train_s']:.0f} training seconds saved; final top-5 ranks cut: "
               f"{c['top_cut'] or 'none'}")
+    for arm, a in arms.items():
+        lin = a["lineage"]
+        if lin["children"]:
+            m, lo, hi = lin["delta"]
+            print(f"children of {arm}: {lin['better']} of {lin['children']} valid children beat their parent "
+                  f"{lin['better_95']}; accuracy change {m:+.4f}" + (f" ({lo:+.4f} to {hi:+.4f})" if lo is not None else ""))
     print(f"\nwrote {args.root / 'search.json'} and {args.root / 'search.png'}")
 
 

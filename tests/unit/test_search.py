@@ -163,3 +163,15 @@ def test_a_child_written_as_edits_is_the_parent_with_the_edits_and_unmatched_edi
     assert gens[2]["edits"] == [1, 0]
     fp = [e for e in events if e["node"] == "fingerprint" and e["iteration"] == 3]
     assert fp[0]["status"] == "duplicate" and gens[3]["node"] == "repair"
+
+
+def test_the_benchmark_scores_children_against_their_own_parents():
+    from bench.search import lineage
+
+    def rec(h, acc, parent=None, status="ok"):
+        return {"node": "record", "code_hash": h, "accuracy": acc, "parent": parent, "status": status}
+    events = [rec("a", 0.90), rec("b", 0.80), rec("c", 0.92, "a"), rec("d", 0.78, "b"), rec("e", None, "a", "shape_error"),
+              rec("f", 0.70, "gone")]  # a parent not in this run's records is not scored
+    lin = lineage(events)
+    assert (lin["children"], lin["better"]) == (2, 1)
+    assert lin["delta"][0] == pytest.approx(0.0)
