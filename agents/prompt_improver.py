@@ -150,19 +150,19 @@ def _untried_moves(history: list[HistoryEntry], moves: tuple[str, ...] = MOVES) 
     return [m for m in moves if m.lower() not in tried]
 
 
-def _next_move(history: list[HistoryEntry], last: HistoryEntry | None) -> str:
+def _next_move(history: list[HistoryEntry], last: HistoryEntry | None, moves: tuple[str, ...] = MOVES) -> str:
     """The next move in the rotation, skipping moves the window already tried."""
-    untried = _untried_moves(history)
+    untried = _untried_moves(history, moves)
     start = (last.iteration + 1) if last else len(history)
-    for i in range(len(MOVES)):
-        move = MOVES[(start + i) % len(MOVES)]
+    for i in range(len(moves)):
+        move = moves[(start + i) % len(moves)]
         if move in untried:
             return move
-    return MOVES[start % len(MOVES)]
+    return moves[start % len(moves)]
 
 
 def fallback_triple(last: HistoryEntry | None, history: list[HistoryEntry], best: BestDesign | None,
-                    novelty_threshold: float = 0.1) -> Triple:
+                    novelty_threshold: float = 0.1, moves: tuple[str, ...] = MOVES) -> Triple:
     """A deterministic triple from the outcome alone, for when the LLM's reply is unusable."""
     if last is None:
         return Triple(problem="no design has been evaluated yet",
@@ -173,19 +173,19 @@ def fallback_triple(last: HistoryEntry | None, history: list[HistoryEntry], best
         what = "a duplicate" if last.status == "duplicate" else f"the same network as #{last.same_as}" \
             if last.same_as is not None else f"a near copy (novelty {last.novelty:.2f})"
         return Triple(problem=f"the last design was {what} of an earlier one",
-                      modification=f"{_next_move(history, last)}. {EXPLORE}",
+                      modification=f"{_next_move(history, last, moves)}. {EXPLORE}",
                       expected_effect="a genuinely new design, so the search explores instead of repeating")
     if last.status != "ok":
         first = key_error_line(last.error) or last.status
         hint = error_hint(last.status, last.diagnosis)
         return Triple(problem=f"the last model failed with {last.status}: {first}",
-                      modification=f"{_next_move(history, last)}. Avoid the last model's error ({first}). "
+                      modification=f"{_next_move(history, last, moves)}. Avoid the last model's error ({first}). "
                                    f"{hint}".strip(),
                       expected_effect="a model that builds, runs and trains within the budget")
     acc = f"{last.accuracy:.3f}" if last.accuracy is not None else "unknown"
     ref = f"; best so far {best.accuracy:.3f}" if best is not None else ""
     return Triple(problem=f"accuracy {acc} with {human(last.params)} parameters{ref}",
-                  modification=_next_move(history, last),
+                  modification=_next_move(history, last, moves),
                   expected_effect="higher accuracy within the parameter and FLOP budget")
 
 
@@ -249,6 +249,7 @@ def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: 
     pareto = task.objective == "pareto"
     if pareto:
         values["goal"] += PARETO_OBJECTIVE
+    moves = PARENT_MOVES if parent is not None and not pareto else MOVES  # a repeat or a fallback draws from these too
     best_text = (f"accuracy {best.accuracy:.3f} with {human(best.params)} parameters ({best.arch_id})"
                  if best else "(none yet)")
     system = render("prompt_improver.system")
@@ -257,18 +258,17 @@ def improve(llm: BaseChatModel, task: Task, last: HistoryEntry | None, history: 
     user = render("prompt_improver.user", **values, history=history_block(earlier, novelty_threshold),
                   best=best_text, parent=_parent_text(parent, task.max_flops), last=_last_text(last, novelty_threshold),
                   directive=(PARETO_DIRECTIVE if pareto else PARENT_DIRECTIVE) if parent else _directive(last, explore),
-                  moves="\n".join(f"- {m}" for m in _untried_moves(history, PARENT_MOVES if parent and not pareto else MOVES))
-                  or "- (all tried: propose your own)")
+                  moves="\n".join(f"- {m}" for m in _untried_moves(history, moves)) or "- (all tried: propose your own)")
     reply = call(llm, system, user, "prompt_improver")
 
     found, mode = parse_triple(reply.text)
-    fallback = fallback_triple(last, history, best, novelty_threshold)
+    fallback = fallback_triple(last, history, best, novelty_threshold, moves)
     repeated = mode != "fallback" and _repeats(found["modification"], history)
     if mode == "fallback":
         triple = fallback
     else:
         triple = Triple(problem=found.get("problem") or fallback.problem,
-                        modification=_next_move(history, last) if repeated else found["modification"],
+                        modification=_next_move(history, last, moves) if repeated else found["modification"],
                         expected_effect=found.get("expected_effect", ""))
         if explore and parent is None and "different" not in triple.modification.lower():
             # The small model tends to propose a tweak of what it just repeated; insist on a new design.

@@ -244,6 +244,8 @@ def test_fallback_after_success_rotates_and_skips_tried_moves() -> None:
     best = BestDesign(arch_id="b", code=GOOD, accuracy=0.88, params=1000)
     assert "best so far 0.880" in pi.fallback_triple(entry(0), [], best).problem
     assert "no design" in pi.fallback_triple(None, [], None).problem
+    # A parent's fallback is one of the edits a parent is offered, not a fresh design's family move.
+    assert pi.fallback_triple(entry(0), [], None, moves=pi.PARENT_MOVES).modification in pi.PARENT_MOVES
 
 
 @pytest.mark.parametrize("last", [entry(5, status="duplicate", novelty=0.0), entry(5, novelty=0.03)])
