@@ -46,8 +46,8 @@ MOVES = (
 )
 # Changes to a parent (search = parents): edits that keep its design and spend the budget on what one
 # epoch rewards. The family moves above are for fresh designs: offered to a parent, the 1.5B improver
-# turned 4 of 5 good parents into depthwise-separable or inverted-bottleneck variants, each a little
-# worse (mean -0.007 against the parent; docs/2026-11-28-search.md).
+# turned 4 of 6 parents into depthwise-separable or inverted-bottleneck variants; the 6 children averaged
+# -0.005 against their parents (docs/2026-11-28-search.md).
 PARENT_MOVES = (
     "widen every conv stage by half (e.g. 32 -> 48, 64 -> 96 channels), keeping within the FLOP budget",
     "add one more 3x3 conv (padding=1) with BatchNorm and ReLU to the stage at the lowest resolution",
