@@ -26,13 +26,14 @@ class Edit:
 class Applied:
     code: str
     blocks: int   # edit blocks found in the reply
-    applied: int  # of them, those whose SEARCH lines were found and replaced
+    applied: int  # of them, those whose SEARCH lines were found and replaced by other lines
 
 
 def parse_edits(reply: str) -> list[Edit]:
     """Every SEARCH/=======/REPLACE block, in order; fences and prose around them are ignored. The 1.5B
-    model often ends its last block without the REPLACE marker, or writes the first new line on the
-    divider's line: a block whose divider was seen ends at REPLACE, a fence, the next SEARCH or the end."""
+    model often ends its last block without the REPLACE marker, writes the first new line on the divider's
+    line, or repeats the SEARCH lines after the divider and a second one: a block whose divider was seen ends
+    at REPLACE, a fence, the next SEARCH or the end, and its replacement is what follows its last divider."""
     edits: list[Edit] = []
     search: list[str] | None = None
     replace: list[str] | None = None
@@ -46,7 +47,8 @@ def parse_edits(reply: str) -> list[Edit]:
         if _SEARCH.match(line):
             close()
             search, replace = [], None
-        elif search is not None and replace is None and divider:
+        elif search is not None and divider:
+            # A second divider: the 1.5B model copied the SEARCH lines again before the new ones.
             replace = [divider.group(1)] if divider.group(1).strip() else []
         elif replace is not None and (_REPLACE.match(line) or _FENCE.match(line)):
             close()
@@ -103,6 +105,6 @@ def apply_edits(code: str, reply: str) -> Applied:
     applied = 0
     for edit in edits:
         out = _apply_one(code, edit)
-        if out is not None:
+        if out is not None and out != code:  # a block that copies its lines unchanged is no edit
             code, applied = out, applied + 1
     return Applied(code, len(edits), applied)

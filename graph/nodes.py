@@ -300,14 +300,17 @@ class Nodes:
         return NodeResult({"blocks": blocks}, {"enabled": True, **info})
 
     # -- the attempt subgraph ------------------------------------------------------------------
-    def _draft(self, state: AttemptState, llm, instruction: str) -> code_generator.Generation:
+    def _draft(self, state: AttemptState, llm, instruction: str, first: bool = True) -> code_generator.Generation:
+        # Only a first draft is written as edits: in the parents arm, redrafts as edits after a parent echo
+        # or a broken edit came back as the parent or broke again in 6 of 7 tries (docs/2026-11-28-search.md).
+        child_format = self.d.cfg.loop.child_format if first else "module"
         with self._agents():
             if self.d.cfg.loop.search == "independent":  # the baseline sees no results of earlier designs
                 return code_generator.generate(llm, _task(state), instruction, [], None, state.get("blocks") or [])
             window = prompt_improver.window(_history(state), self.d.cfg.loop.history_k)
             return code_generator.generate(llm, _task(state), instruction, window, _best(state),
                                            state.get("blocks") or [], novelty_threshold=self.d.cfg.loop.novelty_threshold,
-                                           parent=_parent(state), child_format=self.d.cfg.loop.child_format)
+                                           parent=_parent(state), child_format=child_format)
 
     def generate(self, state: AttemptState) -> NodeResult:
         plan = self._current_plan(state)
@@ -337,7 +340,7 @@ class Nodes:
             elif mode == "redraft":
                 gen = self._draft(state, llm, code_generator.redraft_instruction(
                     Triple(**state["triple"]).as_instruction(), outcome["error"], outcome["status"],
-                    outcome.get("diagnosis")))
+                    outcome.get("diagnosis")), first=False)
             else:
                 gen = code_generator.repair(llm, _task(state), state["code"], outcome["error"], outcome["status"],
                                             outcome.get("diagnosis"))

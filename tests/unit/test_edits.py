@@ -75,3 +75,11 @@ def test_a_block_without_its_replace_marker_ends_at_the_fence_or_the_end():
     reply = "```python\n<<<<<<< SEARCH\nx = 1\n=======y = 2\nz = 3\n```\nThat adds z."
     assert parse_edits(reply) == [Edit(["x = 1"], ["y = 2", "z = 3"])]
     assert parse_edits("<<<<<<< SEARCH\nx = 1\n=======\nx = 2") == [Edit(["x = 1"], ["x = 2"])]
+
+
+def test_a_repeated_divider_and_an_unchanged_copy():
+    reply = "<<<<<<< SEARCH\nx = 1\n=======\nx = 1\n=======\nx = 1\ny = 2\n>>>>>>> REPLACE"
+    assert parse_edits(reply) == [Edit(["x = 1"], ["x = 1", "y = 2"])]
+    same = "<<<<<<< SEARCH\n        self.bn1 = nn.BatchNorm2d(32)\n=======\n        self.bn1 = nn.BatchNorm2d(32)\n>>>>>>> REPLACE"
+    done = apply_edits(PARENT, same)
+    assert (done.code, done.blocks, done.applied) == (PARENT, 1, 0)  # a copy is no edit

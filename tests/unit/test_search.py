@@ -151,7 +151,7 @@ def test_a_child_written_as_edits_is_the_parent_with_the_edits_and_unmatched_edi
              "<<<<<<< SEARCH\n        x = torch.relu(self.c2(torch.relu(self.c1(x))))\n=======\n"
              "        x = torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))\n>>>>>>> REPLACE")
     nowhere = "<<<<<<< SEARCH\nself.c9 = nn.Conv2d(5, 5, 3)\n=======\nself.c9 = nn.Conv2d(5, 8, 3)\n>>>>>>> REPLACE"
-    llm = ScriptedChatModel(improver=[C.TRIPLE] * 2, generator=[C.fenced(C.wide(5)), widen, nowhere, widen])
+    llm = ScriptedChatModel(improver=[C.TRIPLE] * 2, generator=[C.fenced(C.wide(5)), widen, nowhere, C.fenced(C.wide(9))])
     run_loop(cfg, FakeHandle(llm), run_id="ed", iterations=3)
     events = list(read_events(RunPaths(cfg.runs_dir / "ed").trace))
     gens = [e for e in events if e["node"] in ("generate", "repair")]
@@ -159,10 +159,13 @@ def test_a_child_written_as_edits_is_the_parent_with_the_edits_and_unmatched_edi
     assert gens[1]["prompt"] == "code_generator.child_edit" and gens[1]["edits"] == [2, 2]
     assert "self.c3 = nn.Conv2d(5, 5, 3, padding=1)" in gens[1]["code"] and "self.c3(torch.relu(self.c2(" in gens[1]["code"]
     assert records[1]["status"] == "ok" and records[1]["parent"] == records[0]["code_hash"]
-    # Edits that match nothing leave the parent as it was: a parent echo, which gets a redraft.
+    # Edits that match nothing leave the parent as it was: a parent echo, which gets a redraft, written
+    # whole (redrafts as edits came back as the parent again).
     assert gens[2]["edits"] == [1, 0]
     fp = [e for e in events if e["node"] == "fingerprint" and e["iteration"] == 3]
     assert fp[0]["status"] == "duplicate" and gens[3]["node"] == "repair"
+    assert gens[3]["prompt"] == "code_generator.child" and "edits" not in gens[3]
+    assert records[2]["status"] == "ok"
 
 
 def test_the_benchmark_scores_children_against_their_own_parents():
