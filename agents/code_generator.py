@@ -37,6 +37,7 @@ USER_CHAR_BUDGET = 6000
 BLOCK_CHARS = 1400  # a retrieved block longer than this is not shown (the retriever skips it)
 REPAIR_CODE_CHARS = 5000
 ERROR_CHARS = 600
+TRUNCATED = "# ... (truncated)"  # the line compact_code ends a cut module with
 PARENT_CODE_CHARS = 3500  # a parent longer than this is cut (and the child asked to be shorter)
 _DESIGN = re.compile(r"#\s*design\s*:\s*(.+)", re.I)  # the `# Design: ...` line the system prompt asks for
 
@@ -85,7 +86,7 @@ def compact_code(code: str, max_chars: int) -> str:
     for ln in kept:
         if size + len(ln) + 1 > max_chars:
             indent = ln[: len(ln) - len(ln.lstrip())]
-            out.append(f"{indent}# ... (truncated)")
+            out.append(f"{indent}{TRUNCATED}")
             break
         out.append(ln)
         size += len(ln) + 1
@@ -155,15 +156,15 @@ def build_prompt(task: Task, instruction: str, history: list[HistoryEntry], best
 
 
 def child_prompt(task: Task, instruction: str, history: list[HistoryEntry], parent: Parent,
-                 novelty_threshold: float = 0.1) -> RenderedPrompt:
+                 novelty_threshold: float = 0.1, template: str = "code_generator.child") -> RenderedPrompt:
     """The user prompt for one change to a parent design: its code, shown compact, and the change.
     Showing a design's code made the 1.5B model return near-copies of it; here a near-copy with the
     named change is exactly what is asked for."""
     code = compact_code(parent.code, PARENT_CODE_CHARS)
     n_history = 8
     while True:
-        user = render("code_generator.child", **task_values(task), history=history_block(history, novelty_threshold,
-                                                                                         limit=n_history),
+        user = render(template, **task_values(task), history=history_block(history, novelty_threshold,
+                                                                           limit=n_history),
                       accuracy=f"{parent.accuracy:.3f}", params=human(parent.params), code=code,
                       instruction=instruction.strip())
         if len(user.text) <= USER_CHAR_BUDGET or n_history <= 2:
@@ -173,33 +174,18 @@ def child_prompt(task: Task, instruction: str, history: list[HistoryEntry], pare
 
 def _edit_generation(llm: BaseChatModel, task: Task, instruction: str, history: list[HistoryEntry],
                      parent: Parent, code: str, novelty_threshold: float) -> Generation:
-    """One change to `parent` asked for as SEARCH/REPLACE blocks on its compact code. A reply with no
+    """One change to `parent` asked for as SEARCH/REPLACE blocks on its compact `code`. A reply with no
     block is read as a whole module (the model may ignore the format); blocks that match nowhere leave
     the parent unchanged, which the fingerprint node reports as a parent echo (a redraft follows)."""
-    system = render("code_generator.edit_system")
-    n_history = 8
-    while True:
-        user = render("code_generator.child_edit", **task_values(task),
-                      history=history_block(history, novelty_threshold, limit=n_history),
-                      accuracy=f"{parent.accuracy:.3f}", params=human(parent.params), code=code,
-                      instruction=instruction.strip())
-        if len(user.text) <= USER_CHAR_BUDGET or n_history <= 2:
-            break
-        n_history -= 2
-    reply = call(llm, system, user, "code_generator")
-    done = apply_edits(code, reply.text)
+    user = child_prompt(task, instruction, history, parent, novelty_threshold, template="code_generator.child_edit")
+    # Read as a whole module first: the reply may hold no block at all.
+    gen = _generation(llm, render("code_generator.edit_system"), user)
+    done = apply_edits(code, gen.reply)
+    counts = {"edit_blocks": done.blocks, "edits_applied": done.applied}
     if done.blocks == 0:
-        ex = extract(reply.text)
-        new, source, added = ex.code, ex.source, ex.added_imports
-    else:
-        new, added = ensure_imports(done.code) if done.applied else (parent.code, [])
-        source = "edit"
-    return Generation(
-        code=new, extract_source=source, added_imports=added, reply=reply.text, prompt=user.text,
-        prompt_name=user.name, prompt_sha=pair_sha(system, user), tokens_in=reply.tokens_in,
-        tokens_out=reply.tokens_out, tokens_estimated=reply.estimated, seconds=round(reply.seconds, 3), cut=reply.cut,
-        edit_blocks=done.blocks, edits_applied=done.applied,
-    )
+        return gen.model_copy(update=counts)
+    new, added = ensure_imports(done.code) if done.applied else (parent.code, [])
+    return gen.model_copy(update={"code": new, "extract_source": "edit", "added_imports": added, **counts})
 
 
 def generate(llm: BaseChatModel, task: Task, instruction: str, history: list[HistoryEntry],
@@ -209,7 +195,7 @@ def generate(llm: BaseChatModel, task: Task, instruction: str, history: list[His
     given, written as a whole module or as edits of it); raises AgentError if the LLM call fails."""
     if parent is not None and child_format == "edit":
         code = compact_code(parent.code, PARENT_CODE_CHARS)
-        if "# ... (truncated)" not in code:  # edits need every line of the parent to be shown
+        if TRUNCATED not in code:  # edits need every line of the parent to be shown
             return _edit_generation(llm, task, instruction, history, parent, code, novelty_threshold)
     system = render("code_generator.system")
     user = (child_prompt(task, instruction, history, parent, novelty_threshold) if parent is not None
