@@ -16,7 +16,7 @@ class LLMHandle:
     backend: str
     model: str
     seed: int = 0
-    gpu_share: str = "release"
+    gpu_share: str = "auto"
     training_on_gpu: bool = False
 
     def at_step(self, step: int, temperature: float | None = None) -> BaseChatModel:

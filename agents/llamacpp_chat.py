@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,11 +42,38 @@ from nasgraph.agents.llm import LLMError, LLMUnavailable
 _LOCK = threading.RLock()
 _INSTANCES: dict[tuple[str, int, int, int, str], Any] = {}
 
+# A llama.cpp built with CUDA beside PyTorch's CUDA wheels crashed the process on an H200 (SIGSEGV in the
+# tokenizer's std::regex while loading the vocabulary: two C++ runtimes' locale facets, torch 2.11+cu130).
+# A crash cannot be caught, so the first GPU load in a process that imports torch is tried in a child.
+BESIDE_TORCH_PROBE = ("import sys, torch\nfrom llama_cpp import Llama\n"
+                      "Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)")
+CUDA_BUILD = ("CMAKE_ARGS=\"-DGGML_CUDA=on -DCMAKE_SHARED_LINKER_FLAGS='-static-libstdc++ -Wl,--exclude-libs,ALL'\" "
+              "pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.16")
+_probed: set[str] = set()
+
 
 def gpu_offload_supported() -> bool:
     import llama_cpp
 
     return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def check_beside_torch(path: str) -> None:
+    """Raise a clear error, instead of a crash, when this llama.cpp build cannot load a model on the GPU
+    in a process that has PyTorch loaded (the loop trains and scores with torch in this process)."""
+    if "torch" not in sys.modules or path in _probed:
+        return
+    try:
+        proc = subprocess.run([sys.executable, "-c", BESIDE_TORCH_PROBE, path], capture_output=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return  # inconclusive: the real load says what is wrong, if anything
+    _probed.add(path)
+    if proc.returncode < 0:  # killed by a signal; any other failure is left to the real load to explain
+        raise LLMUnavailable(
+            f"llama.cpp crashed ({signal.Signals(-proc.returncode).name}) loading {Path(path).name} for the GPU "
+            f"in a process that has imported PyTorch: this llama-cpp-python build shares a C++ runtime with torch "
+            f"that it cannot share. Rebuild it with its own: {CUDA_BUILD}; or run the model in Ollama "
+            f"(llm.backend = 'ollama')")
 
 
 def loaded_keys() -> list[tuple[str, int, int, int, str]]:
@@ -61,6 +90,8 @@ def _load(key: tuple[str, int, int, int, str]) -> Any:
             "the ollama backend (llm.backend = 'ollama')"
         ) from e
     path, n_ctx, n_threads, n_gpu_layers, lora_path = key
+    if n_gpu_layers:
+        check_beside_torch(path)
     with _native_stderr_captured() as said:
         try:
             return Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,

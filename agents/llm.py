@@ -152,17 +152,52 @@ def _make_ollama(cfg: LLMConfig) -> BaseChatModel:
 
 # --- GPU sharing -------------------------------------------------------------------------------
 
+# Keeping the LLM on the GPU beside training, measured on an H200 (docs/2026-11-28-gpu-share.md): a loop
+# round took 0.81x as long as with the hand-over (0.60x with loop.in_flight 2, which needs it kept),
+# training was no slower, and the 1.5B held 2.0 GB of 141. The hand-over pays only where memory is scarce.
+AUTO_KEEP_SHARE = 0.10       # "auto" keeps an LLM that needs at most this share of the card
+LLAMACPP_OVERHEAD = 2**30    # beside the weights: CUDA context, 4k-token KV cache, buffers (0.95 GiB measured)
+
+
+def footprint_bytes(chat_model: BaseChatModel) -> int | None:
+    """What the LLM holds on the GPU when loaded; None when unknown (an Ollama model not loaded now)."""
+    from nasgraph.agents.llamacpp_chat import ChatLlamaCpp
+
+    if isinstance(chat_model, ChatLlamaCpp):
+        files = [chat_model.model_path, chat_model.lora_path]
+        return sum(Path(f).stat().st_size for f in files if f and Path(f).is_file()) + LLAMACPP_OVERHEAD
+    if isinstance(chat_model, ChatOllama):
+        try:
+            loaded = ollama.Client(host=chat_model.base_url, timeout=OLLAMA_CHECK_TIMEOUT_S).ps().models
+        except _OLLAMA_ERRORS:
+            return None
+        sizes = [m.size_vram for m in loaded if chat_model.model in (m.model, m.name)]
+        return int(sizes[0]) if sizes and sizes[0] is not None else None  # 0: Ollama runs it on the CPU
+    return None
+
+
+def share_mode(chat_model: BaseChatModel, mode: str) -> str:
+    """`LLMConfig.gpu_share` as it applies now: "auto" keeps the LLM when it needs at most
+    AUTO_KEEP_SHARE of the card, else hands the GPU over; unknown sizes hand it over."""
+    if mode not in ("auto", "release", "keep"):
+        raise ValueError(f"gpu_share must be 'auto', 'release' or 'keep', not {mode!r}")
+    if mode != "auto":
+        return mode
+    from nasgraph.tools.hardware import gpu_memory_mib
+
+    total, need = gpu_memory_mib("memory.total"), footprint_bytes(chat_model)
+    return "keep" if total and need is not None and need <= AUTO_KEEP_SHARE * total * 2**20 else "release"
+
+
 def release(chat_model: BaseChatModel, mode: str = "release", *, force: bool = False) -> bool:
     """Free the memory the LLM holds so a training child can use the GPU; True if something was freed.
 
-    mode is `LLMConfig.gpu_share`: "keep" does nothing. An in-process llama.cpp model is only
-    freed when it sits on the GPU (on a CPU there is no card to share, and reloading costs time)
-    unless `force`. Ollama gets an unload request (keep_alive=0); it reloads on the next chat.
+    mode is `LLMConfig.gpu_share` (see `share_mode`): "keep" does nothing. An in-process llama.cpp
+    model is only freed when it sits on the GPU (on a CPU there is no card to share, and reloading costs
+    time) unless `force`. Ollama gets an unload request (keep_alive=0); it reloads on the next chat.
     """
-    if mode == "keep":
+    if share_mode(chat_model, mode) == "keep":
         return False
-    if mode != "release":
-        raise ValueError(f"gpu_share must be 'release' or 'keep', not {mode!r}")
     from nasgraph.agents.llamacpp_chat import ChatLlamaCpp
 
     if isinstance(chat_model, ChatLlamaCpp):

@@ -66,8 +66,9 @@ class LLMConfig(BaseModel):
     threads: int = 2
     seed: int = 0
     ollama_host: str = Field(default_factory=lambda: os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434"))
-    # release: free the GPU memory the LLM holds while a candidate trains (keep_alive=0 / unload)
-    gpu_share: Literal["release", "keep"] = "release"
+    # release: free the GPU memory the LLM holds while a candidate trains (keep_alive=0 / unload);
+    # keep: leave it loaded; auto: keep it when it needs at most 10% of the card (agents.llm.share_mode)
+    gpu_share: Literal["auto", "release", "keep"] = "auto"
 
 
 class LoopConfig(BaseModel):

@@ -33,6 +33,7 @@ class OllamaAPIServer:
         self.n_ctx = n_ctx
         self.threads = threads
         self.requests: list[dict[str, Any]] = []
+        self.size_vram = 0  # what /api/ps reports the loaded model holds on the GPU
         self._llm: Any = None
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -97,6 +98,12 @@ class OllamaAPIServer:
                  "digest": "0" * 64, "details": {"format": "gguf", "family": "qwen2",
                                                  "parameter_size": "", "quantization_level": "Q4_K_M"}}
         return {"models": [entry]}
+
+    def ps(self) -> dict[str, Any]:
+        """Loaded models, with the GPU memory each holds (settable: this server runs on the CPU)."""
+        if not self.loaded:
+            return {"models": []}
+        return {"models": [{**m, "size_vram": self.size_vram, "expires_at": _now()} for m in self.tags()["models"]]}
 
     # --- generation -------------------------------------------------------------------------
     def chat(self, body: dict[str, Any]) -> Any:
@@ -163,7 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/api/tags":
             self._send_json(self.api.tags())
         elif self.path == "/api/ps":
-            self._send_json(self.api.tags() if self.api.loaded else {"models": []})
+            self._send_json(self.api.ps())
         else:
             self._send_json({"error": f"no route {self.path}"}, 404)
 

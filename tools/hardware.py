@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import functools
 import platform
+import shutil
+import subprocess
 
 
 @functools.cache
@@ -20,6 +22,19 @@ def hardware_info(threads: int, device: str) -> dict:
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def gpu_memory_mib(field: str = "memory.total") -> int | None:
+    """The first GPU's memory in MiB (`memory.total`, `memory.used`), asked of nvidia-smi so that the
+    asking process opens no CUDA context of its own; None without an NVIDIA driver."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=False).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return int(out[0]) if out and out[0].isdigit() else None
 
 
 def _cpu_name() -> str:

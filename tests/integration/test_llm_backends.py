@@ -17,6 +17,7 @@ from nasgraph.agents import llm, models
 from nasgraph.agents.llamacpp_chat import ChatLlamaCpp, loaded_keys
 from nasgraph.agents.llm import LLMUnavailable
 from nasgraph.config import LLMConfig
+from nasgraph.tools import hardware
 from tests.ollama_api_server import OllamaAPIServer
 
 pytestmark = pytest.mark.integration
@@ -120,6 +121,20 @@ def test_ollama_non_streaming_and_token_counts_agree_with_llamacpp(server: Ollam
     # Same weights, same chat template: the prompt is the same number of tokens either way.
     assert reply.usage_metadata["input_tokens"] == local.usage_metadata["input_tokens"]
     assert reply.usage_metadata["output_tokens"] == 16
+
+
+def test_auto_keeps_an_ollama_model_that_is_small_beside_the_card_and_hands_a_big_one_over(
+        server: OllamaAPIServer, monkeypatch) -> None:
+    monkeypatch.setattr(hardware, "gpu_memory_mib", lambda field="memory.total": 24_000)  # a 24 GB card
+    chat = llm.make_chat_model(_cfg(backend="ollama", ollama_host=server.url, max_tokens=4), models_dir())
+    chat.invoke(PROMPT)
+    server.size_vram = 2 * 2**30  # what /api/ps says the loaded model holds
+    assert llm.share_mode(chat, "auto") == "keep"
+    assert llm.release(chat, "auto") is False and server.loaded
+    server.size_vram = 6 * 2**30
+    assert llm.share_mode(chat, "auto") == "release"
+    assert llm.release(chat, "auto") is True and not server.loaded
+    assert llm.share_mode(chat, "auto") == "release"  # not loaded: its size is unknown, hand over
 
 
 def test_ollama_release_unloads_with_keep_alive_zero(server: OllamaAPIServer) -> None:

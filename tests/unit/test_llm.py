@@ -96,6 +96,38 @@ def test_release_modes(tmp_path: Path) -> None:
         llm.release(chat, "sometimes")
 
 
+def test_auto_keeps_a_model_that_needs_a_tenth_of_the_card_or_less(tmp_path: Path, monkeypatch) -> None:
+    from nasgraph.tools import hardware
+
+    own = tmp_path / "own.gguf"
+    own.write_bytes(b"GGUF" + bytes(2**20))
+    chat = llm.make_chat_model(LLMConfig(model=str(own)), tmp_path)
+    need = llm.footprint_bytes(chat)
+    assert need == own.stat().st_size + llm.LLAMACPP_OVERHEAD
+    for total_mib, mode in [(143_771, "keep"), (-(-need * 10 // 2**20), "keep"), (need * 10 // 2**20 - 1, "release"),
+                            (None, "release")]:  # None: no NVIDIA driver to ask
+        monkeypatch.setattr(hardware, "gpu_memory_mib", lambda field="memory.total", t=total_mib: t)
+        assert llm.share_mode(chat, "auto") == mode, total_mib
+    assert llm.share_mode(chat, "keep") == "keep" and llm.share_mode(chat, "release") == "release"
+
+
+def test_a_gpu_build_that_would_crash_beside_torch_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    import torch  # noqa: F401 - the probe runs only in a process that has torch loaded
+
+    from nasgraph.agents import llamacpp_chat
+
+    own = tmp_path / "own.gguf"
+    own.write_bytes(b"GGUF")
+    # The real probe: this build loads beside torch (here it fails on the fake file, which the real load reports).
+    llamacpp_chat.check_beside_torch(str(own))
+    assert str(own) in llamacpp_chat._probed
+    # A build that crashes there, as a CUDA llama-cpp-python did beside torch 2.11+cu130 on an H200.
+    monkeypatch.setattr(llamacpp_chat, "BESIDE_TORCH_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    monkeypatch.setattr(llamacpp_chat, "_probed", set())
+    with pytest.raises(LLMUnavailable, match=r"SIGSEGV.*own\.gguf.*static-libstdc\+\+"):
+        llamacpp_chat.check_beside_torch(str(own))
+
+
 def test_release_on_unreachable_ollama_does_not_stop_the_run() -> None:
     from langchain_ollama import ChatOllama
 
