@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one call on a device machine that has torch (CUDA), nvcc and cmake but not
-# nasgraph's other dependencies and no network. Brought along (ignored by git, see docs/2026-11-28-gpu-share.md):
-#   .whl/       nasgraph's wheel and the pure-Python dependencies the checks import (cp312)
-#   .devdata/   Fashion-MNIST's four .gz files; stand-in specs of the embedded models (bench.gguf_standin)
-#   .llsrc.tgz  the llama-cpp-python source, built here with CUDA for this card only
-# Writes everything into $OUT: the build log, share.json (bench.gpu_share), lora.json (bench.lora_device).
+# nasgraph's other dependencies and no network. `bash bench/gpu_carry.sh` prepares here what it needs
+# (.whl/, .devdata/, .llsrc.tgz; carry all three). Writes into $OUT: the llama.cpp build log, share.json
+# (bench.gpu_share), lora.json (bench.lora_device). About 5 minutes on an H200; docs/2026-11-28-gpu-share.md.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"; REPO=$PWD
 export PYTHONUNBUFFERED=1
