@@ -6,7 +6,9 @@ Arms (`loop.search`): `parents` (each design one change to a parent drawn from t
 Each arm is its own run in its own home under --root (its own store, so no arm gets another's cache
 hits; models and datasets are shared). Arms advance in chunks, the one with the fewest LLM calls
 first, so a run stopped at any point compares arms at about equal cost; every run resumes exactly,
-so the benchmark can be continued across sessions by running the same command again.
+so the benchmark can be continued across sessions by running the same command again. With --state
+FILE the arms' homes (stores, traces, checkpoints) are also saved to FILE (tar.gz) after every chunk
+and restored from it into an empty root: the benchmark then continues on a fresh machine.
 
 Reported per arm, from the traces and the stores: best-so-far and running mean of valid designs per
 iteration and per LLM call (plotted), the mean accuracy of valid designs in the last half with a 95%
@@ -16,7 +18,7 @@ screen accuracy (evaluator.screen_fraction), so the cascade is replayed on each 
 its bar would have stopped, the training seconds saved, and whether it would have cut a final top design.
 
 Run: .venv/bin/python -m bench.search --iterations 60 [--arms parents,independent] [--chunk 5]
-     [--model qwen2.5-coder-1.5b] [--root ~/.nasgraph/bench-search] [--report-only]
+     [--model qwen2.5-coder-1.5b] [--root ~/.nasgraph/bench-search] [--state FILE.tgz] [--report-only]
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import dataclasses
 import json
 import math
 import statistics
+import tarfile
 from pathlib import Path
 
 from nasgraph.config import load_config
@@ -53,6 +56,26 @@ def llm_calls(events: list[dict]) -> int:
     return sum(1 for e in events if e.get("prompt"))
 
 
+def restore(root: Path, state: Path, arms: list[str]) -> bool:
+    """Unpack a saved benchmark into a root that has none of its arms yet; True if it did."""
+    if not state.is_file() or any((root / arm).exists() for arm in arms):
+        return False
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(state) as tar:
+        tar.extractall(root, filter="data")
+    return True
+
+
+def snapshot(root: Path, state: Path, arms: list[str]) -> None:
+    """Save the arms' homes, between chunks (no run is writing), atomically."""
+    tmp = state.with_name(state.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for arm in arms:
+            if (root / arm).is_dir():
+                tar.add(root / arm, arcname=arm)
+    tmp.replace(state)
+
+
 def advance(root: Path, args: argparse.Namespace) -> None:
     from nasgraph.agents.handle import open_llm
     from nasgraph.graph.run import run_loop
@@ -75,6 +98,8 @@ def advance(root: Path, args: argparse.Namespace) -> None:
         # One seed key for every arm: step k of each arm samples with the same seed.
         summary = run_loop(cfg, llm, run_id=arm, iterations=target, seed_key="bench-search")
         print(f"{arm}: {summary['iterations']} iterations, best {summary['best_accuracy']}", flush=True)
+        if args.state:
+            snapshot(root, args.state, arms)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -184,11 +209,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="training threads")
     ap.add_argument("--llm-threads", dest="llm_threads", type=int, default=2)
     ap.add_argument("--root", type=Path, default=load_config().home / "bench-search")
+    ap.add_argument("--state", type=Path, help="save the arms here after every chunk; restore from it into an empty root")
     ap.add_argument("--report-only", dest="report_only", action="store_true")
     args = ap.parse_args()
     for arm in args.arms.split(","):
         if arm not in ARMS:
             ap.error(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+    if args.state and restore(args.root, args.state, args.arms.split(",")):
+        print(f"restored the arms from {args.state} into {args.root}", flush=True)
     if not args.report_only:
         advance(args.root, args)
     arms = analyse(args.root, args)

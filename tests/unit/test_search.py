@@ -178,3 +178,21 @@ def test_the_benchmark_scores_children_against_their_own_parents():
     lin = lineage(events)
     assert (lin["children"], lin["better"]) == (2, 1)
     assert lin["delta"][0] == pytest.approx(0.0)
+
+
+def test_the_benchmark_state_travels_to_a_fresh_root_and_never_overwrites_an_arm(tmp_path):
+    from bench.search import restore, snapshot
+
+    root, state = tmp_path / "root", tmp_path / "search-state.tgz"
+    for arm, text in [("parents", "p"), ("independent", "i")]:
+        (root / arm / "runs" / arm).mkdir(parents=True)
+        (root / arm / "runs" / arm / "trace.jsonl").write_text(text)
+    (root / "search.json").write_text("{}")  # the report is rebuilt, not saved
+    snapshot(root, state, ["parents", "independent"])
+    fresh = tmp_path / "fresh"
+    assert restore(fresh, state, ["parents", "independent"])
+    assert (fresh / "independent" / "runs" / "independent" / "trace.jsonl").read_text() == "i"
+    assert not (fresh / "search.json").exists()
+    (fresh / "parents" / "runs" / "parents" / "trace.jsonl").write_text("newer")
+    assert not restore(fresh, state, ["parents", "independent"])  # an arm is here: the saved one never replaces it
+    assert (fresh / "parents" / "runs" / "parents" / "trace.jsonl").read_text() == "newer"
