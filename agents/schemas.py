@@ -76,6 +76,7 @@ class Parent(BaseModel):
     latency_ms: float | None = None
     niche: tuple[int, int]
     children: int = Field(0, description="designs already built from it before this one")
+    unused: list[str] = Field(default_factory=list, description="its layers that forward never uses")
 
 
 class CallMeta(BaseModel):

@@ -33,6 +33,7 @@ class Design:
     flops: int
     iteration: int
     latency_ms: float | None = None  # batch-1 forward time, measured when the objective is pareto
+    unused: tuple[str, ...] = ()     # layers its forward never uses: its children may keep them, not add more
 
 
 @dataclass(frozen=True)

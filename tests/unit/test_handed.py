@@ -36,11 +36,8 @@ def model(head: str = "", init: str = "pass", pools: int = 0) -> str:
 
 @pytest.fixture(scope="module")
 def ev(tmp_path_factory):
-    evaluator = Evaluator(tmp_path_factory.mktemp("handed") / "data")
-    try:
+    with Evaluator(tmp_path_factory.mktemp("handed") / "data") as evaluator:
         yield evaluator
-    finally:
-        evaluator.close()
 
 
 def run(ev: Evaluator, code: str, **kw) -> Outcome:

@@ -196,3 +196,28 @@ def test_the_benchmark_state_travels_to_a_fresh_root_and_never_overwrites_an_arm
     (fresh / "parents" / "runs" / "parents" / "trace.jsonl").write_text("newer")
     assert not restore(fresh, state, ["parents", "independent"])  # an arm is here: the saved one never replaces it
     assert (fresh / "parents" / "runs" / "parents" / "trace.jsonl").read_text() == "newer"
+
+
+def test_a_child_whose_new_layer_forward_never_uses_is_redrafted_before_training(cfg):
+    cfg.loop.search, cfg.loop.fresh_share, cfg.loop.max_repairs, cfg.loop.population_init = "parents", 0.0, 1, 1
+    cfg.loop.child_format = "module"
+    dead = C.wide(5).replace("self.pool =", "self.c3 = nn.Conv2d(5, 5, 3, padding=1)\n        self.pool =")
+    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(C.wide(5)), C.fenced(dead), C.fenced(C.wide(9))])
+    run_loop(cfg, FakeHandle(llm), run_id="dead", iterations=2)
+    events = list(read_events(RunPaths(cfg.runs_dir / "dead").trace))
+    evals = [e for e in events if e["node"] == "evaluate"]
+    repair = next(e for e in events if e["node"] == "repair")
+    assert evals[1]["status"] == "build_error" and "never used by forward: c3" in repair["prompt_text"]
+    assert [e["status"] for e in events if e["node"] == "record"] == ["ok", "ok"]
+
+
+def test_a_fresh_design_with_an_unused_layer_is_trained_and_its_children_may_keep_it(cfg):
+    cfg.loop.search, cfg.loop.fresh_share, cfg.loop.population_init = "parents", 0.0, 1
+    cfg.loop.child_format = "module"
+    dead = C.wide(5).replace("self.pool =", "self.c3 = nn.Conv2d(5, 5, 3, padding=1)\n        self.pool =")
+    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(dead), C.fenced(dead.replace("(5,", "(6,")
+                                                                                         .replace(", 5,", ", 6,")
+                                                                                         .replace("4 * 5", "4 * 6"))])
+    run_loop(cfg, FakeHandle(llm), run_id="keep", iterations=2)
+    records = [e for e in read_events(RunPaths(cfg.runs_dir / "keep").trace) if e["node"] == "record"]
+    assert [r["status"] for r in records] == ["ok", "ok"] and records[1]["parent"] == records[0]["code_hash"]

@@ -49,6 +49,9 @@ class EvalRequest(EvaluatorConfig):
     prm: dict[str, Any] = Field(default_factory=dict, description="hyperparameters passed to Net and the harness")
     screen_min_accuracy: float | None = Field(
         None, ge=0.0, le=1.0, description="the cascade's bar: a model below it at the screen stops there (`screened`)")
+    unused_allowed: list[str] | None = Field(
+        None, description="stop, before training, a design whose forward leaves layers with weights unused, "
+                          "except these (a child: its parent's own unused layers); None: only record them")
     origin: Literal["generated", "handed"] = Field(
         "generated", description="who wrote the code, which picks the static policy: the LLM (strict allow-list) "
                                  "or a person (a file given to `nasgraph eval`, LEMUR: see policy_handed.py)")

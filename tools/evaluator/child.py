@@ -459,6 +459,34 @@ def drop_unreached_lazy(model: nn.Module) -> None:
             setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
 
 
+def unused_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Modules whose own weights forward never uses (built in __init__, left out of forward): the ones no
+    gradient reaches through one eval-mode forward and backward, so no running statistic moves and no
+    random number is drawn. A model that cannot run backward here is left to training to explain."""
+    model.eval()
+    try:
+        with torch.enable_grad():
+            model(x).float().sum().backward()
+        return [name for name, mod in model.named_modules()
+                if (own := [p for p in mod.parameters(recurse=False) if p.requires_grad])
+                and all(p.grad is None for p in own)]
+    except Exception:  # noqa: BLE001
+        return []
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train()
+
+
+def _check_unused(unused: list[str], req: dict) -> None:
+    allowed = req.get("unused_allowed")
+    new = [n for n in unused if allowed is not None and n not in allowed]
+    if new:
+        raise Failure("build_error", f"built in __init__ but never used by forward: {', '.join(new[:8])}"
+                                     f"{' and more' if len(new) > 8 else ''}. A layer forward does not call changes "
+                                     "nothing: use it in forward() where the change needs it, or leave it out",
+                      {"unused": unused}, Diagnosis(kind="unused_layers", name=", ".join(new)))
+
+
 def measure(model: nn.Module, x: torch.Tensor, req: dict) -> tuple[int, int | None, dict]:
     """Parameter count and forward FLOPs per sample (FlopCounterMode counts a multiply-add as 2)."""
     params = sum(p.numel() for p in model.parameters())
@@ -632,8 +660,11 @@ def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
         params, flops, note = measure(model, x, req)
         result.update(params=params, flops=flops)
         result.setdefault("detail", {}).update(note)
+        if unused := unused_layers(model, x):
+            result["detail"]["unused"] = unused
         done("measure", t)
         _check_budgets(params, flops, req)
+        _check_unused(unused, req)
         if req.get("task") == "export":
             t = begin("export")
             detail = {**_filled(notes), **result.get("detail", {}), "device": str(device),

@@ -41,6 +41,7 @@ Kind = Literal[
     "no_forward",           # the module never defines forward
     "missing_module",       # an import of a module this environment lacks: name "timm", "ab.nn.util", ".blocks"
     "over_budget",          # parameters, FLOPs or projected epoch time beyond the budget
+    "unused_layers",        # layers with weights built in __init__ that forward never uses: name lists them
     "other",
 ]
 
