@@ -77,6 +77,7 @@ class Parent(BaseModel):
     niche: tuple[int, int]
     children: int = Field(0, description="designs already built from it before this one")
     unused: list[str] = Field(default_factory=list, description="its layers that forward never uses")
+    behaviour: str | None = Field(None, description="digest of what it computes: a child with the same one is stopped")
 
 
 class CallMeta(BaseModel):

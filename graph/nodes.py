@@ -117,7 +117,7 @@ def _latency_ms(detail: dict) -> float | None:
 def run_designs(store: Store, run_id: str) -> list[archive.Design]:
     """The run's designs trained to the end: the archive parents are drawn from, and the front."""
     return [archive.Design(e.arch_id, e.accuracy, e.params, e.flops, e.iteration or 0, _latency_ms(e.detail),
-                           tuple(e.detail.get("unused", ())))
+                           tuple(e.detail.get("unused", ())), e.detail.get("behaviour"))
             for e in store.evaluations_for_run(run_id)
             if e.status == "ok" and e.accuracy is not None and e.params and e.flops]
 
@@ -237,7 +237,7 @@ class Nodes:
         d = elite.design
         return Parent(arch_id=d.arch_id, code=self.d.store.code(d.arch_id), accuracy=d.accuracy, params=d.params,
                       flops=d.flops, latency_ms=d.latency_ms, niche=elite.niche, children=elite.children,
-                      unused=list(d.unused)), niches
+                      unused=list(d.unused), behaviour=d.behaviour), niches
 
     # -- planning ahead (loop.in_flight > 1; graph.ahead) ---------------------------------------
     def view(self, state: LoopState, iteration: int) -> tuple[dict, list[archive.Design]]:
@@ -432,13 +432,15 @@ class Nodes:
             if self.d.ahead is None:  # planning ahead, the LLM works while this trains: it stays loaded
                 self.d.llm.release_for_training()
             parent = _parent(state)
-            # A child whose new layers forward never calls is its parent again, at the cost of an epoch:
-            # it is stopped before training and redrafted (the 1.5B built conv4 and left it out of forward).
+            # A child whose new layers forward never calls, or that computes exactly what its parent computes,
+            # is its parent again at the cost of an epoch: it is stopped before training and redrafted (the
+            # 1.5B built conv4 and left it out of forward; it added ReLUs it never called).
             req = EvalRequest.from_config(self.d.cfg.evaluator, code=cand.code, dataset=task.dataset,
                                           epochs=task.epochs, prm=self.d.prm, max_params=task.max_params,
                                           max_flops=task.max_flops, screen_min_accuracy=self._screen_bar(run_id),
                                           latency_batches=[1] if task.objective == "pareto" else [],
-                                          unused_allowed=parent.unused if parent else None)
+                                          unused_allowed=parent.unused if parent else None,
+                                          parent_behaviour=parent.behaviour if parent else None)
             outcome = self.d.evaluator.evaluate(req)
             self.d.store.record_new(cand, f"llm:{self.d.llm.model}", outcome, dataset=task.dataset,
                                     epochs=task.epochs, prm=self.d.prm, hardware=self.d.hardware,

@@ -34,6 +34,7 @@ class Design:
     iteration: int
     latency_ms: float | None = None  # batch-1 forward time, measured when the objective is pareto
     unused: tuple[str, ...] = ()     # layers its forward never uses: its children may keep them, not add more
+    behaviour: str | None = None     # digest of what it computes (inert.behaviour): a child must differ
 
 
 @dataclass(frozen=True)

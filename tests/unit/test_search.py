@@ -221,3 +221,19 @@ def test_a_fresh_design_with_an_unused_layer_is_trained_and_its_children_may_kee
     run_loop(cfg, FakeHandle(llm), run_id="keep", iterations=2)
     records = [e for e in read_events(RunPaths(cfg.runs_dir / "keep").trace) if e["node"] == "record"]
     assert [r["status"] for r in records] == ["ok", "ok"] and records[1]["parent"] == records[0]["code_hash"]
+
+
+def test_a_child_that_computes_what_its_parent_computes_is_redrafted_before_training(cfg):
+    cfg.loop.search, cfg.loop.fresh_share, cfg.loop.max_repairs, cfg.loop.population_init = "parents", 0.0, 1, 1
+    cfg.loop.child_format = "module"
+    # "Use GELU": a GELU built and never called, and a comment; the parameter-free layer has no weights
+    # for the unused-layer check to see, but the code differs, so only the digest tells it is the parent.
+    inert = C.wide(5).replace("self.pool =", "self.act = nn.GELU()  # smoother\n        self.pool =")
+    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(C.wide(5)), C.fenced(inert), C.fenced(C.wide(9))])
+    run_loop(cfg, FakeHandle(llm), run_id="inert", iterations=2)
+    events = list(read_events(RunPaths(cfg.runs_dir / "inert").trace))
+    evals = [e for e in events if e["node"] == "evaluate"]
+    repair = next(e for e in events if e["node"] == "repair")
+    assert evals[1]["status"] == "build_error" and evals[1]["diagnosis"] == "same_as_parent"
+    assert "computes exactly what its parent computes" in repair["prompt_text"]
+    assert [e["status"] for e in events if e["node"] == "record"] == ["ok", "ok"]

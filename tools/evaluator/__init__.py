@@ -52,6 +52,9 @@ class EvalRequest(EvaluatorConfig):
     unused_allowed: list[str] | None = Field(
         None, description="stop, before training, a design whose forward leaves layers with weights unused, "
                           "except these (a child: its parent's own unused layers); None: only record them")
+    parent_behaviour: str | None = Field(
+        None, description="stop, before training, a design whose behaviour digest (detail.behaviour) is this one: "
+                          "a child that computes exactly what its parent computes; None: only record it")
     origin: Literal["generated", "handed"] = Field(
         "generated", description="who wrote the code, which picks the static policy: the LLM (strict allow-list) "
                                  "or a person (a file given to `nasgraph eval`, LEMUR: see policy_handed.py)")

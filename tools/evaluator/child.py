@@ -48,6 +48,7 @@ from nasgraph.tools.evaluator.harness import (
     train_and_test,
 )
 from nasgraph.tools.evaluator.hyperparameters import Hyperparameters, complete, declared
+from nasgraph.tools.evaluator.inert import behaviour, unused_layers
 from nasgraph.tools.evaluator.outcome import Outcome
 
 FILENAME = "<candidate>"
@@ -459,24 +460,6 @@ def drop_unreached_lazy(model: nn.Module) -> None:
             setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
 
 
-def unused_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """Modules whose own weights forward never uses (built in __init__, left out of forward): the ones no
-    gradient reaches through one eval-mode forward and backward, so no running statistic moves and no
-    random number is drawn. A model that cannot run backward here is left to training to explain."""
-    model.eval()
-    try:
-        with torch.enable_grad():
-            model(x).float().sum().backward()
-        return [name for name, mod in model.named_modules()
-                if (own := [p for p in mod.parameters(recurse=False) if p.requires_grad])
-                and all(p.grad is None for p in own)]
-    except Exception:  # noqa: BLE001
-        return []
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train()
-
-
 def _check_unused(unused: list[str], req: dict) -> None:
     allowed = req.get("unused_allowed")
     new = [n for n in unused if allowed is not None and n not in allowed]
@@ -485,6 +468,15 @@ def _check_unused(unused: list[str], req: dict) -> None:
                                      f"{' and more' if len(new) > 8 else ''}. A layer forward does not call changes "
                                      "nothing: use it in forward() where the change needs it, or leave it out",
                       {"unused": unused}, Diagnosis(kind="unused_layers", name=", ".join(new)))
+
+
+def _check_same(digest: str | None, req: dict) -> None:
+    if digest is not None and digest == req.get("parent_behaviour"):
+        raise Failure("build_error", "computes exactly what its parent computes (the same outputs and gradients "
+                                     "from the same starting weights): the change was not made. Layers built but "
+                                     "never called, renamed attributes and comments change nothing: make the "
+                                     "change asked for in forward()",
+                      {"behaviour": digest}, Diagnosis(kind="same_as_parent"))
 
 
 def measure(model: nn.Module, x: torch.Tensor, req: dict) -> tuple[int, int | None, dict]:
@@ -662,9 +654,12 @@ def run_stages(req: dict, data: TensorData, report: Reporter) -> Outcome:
         result.setdefault("detail", {}).update(note)
         if unused := unused_layers(model, x):
             result["detail"]["unused"] = unused
+        if digest := behaviour(model, x, int(req["seed"])):
+            result["detail"]["behaviour"] = digest
         done("measure", t)
         _check_budgets(params, flops, req)
         _check_unused(unused, req)
+        _check_same(digest, req)
         if req.get("task") == "export":
             t = begin("export")
             detail = {**_filled(notes), **result.get("detail", {}), "device": str(device),

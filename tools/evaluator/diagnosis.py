@@ -42,6 +42,7 @@ Kind = Literal[
     "missing_module",       # an import of a module this environment lacks: name "timm", "ab.nn.util", ".blocks"
     "over_budget",          # parameters, FLOPs or projected epoch time beyond the budget
     "unused_layers",        # layers with weights built in __init__ that forward never uses: name lists them
+    "same_as_parent",       # a child that computes exactly what its parent computes (inert.behaviour)
     "other",
 ]
 
