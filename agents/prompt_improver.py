@@ -9,6 +9,7 @@ list is offered in the prompt: left to itself, the 1.5B improver proposed layers
 """
 from __future__ import annotations
 
+import random
 import re
 from difflib import SequenceMatcher
 
@@ -23,7 +24,7 @@ from nasgraph.agents.schemas import BestDesign, HistoryEntry, Improvement, Paren
 from nasgraph.tools.fmt import human
 
 __all__ = ["AgentError", "BestDesign", "HistoryEntry", "Improvement", "Triple", "improve", "window",
-           "parse_triple", "fallback_triple", "MOVES"]
+           "parse_triple", "fallback_triple", "drawn_triple", "MOVES", "PARENT_MOVES"]
 
 # Architectural moves the fallback rotates through, so a loop whose improver never answers usefully
 # still explores different families instead of re-asking for the same network.
@@ -60,6 +61,15 @@ PARENT_MOVES = (
     "replace ReLU with GELU everywhere",
     "add squeeze-and-excitation to the last conv stage only",
 )
+
+
+def drawn_triple(parent: Parent, rng: random.Random) -> Triple:
+    """One of PARENT_MOVES for `parent`, drawn without the LLM (loop.parent_move = drawn)."""
+    return Triple(problem=f"parent accuracy {parent.accuracy:.3f} with {human(parent.params)} parameters",
+                  modification=rng.choice(PARENT_MOVES),
+                  expected_effect="higher accuracy within the parameter and FLOP budget")
+
+
 EXPLORE = ("Make the architecture structurally different from all earlier designs "
            "(another block type, depth or layout), not a variation of the same network.")
 

@@ -1,8 +1,10 @@
 """Does the search learn? Arms of the same LLM, data and per-step seeds, compared at equal LLM calls.
 
 Arms (`loop.search`): `parents` (each design one change to a parent drawn from the run's archive),
-`improver` (the Prompt Improver steering fresh designs from the history window) and `independent`
-(the no-feedback baseline: the same generator prompt every time, no history, no improver, no parent).
+`improver` (the Prompt Improver steering fresh designs from the history window), `independent`
+(the no-feedback baseline: the same generator prompt every time, no history, no improver, no parent)
+and `drawn` (`parents` with each change drawn from the parent edits, not chosen by the improver: what
+the improver's call is worth).
 Each arm is its own run in its own home under --root (its own store, so no arm gets another's cache
 hits; models and datasets are shared). Arms advance in chunks, the one with the fewest LLM calls
 first, so a run stopped at any point compares arms at about equal cost; every run resumes exactly,
@@ -37,14 +39,16 @@ from nasgraph.tools import archive
 from nasgraph.tools.cascade import Screened, replay, trained_screen
 from nasgraph.tools.store import Store
 
-ARMS = ("parents", "improver", "independent")
+# Each arm's loop settings; `drawn` is `parents` with the change drawn instead of asked of the improver.
+ARMS = {"parents": {"search": "parents"}, "improver": {"search": "improver"},
+        "independent": {"search": "independent"}, "drawn": {"search": "parents", "parent_move": "drawn"}}
 
 
 def _config(root: Path, arm: str, args: argparse.Namespace):
     base = load_config()
     return load_config(home=root / arm, models_dir=base.models_dir, data_dir=base.data_dir,
                        llm={"model": args.model, "threads": args.llm_threads},
-                       loop={"search": arm, "dataset": args.dataset},
+                       loop={**ARMS[arm], "dataset": args.dataset},
                        evaluator={"threads": args.threads})
 
 

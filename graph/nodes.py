@@ -210,6 +210,14 @@ class Nodes:
             return NodeResult({"triple": INDEPENDENT.model_dump(), "parent": None, "attempt": None, **view},
                               {"triple": INDEPENDENT.model_dump(), "search": search, "niches": niches,
                                "parent": None, "fresh": True})
+        if search == "parents" and self.d.cfg.loop.parent_move == "drawn":
+            # The control arm: the same parents, children and history, but the change is drawn (seeded by
+            # run and iteration, like the parent), not chosen by the improver.
+            rng = random.Random(zlib.crc32(f"{state['run_id']}:{state.get('iteration', 0)}:move".encode()))
+            triple = prompt_improver.drawn_triple(parent, rng)
+            return NodeResult({"triple": triple.model_dump(), "parent": parent.model_dump(), "attempt": None, **view},
+                              {"triple": triple.model_dump(), "search": search, "niches": niches, "drawn": True,
+                               "parent": parent.arch_id, "parent_accuracy": parent.accuracy})
         history = _history(state)
         last = history[-1] if history else None
         window = prompt_improver.window(history, self.d.cfg.loop.history_k)

@@ -96,6 +96,10 @@ class LoopConfig(BaseModel):
         "edit", description="with search=parents, how the Code Generator writes a child: SEARCH/REPLACE edits of "
                             "the parent, or the whole module")
     fresh_share: float = Field(0.2, ge=0, le=1, description="with search=parents, the share of fresh designs")
+    parent_move: Literal["improver", "drawn"] = Field(
+        "improver", description="with search=parents, who names the change to a parent: the Prompt Improver (an "
+                                "LLM call reading the history window) or a draw from its list of parent edits (no "
+                                "call: the control that tells whether the improver's choice is worth its call)")
     population_init: int = Field(3, ge=0, description="with search=parents, designs stay fresh until the archive "
                                                       "holds this many valid ones")
     objective: Literal["accuracy", "pareto"] = Field(

@@ -237,3 +237,19 @@ def test_a_child_that_computes_what_its_parent_computes_is_redrafted_before_trai
     assert evals[1]["status"] == "build_error" and evals[1]["diagnosis"] == "same_as_parent"
     assert "computes exactly what its parent computes" in repair["prompt_text"]
     assert [e["status"] for e in events if e["node"] == "record"] == ["ok", "ok"]
+
+
+def test_drawn_parent_moves_build_children_without_calling_the_improver(cfg):
+    cfg.loop.search, cfg.loop.parent_move, cfg.loop.fresh_share, cfg.loop.population_init = "parents", "drawn", 0.0, 1
+    llm = ScriptedChatModel(improver=[], generator=[C.fenced(C.wide(c)) for c in (5, 6, 7)])
+    run_loop(cfg, FakeHandle(llm), run_id="drawn", iterations=3)
+    assert llm.calls.count("improver") == 0
+    events = list(read_events(RunPaths(cfg.runs_dir / "drawn").trace))
+    improves = [e for e in events if e["node"] == "improve"]
+    gens = [e for e in events if e["node"] == "generate"]
+    records = [e for e in events if e["node"] == "record"]
+    assert improves[1]["drawn"] and improves[1]["parent"] == records[0]["code_hash"]
+    assert all(i["triple"]["modification"] in PARENT_MOVES for i in improves[1:])
+    assert improves[1]["triple"]["modification"] in gens[1]["prompt_text"]
+    assert gens[1]["prompt"] == "code_generator.child_edit" and "nn.Conv2d(in_shape[1], 5" in gens[1]["prompt_text"]
+    assert [r["status"] for r in records] == ["ok", "ok", "ok"]
