@@ -19,7 +19,7 @@ headline compares arms at the smallest LLM-call count any arm reached. Every des
 screen accuracy (evaluator.screen_fraction), so the cascade is replayed on each arm: how many designs
 its bar would have stopped, the training seconds saved, and whether it would have cut a final top design.
 
-Run: .venv/bin/python -m bench.search --iterations 60 [--arms parents,independent] [--chunk 5]
+Run: .venv/bin/python -m bench.search --iterations 60 [--calls C] [--arms parents,independent] [--chunk 5]
      [--model qwen2.5-coder-1.5b] [--root ~/.nasgraph/bench-search] [--state FILE.tgz] [--report-only]
 """
 from __future__ import annotations
@@ -71,10 +71,11 @@ def restore(root: Path, state: Path, arms: list[str]) -> bool:
 
 
 def snapshot(root: Path, state: Path, arms: list[str]) -> None:
-    """Save the arms' homes, between chunks (no run is writing), atomically."""
+    """Save the arms' homes, between chunks (no run is writing), atomically: these arms and every other arm
+    the root holds, so advancing one arm never drops the others from the saved state."""
     tmp = state.with_name(state.name + ".tmp")
     with tarfile.open(tmp, "w:gz") as tar:
-        for arm in arms:
+        for arm in dict.fromkeys([*arms, *ARMS]):
             if (root / arm).is_dir():
                 tar.add(root / arm, arcname=arm)
     tmp.replace(state)
@@ -91,14 +92,16 @@ def advance(root: Path, args: argparse.Namespace) -> None:
         for arm in arms:
             events = _events(_config(root, arm, args), arm)
             iterations = sum(e["node"] == "record" for e in events)
-            if iterations < args.iterations:
+            if iterations < args.iterations or llm_calls(events) < args.calls:
                 done[arm] = (llm_calls(events), iterations)
         if not done:
             return
         arm = min(done, key=lambda a: done[a])  # the arm that has spent the fewest LLM calls goes next
         cfg = _config(root, arm, args)
         llm = llm or open_llm(cfg)
-        target = min(args.iterations, done[arm][1] + args.chunk)
+        target = done[arm][1] + args.chunk
+        if done[arm][1] < args.iterations:
+            target = min(args.iterations, target)
         # One seed key for every arm: step k of each arm samples with the same seed.
         summary = run_loop(cfg, llm, run_id=arm, iterations=target, seed_key="bench-search")
         print(f"{arm}: {summary['iterations']} iterations, best {summary['best_accuracy']}", flush=True)
@@ -208,6 +211,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--arms", default="parents,independent")
     ap.add_argument("--chunk", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=0,
+                    help="also advance each arm until it has spent this many LLM calls (equal calls at the end)")
     ap.add_argument("--model", default="qwen2.5-coder-1.5b")
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--threads", type=int, default=2, help="training threads")

@@ -184,7 +184,7 @@ def test_the_benchmark_state_travels_to_a_fresh_root_and_never_overwrites_an_arm
     from bench.search import restore, snapshot
 
     root, state = tmp_path / "root", tmp_path / "search-state.tgz"
-    for arm, text in [("parents", "p"), ("independent", "i")]:
+    for arm, text in [("parents", "p"), ("independent", "i"), ("drawn", "d")]:
         (root / arm / "runs" / arm).mkdir(parents=True)
         (root / arm / "runs" / arm / "trace.jsonl").write_text(text)
     (root / "search.json").write_text("{}")  # the report is rebuilt, not saved
@@ -192,6 +192,8 @@ def test_the_benchmark_state_travels_to_a_fresh_root_and_never_overwrites_an_arm
     fresh = tmp_path / "fresh"
     assert restore(fresh, state, ["parents", "independent"])
     assert (fresh / "independent" / "runs" / "independent" / "trace.jsonl").read_text() == "i"
+    # an arm not being advanced is saved too, so a run of one arm keeps the others in the state
+    assert (fresh / "drawn" / "runs" / "drawn" / "trace.jsonl").read_text() == "d"
     assert not (fresh / "search.json").exists()
     (fresh / "parents" / "runs" / "parents" / "trace.jsonl").write_text("newer")
     assert not restore(fresh, state, ["parents", "independent"])  # an arm is here: the saved one never replaces it
