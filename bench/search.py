@@ -61,11 +61,14 @@ def llm_calls(events: list[dict]) -> int:
 
 
 def restore(root: Path, state: Path, arms: list[str]) -> bool:
-    """Unpack a saved benchmark into a root that has none of its arms yet; True if it did."""
+    """Unpack a saved benchmark into a root that has none of these arms and none of the saved ones yet;
+    True if it did."""
     if not state.is_file() or any((root / arm).exists() for arm in arms):
         return False
-    root.mkdir(parents=True, exist_ok=True)
     with tarfile.open(state) as tar:
+        if any((root / top).exists() for top in {m.name.split("/")[0] for m in tar.getmembers()}):
+            return False
+        root.mkdir(parents=True, exist_ok=True)
         tar.extractall(root, filter="data")
     return True
 
@@ -119,12 +122,15 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def mean_interval(values: list[float]) -> tuple[float | None, float | None, float | None]:
+    """The mean and its 95% interval (Student's t: a handful of seeds would be overstated by 1.96)."""
+    from scipy.stats import t
+
     if not values:
         return None, None, None
     m = statistics.fmean(values)
     if len(values) < 2:
         return round(m, 4), None, None
-    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values))
+    half = float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
     return round(m, 4), round(m - half, 4), round(m + half, 4)
 
 

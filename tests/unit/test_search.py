@@ -198,6 +198,9 @@ def test_the_benchmark_state_travels_to_a_fresh_root_and_never_overwrites_an_arm
     (fresh / "parents" / "runs" / "parents" / "trace.jsonl").write_text("newer")
     assert not restore(fresh, state, ["parents", "independent"])  # an arm is here: the saved one never replaces it
     assert (fresh / "parents" / "runs" / "parents" / "trace.jsonl").read_text() == "newer"
+    # nor when only another saved arm is here (advancing a new arm beside them)
+    assert not restore(fresh, state, ["improver"])
+    assert (fresh / "parents" / "runs" / "parents" / "trace.jsonl").read_text() == "newer"
 
 
 def test_a_child_whose_new_layer_forward_never_uses_is_redrafted_before_training(cfg):
