@@ -203,45 +203,36 @@ def test_the_benchmark_state_travels_to_a_fresh_root_and_never_overwrites_an_arm
     assert (fresh / "parents" / "runs" / "parents" / "trace.jsonl").read_text() == "newer"
 
 
-def test_a_child_whose_new_layer_forward_never_uses_is_redrafted_before_training(cfg):
+# Children that change nothing, stopped before training and redrafted: a layer with weights forward never
+# calls; a GELU built and never called plus a comment (no weights for the unused-layer check to see, and the
+# code differs, so only the behaviour digest tells it is the parent).
+DEAD = C.wide(5).replace("self.pool =", "self.c3 = nn.Conv2d(5, 5, 3, padding=1)\n        self.pool =")
+INERT = C.wide(5).replace("self.pool =", "self.act = nn.GELU()  # smoother\n        self.pool =")
+
+
+@pytest.mark.parametrize("child, kind, says", [(DEAD, "unused_layers", "never used by forward: c3"),
+                                               (INERT, "same_as_parent", "computes exactly what its parent computes")],
+                         ids=["unused-layer", "same-function"])
+def test_a_child_that_changes_nothing_is_redrafted_before_training(cfg, child, kind, says):
     cfg.loop.search, cfg.loop.fresh_share, cfg.loop.max_repairs, cfg.loop.population_init = "parents", 0.0, 1, 1
     cfg.loop.child_format = "module"
-    dead = C.wide(5).replace("self.pool =", "self.c3 = nn.Conv2d(5, 5, 3, padding=1)\n        self.pool =")
-    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(C.wide(5)), C.fenced(dead), C.fenced(C.wide(9))])
-    run_loop(cfg, FakeHandle(llm), run_id="dead", iterations=2)
-    events = list(read_events(RunPaths(cfg.runs_dir / "dead").trace))
+    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(C.wide(5)), C.fenced(child), C.fenced(C.wide(9))])
+    run_loop(cfg, FakeHandle(llm), run_id="same", iterations=2)
+    events = list(read_events(RunPaths(cfg.runs_dir / "same").trace))
     evals = [e for e in events if e["node"] == "evaluate"]
     repair = next(e for e in events if e["node"] == "repair")
-    assert evals[1]["status"] == "build_error" and "never used by forward: c3" in repair["prompt_text"]
+    assert evals[1]["status"] == "build_error" and evals[1]["diagnosis"] == kind and says in repair["prompt_text"]
     assert [e["status"] for e in events if e["node"] == "record"] == ["ok", "ok"]
 
 
 def test_a_fresh_design_with_an_unused_layer_is_trained_and_its_children_may_keep_it(cfg):
     cfg.loop.search, cfg.loop.fresh_share, cfg.loop.population_init = "parents", 0.0, 1
     cfg.loop.child_format = "module"
-    dead = C.wide(5).replace("self.pool =", "self.c3 = nn.Conv2d(5, 5, 3, padding=1)\n        self.pool =")
-    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(dead), C.fenced(dead.replace("(5,", "(6,")
-                                                                                         .replace(", 5,", ", 6,")
-                                                                                         .replace("4 * 5", "4 * 6"))])
+    wider = DEAD.replace("(5,", "(6,").replace(", 5,", ", 6,").replace("4 * 5", "4 * 6")  # keeps c3 unused
+    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(DEAD), C.fenced(wider)])
     run_loop(cfg, FakeHandle(llm), run_id="keep", iterations=2)
     records = [e for e in read_events(RunPaths(cfg.runs_dir / "keep").trace) if e["node"] == "record"]
     assert [r["status"] for r in records] == ["ok", "ok"] and records[1]["parent"] == records[0]["code_hash"]
-
-
-def test_a_child_that_computes_what_its_parent_computes_is_redrafted_before_training(cfg):
-    cfg.loop.search, cfg.loop.fresh_share, cfg.loop.max_repairs, cfg.loop.population_init = "parents", 0.0, 1, 1
-    cfg.loop.child_format = "module"
-    # "Use GELU": a GELU built and never called, and a comment; the parameter-free layer has no weights
-    # for the unused-layer check to see, but the code differs, so only the digest tells it is the parent.
-    inert = C.wide(5).replace("self.pool =", "self.act = nn.GELU()  # smoother\n        self.pool =")
-    llm = ScriptedChatModel(improver=[C.TRIPLE], generator=[C.fenced(C.wide(5)), C.fenced(inert), C.fenced(C.wide(9))])
-    run_loop(cfg, FakeHandle(llm), run_id="inert", iterations=2)
-    events = list(read_events(RunPaths(cfg.runs_dir / "inert").trace))
-    evals = [e for e in events if e["node"] == "evaluate"]
-    repair = next(e for e in events if e["node"] == "repair")
-    assert evals[1]["status"] == "build_error" and evals[1]["diagnosis"] == "same_as_parent"
-    assert "computes exactly what its parent computes" in repair["prompt_text"]
-    assert [e["status"] for e in events if e["node"] == "record"] == ["ok", "ok"]
 
 
 def test_drawn_parent_moves_build_children_without_calling_the_improver(cfg):
