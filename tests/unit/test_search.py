@@ -39,6 +39,16 @@ def test_parents_favour_accuracy_and_spread_over_children():
     assert tired["d8"] > tired["d9"]
 
 
+def test_a_chance_level_design_in_a_tight_archive_gets_no_weight_and_no_overflow():
+    # A tight archive (MAD 0.0001) and one design at chance: the logistic's argument is about -3e4.
+    designs = [Design(f"d{i}", 0.9 + 0.0001 * i, 1_000 * 2 ** i, 100_000 * 2 ** i, i) for i in range(5)]
+    pool = archive.elites([*designs, Design("chance", 0.10, 2_000_000, 90_000_000, 6)])
+    w = dict(zip((e.design.arch_id for e in pool), archive.weights(pool)))
+    assert w["chance"] == 0.0 and w["d4"] > w["d2"] > w["d0"] > 0.0  # math.exp overflowed here
+    assert archive.pick_parent([*designs, Design("chance", 0.10, 2_000_000, 90_000_000, 6)], Counter(),
+                               random.Random(0), fresh_share=0.0).design.arch_id != "chance"
+
+
 def test_fresh_share_and_empty_archive_draw_no_parent():
     rng = random.Random(1)
     assert archive.pick_parent([], Counter(), rng, 0.0) is None
