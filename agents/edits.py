@@ -27,6 +27,8 @@ class Applied:
     code: str
     blocks: int   # edit blocks found in the reply
     applied: int  # of them, those whose SEARCH lines were found and replaced by other lines
+    copies: int   # of them, those found but replaced by the same lines (a copy, no edit)
+    missed: tuple[Edit, ...]  # of them, those whose SEARCH lines were found nowhere
 
 
 def parse_edits(reply: str) -> list[Edit]:
@@ -102,9 +104,14 @@ def _trimmed(lines: list[str]) -> list[str]:
 def apply_edits(code: str, reply: str) -> Applied:
     """`code` with every block of `reply` that matches applied, in order, each to the result of the last."""
     edits = parse_edits(reply)
-    applied = 0
+    applied = copies = 0
+    missed: list[Edit] = []
     for edit in edits:
         out = _apply_one(code, edit)
-        if out is not None and out != code:  # a block that copies its lines unchanged is no edit
+        if out is None:
+            missed.append(edit)
+        elif out == code:  # a block that copies its lines unchanged is no edit
+            copies += 1
+        else:
             code, applied = out, applied + 1
-    return Applied(code, len(edits), applied)
+    return Applied(code, len(edits), applied, copies, tuple(missed))

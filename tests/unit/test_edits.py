@@ -62,7 +62,8 @@ def test_a_block_that_matches_nothing_is_counted_not_applied():
         self.conv9 = nn.Conv2d(1, 4, 3)
 >>>>>>> REPLACE"""
     done = apply_edits(PARENT, reply)
-    assert (done.blocks, done.applied, done.code) == (1, 0, PARENT)
+    assert (done.blocks, done.applied, done.copies, done.code) == (1, 0, 0, PARENT)
+    assert done.missed == (Edit(["        self.conv9 = nn.Conv2d(1, 2, 3)"], ["        self.conv9 = nn.Conv2d(1, 4, 3)"]),)
 
 
 def test_incomplete_and_empty_blocks_are_not_edits():
@@ -82,4 +83,4 @@ def test_a_repeated_divider_and_an_unchanged_copy():
     assert parse_edits(reply) == [Edit(["x = 1"], ["x = 1", "y = 2"])]
     same = "<<<<<<< SEARCH\n        self.bn1 = nn.BatchNorm2d(32)\n=======\n        self.bn1 = nn.BatchNorm2d(32)\n>>>>>>> REPLACE"
     done = apply_edits(PARENT, same)
-    assert (done.code, done.blocks, done.applied) == (PARENT, 1, 0)  # a copy is no edit
+    assert (done.code, done.blocks, done.applied, done.copies, done.missed) == (PARENT, 1, 0, 1, ())  # a copy is no edit
