@@ -10,7 +10,9 @@ hits; models and datasets are shared). Arms advance in chunks, the one with the 
 first, so a run stopped at any point compares arms at about equal cost; every run resumes exactly,
 so the benchmark can be continued across sessions by running the same command again. With --state
 FILE the arms' homes (stores, traces, checkpoints) are also saved to FILE (tar.gz) after every chunk
-and restored from it into an empty root: the benchmark then continues on a fresh machine.
+and restored from it into a root without them: the benchmark then continues on a fresh machine. Arms may
+advance in separate processes (separate roots and state files); `--report-only` with every state file
+reports them together.
 
 Reported per arm, from the traces and the stores: best-so-far and running mean of valid designs per
 iteration and per LLM call (plotted), the mean accuracy of valid designs in the last half with a 95%
@@ -20,7 +22,7 @@ screen accuracy (evaluator.screen_fraction), so the cascade is replayed on each 
 its bar would have stopped, the training seconds saved, and whether it would have cut a final top design.
 
 Run: .venv/bin/python -m bench.search --iterations 60 [--calls C] [--arms parents,independent] [--chunk 5]
-     [--model qwen2.5-coder-1.5b] [--root ~/.nasgraph/bench-search] [--state FILE.tgz] [--report-only]
+     [--model qwen2.5-coder-1.5b] [--root ~/.nasgraph/bench-search] [--state FILE.tgz ...] [--report-only]
 """
 from __future__ import annotations
 
@@ -60,10 +62,11 @@ def llm_calls(events: list[dict]) -> int:
     return sum(1 for e in events if e.get("prompt"))
 
 
-def restore(root: Path, state: Path, arms: list[str]) -> bool:
-    """Unpack a saved benchmark into a root that has none of these arms and none of the saved ones yet;
-    True if it did."""
-    if not state.is_file() or any((root / arm).exists() for arm in arms):
+def restore(root: Path, state: Path) -> bool:
+    """Unpack a saved benchmark into `root` when the root holds none of its arms yet; True if it did. Never
+    replaces an arm: a root's own arm is newer than any saved copy. Several states (arms advanced by separate
+    processes, each in its own root) unpack side by side into one root for the report."""
+    if not state.is_file():
         return False
     with tarfile.open(state) as tar:
         if any((root / top).exists() for top in {m.name.split("/")[0] for m in tar.getmembers()}):
@@ -224,14 +227,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="training threads")
     ap.add_argument("--llm-threads", dest="llm_threads", type=int, default=2)
     ap.add_argument("--root", type=Path, default=load_config().home / "bench-search")
-    ap.add_argument("--state", type=Path, help="save the arms here after every chunk; restore from it into an empty root")
+    ap.add_argument("--state", type=Path, action="append", default=[],
+                    help="save the arms here after every chunk; restore from it into a root without its arms. Repeat "
+                         "it with --report-only to report arms saved by separate processes together")
     ap.add_argument("--report-only", dest="report_only", action="store_true")
     args = ap.parse_args()
     for arm in args.arms.split(","):
         if arm not in ARMS:
             ap.error(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
-    if args.state and restore(args.root, args.state, args.arms.split(",")):
-        print(f"restored the arms from {args.state} into {args.root}", flush=True)
+    if len(args.state) > 1 and not args.report_only:
+        ap.error("advancing saves to one --state file; give several only with --report-only")
+    for state in args.state:
+        if restore(args.root, state):
+            print(f"restored the arms from {state} into {args.root}", flush=True)
+    args.state = args.state[0] if args.state else None
     if not args.report_only:
         advance(args.root, args)
     arms = analyse(args.root, args)

@@ -200,16 +200,21 @@ def test_the_benchmark_state_travels_to_a_fresh_root_and_never_overwrites_an_arm
     (root / "search.json").write_text("{}")  # the report is rebuilt, not saved
     snapshot(root, state, ["parents", "independent"])
     fresh = tmp_path / "fresh"
-    assert restore(fresh, state, ["parents", "independent"])
+    assert restore(fresh, state)
     assert (fresh / "independent" / "runs" / "independent" / "trace.jsonl").read_text() == "i"
     # an arm not being advanced is saved too, so a run of one arm keeps the others in the state
     assert (fresh / "drawn" / "runs" / "drawn" / "trace.jsonl").read_text() == "d"
     assert not (fresh / "search.json").exists()
     (fresh / "parents" / "runs" / "parents" / "trace.jsonl").write_text("newer")
-    assert not restore(fresh, state, ["parents", "independent"])  # an arm is here: the saved one never replaces it
+    assert not restore(fresh, state)  # an arm is here: the saved one never replaces it
     assert (fresh / "parents" / "runs" / "parents" / "trace.jsonl").read_text() == "newer"
-    # nor when only another saved arm is here (advancing a new arm beside them)
-    assert not restore(fresh, state, ["improver"])
+    # arms saved by another process (own root, own state file) unpack beside them for one report
+    other_root, other = tmp_path / "other", tmp_path / "other.tgz"
+    (other_root / "improver" / "runs" / "improver").mkdir(parents=True)
+    (other_root / "improver" / "runs" / "improver" / "trace.jsonl").write_text("m")
+    snapshot(other_root, other, ["improver"])
+    assert restore(fresh, other)
+    assert (fresh / "improver" / "runs" / "improver" / "trace.jsonl").read_text() == "m"
     assert (fresh / "parents" / "runs" / "parents" / "trace.jsonl").read_text() == "newer"
 
 
