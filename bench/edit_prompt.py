@@ -6,7 +6,8 @@ same seed as in the run, under the system prompt in `--system` (default: the pro
 reply's blocks are sorted against the parent code the model was shown: applied (matched, changed it), copy
 (matched, replaced by the same lines), example (matched nothing, and is one of the system prompt's own example
 blocks, copied), unmatched (the rest). A reply changes its parent when one block applied. The recorded reply
-is the other half of each pair.
+is the other half of each pair. Candidate prompts live in bench/edit_prompts/: `skeleton.md` (the format as
+placeholders, no example code), `toy.md` (the example on a toy module shown in full, its lines in no parent).
 
 Run: .venv/bin/python -m bench.edit_prompt [--root ~/.nasgraph/bench-search] [--arms parents,drawn]
      [--system prompts/code_generator.edit_system.md] [--limit N] [--json out.json]
