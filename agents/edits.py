@@ -3,10 +3,14 @@
 A child of a parent design can be asked for as edits instead of a whole module (`loop.child_format =
 "edit"`): a few changed lines are a fraction of the tokens. Small models copy the SEARCH lines with
 their indentation shifted or trailing spaces changed, and decorate the markers, so a block is matched
-line by line ignoring surrounding whitespace, and the replacement re-indented by the shift. A block that matches nowhere is skipped and counted: the caller sees how many applied.
+line by line ignoring surrounding whitespace, and the replacement re-indented by the shift. They also
+misremember a number in one line of a longer block (`Conv2d(128, 128` for the parent's `Conv2d(64, 128`):
+such a block still applies at the one place it nearly matches, and its unchanged context lines keep the
+parent's text. A block that matches nowhere is skipped and counted: the caller sees how many applied.
 """
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 
@@ -14,6 +18,10 @@ _SEARCH = re.compile(r"^\s*<{3,}\s*SEARCH\s*$", re.I)
 _DIVIDER = re.compile(r"^\s*={3,}(.*)$")
 _REPLACE = re.compile(r"^\s*>{3,}\s*REPLACE\s*$", re.I)
 _FENCE = re.compile(r"^\s*```")
+# A near match: every SEARCH line but one equal to the module's, that one this similar (difflib ratio), in a
+# block this long, at exactly one place. Shorter blocks are too easily someone else's line (conv2 for conv3).
+NEAR_RATIO = 0.85
+NEAR_MIN_LINES = 3
 
 
 @dataclass(frozen=True)
@@ -78,17 +86,41 @@ def _find(lines: list[str], search: list[str]) -> int | None:
     return None
 
 
+def _find_near(lines: list[str], search: list[str]) -> int | None:
+    """Index of the one run of `lines` that `search` nearly matches (see NEAR_RATIO), or None."""
+    want = [s.strip() for s in _trimmed(search)]
+    if len(want) < NEAR_MIN_LINES:
+        return None
+    found = []
+    for i in range(len(lines) - len(want) + 1):
+        odd = [k for k, w in enumerate(want) if lines[i + k].strip() != w]
+        if len(odd) == 1 and difflib.SequenceMatcher(None, lines[i + odd[0]].strip(),
+                                                     want[odd[0]]).ratio() >= NEAR_RATIO:
+            found.append(i)
+    return found[0] if len(found) == 1 else None
+
+
 def _apply_one(code: str, edit: Edit) -> str | None:
     lines = code.splitlines()
+    search = _trimmed(edit.search)
     at = _find(lines, edit.search)
     if at is None:
-        return None
-    search = _trimmed(edit.search)
+        at = _find_near(lines, edit.search)
+        if at is None:
+            return None
     # Re-indent the replacement by how far the model's copy was shifted from the module's lines (none
     # when it copied them exactly).
     have, gave = _indent(lines[at]), _indent(search[0])
     shifted = [(have + r[len(gave):] if r.startswith(gave) else have + r.lstrip()) if r.strip() else r
                for r in edit.replace]
+    old = lines[at:at + len(search)]
+    if [o.strip() for o in old] != [s.strip() for s in search]:
+        # A near match: where the REPLACE repeats the model's (misremembered) SEARCH lines it keeps them, so
+        # those keep the module's text; only the lines it wrote new or changed are its.
+        ops = difflib.SequenceMatcher(None, [s.strip() for s in search], [r.strip() for r in edit.replace],
+                                      autojunk=False)
+        shifted = [line for tag, i1, i2, j1, j2 in ops.get_opcodes()
+                   for line in (old[i1:i2] if tag == "equal" else shifted[j1:j2])]
     return "\n".join(lines[:at] + shifted + lines[at + len(search):]) + ("\n" if code.endswith("\n") else "")
 
 

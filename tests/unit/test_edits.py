@@ -84,3 +84,48 @@ def test_a_repeated_divider_and_an_unchanged_copy():
     same = "<<<<<<< SEARCH\n        self.bn1 = nn.BatchNorm2d(32)\n=======\n        self.bn1 = nn.BatchNorm2d(32)\n>>>>>>> REPLACE"
     done = apply_edits(PARENT, same)
     assert (done.code, done.blocks, done.applied, done.copies, done.missed) == (PARENT, 1, 0, 1, ())  # a copy is no edit
+
+
+def test_a_block_with_one_misremembered_line_applies_where_it_nearly_matches_and_keeps_the_parents_line():
+    # As the 1.5B wrote it: the stage's first conv recalled as 64 channels where the parent has 32.
+    reply = """<<<<<<< SEARCH
+        self.conv1 = nn.Conv2d(in_shape[1], 64, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, out_shape[0])
+=======
+        self.conv1 = nn.Conv2d(in_shape[1], 64, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(32, out_shape[0])
+>>>>>>> REPLACE"""
+    done = apply_edits(PARENT, reply)
+    assert (done.applied, done.missed) == (1, ())
+    assert ("        self.conv1 = nn.Conv2d(in_shape[1], 32, 3, padding=1)\n        self.bn1 = nn.BatchNorm2d(32)\n"
+            "        self.drop = nn.Dropout(0.2)\n        self.fc = nn.Linear(32") in done.code
+    assert "64" not in done.code
+    # the same block, copied without indentation: the parent's lines keep theirs, the new line gets it
+    flat = "\n".join(line.strip() for line in reply.splitlines())
+    assert apply_edits(PARENT, flat).code == done.code
+
+
+def test_a_near_match_that_is_short_loose_or_in_two_places_is_not_applied():
+    two_lines = """<<<<<<< SEARCH
+        self.bn1 = nn.BatchNorm2d(32)
+        self.fc = nn.Linear(64, out_shape[0])
+=======
+        self.fc = nn.Linear(64, out_shape[0])
+>>>>>>> REPLACE"""
+    two_wrong = """<<<<<<< SEARCH
+        self.conv1 = nn.Conv2d(in_shape[1], 64, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.fc = nn.Linear(32, out_shape[0])
+=======
+        self.fc = nn.Linear(32, out_shape[0])
+>>>>>>> REPLACE"""
+    for reply in (two_lines, two_wrong):
+        done = apply_edits(PARENT, reply)
+        assert (done.applied, len(done.missed), done.code) == (0, 1, PARENT)
+    twice = "self.a = nn.ReLU()\nself.b = nn.ReLU()\n" * 2 + "self.a = nn.ReLU()\n"
+    reply = ("<<<<<<< SEARCH\nself.a = nn.ReLU()\nself.b = nn.ReLU()\nself.a = nn.GELU()\n=======\nself.c = nn.ReLU()\n"
+             ">>>>>>> REPLACE")
+    assert apply_edits(twice, reply).applied == 0
