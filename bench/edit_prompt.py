@@ -10,7 +10,8 @@ is the other half of each pair. Candidate prompts live in bench/edit_prompts/: `
 placeholders, no example code), `toy.md` (the example on a toy module shown in full, its lines in no parent).
 
 Run: .venv/bin/python -m bench.edit_prompt [--root ~/.nasgraph/bench-search] [--arms parents,drawn]
-     [--system prompts/code_generator.edit_system.md] [--limit N] [--json out.json]
+     [--system prompts/code_generator.edit_system.md] [--limit N] [--recorded-only] [--json out.json]
+(--recorded-only: sort the recorded replies' blocks under the current matcher, no LLM.)
 """
 from __future__ import annotations
 
@@ -82,6 +83,8 @@ def main() -> None:
                     help="the system prompt the recorded replies were written under (for its example blocks)")
     ap.add_argument("--model", default="qwen2.5-coder-1.5b")
     ap.add_argument("--limit", type=int, default=0, help="replay only the first N calls (0: all)")
+    ap.add_argument("--recorded-only", dest="recorded_only", action="store_true",
+                    help="only sort the recorded replies' blocks (no LLM call)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -92,9 +95,15 @@ def main() -> None:
         calls = calls[: args.limit]
     if not calls:
         raise SystemExit(f"no child-as-edits calls in the traces of {args.arms} under {args.root}")
+    old_examples = example_blocks(args.old_system.read_text(encoding="utf-8"))
+    if args.recorded_only:
+        summary = totals([{"recorded": outcome(shown_code(c["user"]), c["reply"], old_examples)} for c in calls],
+                         "recorded")
+        print(json.dumps(summary))
+        return
     new_text = args.system.read_text(encoding="utf-8").strip() + "\n"
     system = RenderedPrompt("code_generator.edit_system", new_text, "replay")
-    old_examples, new_examples = example_blocks(args.old_system.read_text(encoding="utf-8")), example_blocks(new_text)
+    new_examples = example_blocks(new_text)
     cfg = load_config(models_dir=base.models_dir, data_dir=base.data_dir, llm={"model": args.model})
     llm = open_llm(cfg)
     key = zlib.crc32(SEED_KEY.encode()) % 1_000_003
