@@ -150,6 +150,18 @@ def lineage(events: list[dict]) -> dict:
             "delta": mean_interval(deltas)}
 
 
+def origins(events: list[dict]) -> dict:
+    """Valid designs by origin: `fresh` (no parent; in the parents arms written with the history window and
+    the best design in the prompt, in the independent arm with neither) and `child` (one change to a parent):
+    how many, their mean with its 95% interval, the best. Tells which half of a parents search finds its best."""
+    out = {}
+    for kind in ("fresh", "child"):
+        accs = [e["accuracy"] for e in events if e["node"] == "record" and e.get("status") == "ok"
+                and e.get("accuracy") is not None and bool(e.get("parent")) == (kind == "child")]
+        out[kind] = {"n": len(accs), "mean": mean_interval(accs), "best": max(accs, default=None)}
+    return out
+
+
 def analyse(root: Path, args: argparse.Namespace) -> dict:
     arms = {}
     for arm in args.arms.split(","):
@@ -185,7 +197,7 @@ def analyse(root: Path, args: argparse.Namespace) -> dict:
                      "seconds_per_iteration": round(seconds / max(1, n), 1),
                      # The cascade replayed on designs trained without it (run config: loop.cascade off).
                      "cascade": dataclasses.asdict(replay(screened, top=5, margin=0.05)),
-                     "lineage": lineage(events), "curve": rows}
+                     "lineage": lineage(events), "origins": origins(events), "curve": rows}
     if arms:
         budget = min(a["llm_calls"] for a in arms.values())
         for a in arms.values():
@@ -272,6 +284,10 @@ def main() -> None:
             m, lo, hi = lin["delta"]
             print(f"children of {arm}: {lin['better']} of {lin['children']} valid children beat their parent "
                   f"{lin['better_95']}; accuracy change {m:+.4f}" + (f" ({lo:+.4f} to {hi:+.4f})" if lo is not None else ""))
+    for arm, a in arms.items():
+        print(f"valid designs of {arm} by origin: " + "; ".join(
+            f"{kind} {o['n']}, mean {o['mean'][0]}" + (f" ({o['mean'][1]}-{o['mean'][2]})" if o["mean"][1] else "")
+            + f", best {o['best']}" for kind, o in a["origins"].items() if o["n"]))
     print(f"\nwrote {args.root / 'search.json'} and {args.root / 'search.png'}")
 
 

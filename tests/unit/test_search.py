@@ -190,6 +190,18 @@ def test_the_benchmark_scores_children_against_their_own_parents():
     assert lin["delta"][0] == pytest.approx(0.0)
 
 
+def test_the_benchmark_splits_valid_designs_into_fresh_ones_and_children():
+    from bench.search import origins
+
+    events = [{"node": "record", "status": "ok", "accuracy": a, "parent": p}
+              for a, p in [(0.90, None), (0.80, None), (0.92, "x"), (0.88, "x")]]
+    events += [{"node": "record", "status": "shape_error", "accuracy": None, "parent": "x"},
+               {"node": "evaluate", "status": "ok", "accuracy": 0.99, "parent": None}]  # only records count
+    got = origins(events)
+    assert (got["fresh"]["n"], got["fresh"]["best"], got["child"]["n"], got["child"]["best"]) == (2, 0.90, 2, 0.92)
+    assert got["fresh"]["mean"][0] == pytest.approx(0.85) and got["child"]["mean"][0] == pytest.approx(0.90)
+
+
 def test_the_benchmark_state_travels_to_a_fresh_root_and_never_overwrites_an_arm(tmp_path):
     from bench.search import restore, snapshot
 
