@@ -75,20 +75,16 @@ def _indent(line: str) -> str:
     return line[: len(line) - len(line.lstrip())]
 
 
-def _find(lines: list[str], search: list[str]) -> int | None:
-    """Index of the first run of `lines` equal to `search` (blank edges dropped), ignoring indentation."""
-    want = [s.strip() for s in _trimmed(search)]
-    if not want:
-        return None
+def _find(lines: list[str], want: list[str]) -> int | None:
+    """Index of the first run of `lines` equal to `want` (stripped SEARCH lines), ignoring indentation."""
     for i in range(len(lines) - len(want) + 1):
         if all(lines[i + k].strip() == w for k, w in enumerate(want)):
             return i
     return None
 
 
-def _find_near(lines: list[str], search: list[str]) -> int | None:
-    """Index of the one run of `lines` that `search` nearly matches (see NEAR_RATIO), or None."""
-    want = [s.strip() for s in _trimmed(search)]
+def _find_near(lines: list[str], want: list[str]) -> int | None:
+    """Index of the one run of `lines` that `want` nearly matches (see NEAR_RATIO), or None."""
     if len(want) < NEAR_MIN_LINES:
         return None
     found = []
@@ -103,9 +99,12 @@ def _find_near(lines: list[str], search: list[str]) -> int | None:
 def _apply_one(code: str, edit: Edit) -> str | None:
     lines = code.splitlines()
     search = _trimmed(edit.search)
-    at = _find(lines, edit.search)
+    want = [s.strip() for s in search]
+    if not want:
+        return None
+    at, near = _find(lines, want), False
     if at is None:
-        at = _find_near(lines, edit.search)
+        at, near = _find_near(lines, want), True
         if at is None:
             return None
     # Re-indent the replacement by how far the model's copy was shifted from the module's lines (none
@@ -113,12 +112,11 @@ def _apply_one(code: str, edit: Edit) -> str | None:
     have, gave = _indent(lines[at]), _indent(search[0])
     shifted = [(have + r[len(gave):] if r.startswith(gave) else have + r.lstrip()) if r.strip() else r
                for r in edit.replace]
-    old = lines[at:at + len(search)]
-    if [o.strip() for o in old] != [s.strip() for s in search]:
-        # A near match: where the REPLACE repeats the model's (misremembered) SEARCH lines it keeps them, so
-        # those keep the module's text; only the lines it wrote new or changed are its.
-        ops = difflib.SequenceMatcher(None, [s.strip() for s in search], [r.strip() for r in edit.replace],
-                                      autojunk=False)
+    if near:
+        # Where the REPLACE repeats the model's (misremembered) SEARCH lines it keeps them, so those keep
+        # the module's text; only the lines it wrote new or changed are its.
+        old = lines[at:at + len(search)]
+        ops = difflib.SequenceMatcher(None, want, [r.strip() for r in edit.replace], autojunk=False)
         shifted = [line for tag, i1, i2, j1, j2 in ops.get_opcodes()
                    for line in (old[i1:i2] if tag == "equal" else shifted[j1:j2])]
     return "\n".join(lines[:at] + shifted + lines[at + len(search):]) + ("\n" if code.endswith("\n") else "")

@@ -111,8 +111,8 @@ def advance(root: Path, args: argparse.Namespace) -> None:
         # One seed key for every arm: step k of each arm samples with the same seed.
         summary = run_loop(cfg, llm, run_id=arm, iterations=target, seed_key="bench-search")
         print(f"{arm}: {summary['iterations']} iterations, best {summary['best_accuracy']}", flush=True)
-        if args.state:
-            snapshot(root, args.state, arms)
+        if args.state:  # one file when advancing (main checks)
+            snapshot(root, args.state[0], arms)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -252,7 +252,6 @@ def main() -> None:
     for state in args.state:
         if restore(args.root, state):
             print(f"restored the arms from {state} into {args.root}", flush=True)
-    args.state = args.state[0] if args.state else None
     if not args.report_only:
         advance(args.root, args)
     arms = analyse(args.root, args)
