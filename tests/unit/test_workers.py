@@ -143,8 +143,8 @@ def test_pool_threads_leave_ctrl_c_to_the_main_thread(tmp_path):
                           time_budget_s=20.0, setup_timeout_s=20.0, timeout_grace_s=3.0, memory_limit_mb=1024)
         assert all(f.result().ok for f in [ev.submit(req), ev.submit(req)])  # both pool threads exist
         blocked = ev._pool.submit(lambda: signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])).result()
-        print("blocked", blocked, flush=True)
-        try:
+        try:  # the test sends Ctrl-C as soon as it reads this line: it must already be inside the try
+            print("blocked", blocked, flush=True)
             threading.Event().wait()  # the main thread waits, as it does in readline or on a Future
         except KeyboardInterrupt:
             print("interrupted", flush=True)
