@@ -44,6 +44,7 @@ from nasgraph.tools.store import Store
 # Each arm's loop settings; `drawn` is `parents` with the change drawn instead of asked of the improver.
 ARMS = {"parents": {"search": "parents"}, "improver": {"search": "improver"},
         "independent": {"search": "independent"}, "drawn": {"search": "parents", "parent_move": "drawn"}}
+BASELINE = "independent"  # the arm every other is measured against: the same LLM without feedback
 
 
 def _config(root: Path, arm: str, args: argparse.Namespace):
@@ -137,6 +138,17 @@ def mean_interval(values: list[float]) -> tuple[float | None, float | None, floa
     return round(m, 4), round(m - half, 4), round(m + half, 4)
 
 
+def difference(a: list[float], b: list[float]) -> tuple[float | None, float | None, float | None]:
+    """Mean of `a` minus mean of `b` with its 95% interval (Welch: the arms' spreads differ). An interval that
+    holds 0 is a difference inside the noise."""
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2:
+        return None, None, None
+    ci = ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    return round(statistics.fmean(a) - statistics.fmean(b), 4), round(float(ci.low), 4), round(float(ci.high), 4)
+
+
 def lineage(events: list[dict]) -> dict:
     """Children against their parents: how many valid children beat the design they were built from, and
     the mean accuracy change with its 95% interval (what a parent search must get right)."""
@@ -193,7 +205,7 @@ def analyse(root: Path, args: argparse.Namespace) -> dict:
         seconds = sum(e.get("seconds", 0.0) for e in events)
         arms[arm] = {"iterations": n, "llm_calls": calls, "best": best, "valid": valid, "fresh": len(fresh),
                      "valid_rate": round(valid / max(1, len(fresh)), 3), "valid_rate_95": wilson(valid, len(fresh)),
-                     "mean_last_half": mean_interval(half), "niches": len(archive.elites(ok)),
+                     "mean_last_half": mean_interval(half), "last_half": half, "niches": len(archive.elites(ok)),
                      "seconds_per_iteration": round(seconds / max(1, n), 1),
                      # The cascade replayed on designs trained without it (run config: loop.cascade off).
                      "cascade": dataclasses.asdict(replay(screened, top=5, margin=0.05)),
@@ -204,7 +216,15 @@ def analyse(root: Path, args: argparse.Namespace) -> dict:
             upto = [r for r in a["curve"] if r["calls"] <= budget]
             valid = [r["accuracy"] for r in upto if r["accuracy"] is not None]
             a["at_equal_calls"] = {"calls": budget, "iterations": len(upto), "best": max(valid, default=None),
-                                   "mean_last_half": mean_interval(valid[len(valid) // 2:])}
+                                   "mean_last_half": mean_interval(valid[len(valid) // 2:]),
+                                   "last_half": valid[len(valid) // 2:]}
+    if BASELINE in arms:  # each arm's mean of the last half against the no-feedback baseline's
+        base = arms[BASELINE]
+        for arm, a in arms.items():
+            if arm != BASELINE:
+                a["vs_baseline"] = difference(a["last_half"], base["last_half"])
+                a["at_equal_calls"]["vs_baseline"] = difference(a["at_equal_calls"]["last_half"],
+                                                                base["at_equal_calls"]["last_half"])
     return arms
 
 
@@ -272,6 +292,12 @@ def main() -> None:
         print(f"\nat equal LLM calls ({next(iter(eq.values()))['calls']}): " + "; ".join(
             f"{arm} best {e['best']} mean of last half {e['mean_last_half'][0]} over {e['iterations']} iterations"
             for arm, e in eq.items()))
+    for arm, a in arms.items():
+        if "vs_baseline" in a:
+            print(f"mean of the last half, {arm} minus {BASELINE}: " + "; ".join(
+                f"{label} {m:+.4f} ({lo:+.4f} to {hi:+.4f})" + (" inside the noise" if lo <= 0 <= hi else "")
+                for label, (m, lo, hi) in ((f"over {a['iterations']} vs {arms[BASELINE]['iterations']} iterations", a["vs_baseline"]),
+                                           ("at equal calls", a["at_equal_calls"]["vs_baseline"])) if m is not None))
     for arm, a in arms.items():
         c = a["cascade"]
         print(f"cascade replayed on {arm} (top 5, margin 0.05): {c['cut']} of {c['trained']} designs stopped at the "

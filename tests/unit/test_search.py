@@ -276,3 +276,13 @@ def test_drawn_parent_moves_build_children_without_calling_the_improver(cfg):
     assert improves[1]["triple"]["modification"] in gens[1]["prompt_text"]
     assert gens[1]["prompt"] == "code_generator.child_edit" and "nn.Conv2d(in_shape[1], 5" in gens[1]["prompt_text"]
     assert [r["status"] for r in records] == ["ok", "ok", "ok"]
+
+
+def test_the_benchmark_says_when_a_difference_is_inside_the_noise():
+    from bench.search import difference
+
+    m, lo, hi = difference([0.90, 0.91, 0.89, 0.92], [0.80, 0.82, 0.78, 0.81])
+    assert m == pytest.approx(0.1025) and 0 < lo < m < hi
+    m, lo, hi = difference([0.90, 0.80, 0.85], [0.86, 0.84, 0.83])
+    assert lo < 0 < hi  # spread wider than the gap
+    assert difference([0.9], [0.8, 0.7]) == (None, None, None)
