@@ -215,9 +215,9 @@ def analyse(root: Path, args: argparse.Namespace) -> dict:
         for a in arms.values():
             upto = [r for r in a["curve"] if r["calls"] <= budget]
             valid = [r["accuracy"] for r in upto if r["accuracy"] is not None]
+            half = valid[len(valid) // 2:]
             a["at_equal_calls"] = {"calls": budget, "iterations": len(upto), "best": max(valid, default=None),
-                                   "mean_last_half": mean_interval(valid[len(valid) // 2:]),
-                                   "last_half": valid[len(valid) // 2:]}
+                                   "mean_last_half": mean_interval(half), "last_half": half}
     if BASELINE in arms:  # each arm's mean of the last half against the no-feedback baseline's
         base = arms[BASELINE]
         for arm, a in arms.items():
@@ -293,11 +293,14 @@ def main() -> None:
             f"{arm} best {e['best']} mean of last half {e['mean_last_half'][0]} over {e['iterations']} iterations"
             for arm, e in eq.items()))
     for arm, a in arms.items():
-        if "vs_baseline" in a:
-            print(f"mean of the last half, {arm} minus {BASELINE}: " + "; ".join(
-                f"{label} {m:+.4f} ({lo:+.4f} to {hi:+.4f})" + (" inside the noise" if lo <= 0 <= hi else "")
-                for label, (m, lo, hi) in ((f"over {a['iterations']} vs {arms[BASELINE]['iterations']} iterations", a["vs_baseline"]),
-                                           ("at equal calls", a["at_equal_calls"]["vs_baseline"])) if m is not None))
+        if "vs_baseline" not in a:
+            continue
+        whole = f"over {a['iterations']} vs {arms[BASELINE]['iterations']} iterations"
+        parts = []
+        for label, (m, lo, hi) in ((whole, a["vs_baseline"]), ("at equal calls", a["at_equal_calls"]["vs_baseline"])):
+            if m is not None:
+                parts.append(f"{label} {m:+.4f} ({lo:+.4f} to {hi:+.4f})" + (" inside the noise" if lo <= 0 <= hi else ""))
+        print(f"mean of the last half, {arm} minus {BASELINE}: " + "; ".join(parts))
     for arm, a in arms.items():
         c = a["cascade"]
         print(f"cascade replayed on {arm} (top 5, margin 0.05): {c['cut']} of {c['trained']} designs stopped at the "
