@@ -166,7 +166,10 @@ class ChatApp:
 
     def run_config(self) -> Config:
         ev = self.cfg.evaluator.model_copy(update={"max_params": self.s.max_params or self.cfg.evaluator.max_params})
-        loop = self.cfg.loop.model_copy(update={"dataset": self.s.dataset,
+        # A chat steers with the user's words, which reach only the Prompt Improver: its search stays
+        # `improver` unless one was chosen (search = parents would draft the first designs without them).
+        search = self.cfg.loop.search if "search" in self.cfg.loop.model_fields_set else "improver"
+        loop = self.cfg.loop.model_copy(update={"dataset": self.s.dataset, "search": search,
                                                 "epochs": self.s.epochs or self.cfg.loop.epochs})
         return self.cfg.model_copy(update={"evaluator": ev, "loop": loop})
 

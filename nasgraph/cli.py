@@ -511,8 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--max-fixes", dest="max_fixes", type=int, help="rule-based fixes per draft (0: off)")
     rn.add_argument("--target-accuracy", dest="target_accuracy", type=float)
     rn.add_argument("--search", choices=["improver", "parents", "independent"],
-                    help="improver: fresh designs steered by the history; parents: one change to a design drawn "
-                         "from the run's archive; independent: no feedback (a baseline)")
+                    help="parents (default): one change to a design drawn from the run's archive; improver: fresh "
+                         "designs steered by the history; independent: no feedback (a baseline)")
     rn.add_argument("--child-format", dest="child_format", choices=["module", "edit"],
                     help="with --search parents: the child written as edits of its parent (default) or as a whole module")
     rn.add_argument("--objective", choices=["accuracy", "pareto"],

@@ -30,7 +30,8 @@ def triple(modification: str) -> str:
 def config(home: Path) -> Config:
     return load_config(home=home, evaluator={"threads": 1, "time_budget_s": 60, "batch_size": 32},
                        loop={"dataset": "digits", "iterations": 5, "max_repairs": 1, "max_fixes": 0, "epochs": 2,
-                             "repair": "edit", "prm": {"lr": 0.1}})  # the viewers show the failed code handed back
+                             "repair": "edit", "prm": {"lr": 0.1},  # the viewers show the failed code handed back
+                             "search": "improver"})  # and the improver's triples
 
 
 def make_run(home: Path) -> dict:

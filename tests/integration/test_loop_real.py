@@ -25,7 +25,8 @@ def test_real_model_drives_the_loop(tmp_path, monkeypatch):
     cfg = load_config(home=tmp_path, models_dir=models_dir,
                       llm={"model": "qwen2.5-coder-0.5b", "max_tokens": 900},
                       evaluator={"threads": 2, "time_budget_s": 60, "batch_size": 32},
-                      loop={"dataset": "digits", "epochs": 2, "prm": {"lr": 0.1}, "max_repairs": 1})
+                      loop={"dataset": "digits", "epochs": 2, "prm": {"lr": 0.1}, "max_repairs": 1,
+                            "search": "improver"})  # the improver's second call must see the first outcome
     llm = open_llm(cfg)
     # Two iterations are enough to show the second improver call seeing the first outcome.
     summary = run_loop(cfg, llm, run_id="real", iterations=2)

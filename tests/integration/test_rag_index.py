@@ -43,7 +43,8 @@ def cfg(tmp_path_factory):
     home = tmp_path_factory.mktemp("raghome")
     return load_config(home=home, rag={"enabled": True, "k": 2, "max_chars": 2500},
                        evaluator={"threads": 1, "time_budget_s": 60, "batch_size": 32},
-                       loop={"dataset": "digits", "iterations": 1, "max_repairs": 0, "epochs": 1})
+                       loop={"dataset": "digits", "iterations": 1, "max_repairs": 0, "epochs": 1,
+                             "search": "improver"})  # retrieval steered by the improver's triple
 
 
 @pytest.fixture(scope="module")

@@ -76,6 +76,16 @@ def cfg(tmp_path, monkeypatch):
                        loop={"dataset": "digits", "epochs": 1, "max_repairs": 1, "max_fixes": 0, "prm": {"lr": 0.1}})
 
 
+def test_a_chat_searches_with_the_improver_unless_told_otherwise(cfg, tmp_path):
+    # The user's words reach only the Prompt Improver, so a chat does not take the loop's default (parents).
+    assert cfg.loop.search == "parents"
+    app = ChatApp(cfg, Session.new("talk", "digits"), Console(file=io.StringIO()), lambda c, progress=None: None)
+    assert app.run_config().loop.search == "improver"
+    chosen = load_config(home=tmp_path, loop={"dataset": "digits", "search": "independent"})
+    app = ChatApp(chosen, Session.new("talk", "digits"), Console(file=io.StringIO()), lambda c, progress=None: None)
+    assert app.run_config().loop.search == "independent"
+
+
 def test_conversation_drives_the_graph(cfg, tmp_path):
     out = io.StringIO()
     handle = scripted_handle(answers=["More channels in the first block would help."])

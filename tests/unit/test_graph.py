@@ -16,7 +16,7 @@ def cfg(tmp_path, monkeypatch):
     monkeypatch.setenv("NASGRAPH_HOME", str(tmp_path))
     return load_config(home=tmp_path, evaluator={"threads": 1, "time_budget_s": 60, "batch_size": 32},
                        loop={"dataset": "digits", "iterations": 4, "max_repairs": 1, "max_fixes": 0, "epochs": 2,
-                             "prm": {"lr": 0.1}})
+                             "prm": {"lr": 0.1}, "search": "improver"})  # the scripts follow the improver path
 
 
 def test_routes_duplicates_repairs_and_failures(cfg):
