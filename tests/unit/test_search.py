@@ -2,6 +2,8 @@
 no-feedback baseline (the arm a search must beat)."""
 import random
 from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -286,3 +288,22 @@ def test_the_benchmark_says_when_a_difference_is_inside_the_noise():
     m, lo, hi = difference([0.90, 0.80, 0.85], [0.86, 0.84, 0.83])
     assert lo < 0 < hi  # spread wider than the gap
     assert difference([0.9], [0.8, 0.7]) == (None, None, None)
+
+
+def test_plateau_variants_apply_to_the_committed_best_designs(tmp_path):
+    from bench.plateau import BASES, VARIANTS, apply, base_design
+    from bench.search import _config, restore
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "bench"
+    for state in ("search-state-parents.tgz", "search-state-drawn-independent.tgz"):
+        assert restore(tmp_path, docs / state)
+    args = SimpleNamespace(model="qwen2.5-coder-1.5b", llm_threads=2, threads=2, dataset="fashion-mnist")
+    for arm, variants in VARIANTS.items():
+        accuracy, prm, code = base_design(_config(tmp_path, arm, args), arm)
+        assert accuracy > 0.92 - 0.005 and prm["lr"] > 0, (arm, BASES[arm])
+        for name, _, subs, _ in variants:
+            variant = apply(code, subs)
+            assert variant != code, name
+            compile(variant, name, "exec")
+    with pytest.raises(ValueError, match="is not in the design"):
+        apply("x = 1", [("y", "z")])
