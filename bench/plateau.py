@@ -3,7 +3,7 @@
 The search arms' bests sit near 0.92 one-epoch Fashion-MNIST accuracy while the issue's target is 0.925.
 This retrains each arm's best design (pinned by id in BASES; so its own figure is measured in the same run) beside hand-made
 variants of it: one edit each of the kind the parent moves offer (wider, GELU, global pooling, a wider
-classifier), and the same layout scaled to about 2x and 7x the FLOPs with the parameter, FLOP and time
+classifier), two training-side tricks (label smoothing, a mirror-averaged forward), and the same layout scaled to about 2x and 7x the FLOPs with the parameter, FLOP and time
 budgets lifted for those two. Everything trains with the arm's recipe and seed, one worker of two
 threads (as the arms do), so the seed is the same and the differences are the edits'. Each variant is a
 list of text substitutions on the best design's code, listed below, so a reader sees exactly what changed.
@@ -53,6 +53,12 @@ VARIANTS = {
         ("stem-16", "the first conv 16 channels instead of 8",
          [("Conv2d(in_shape[1], 8", "Conv2d(in_shape[1], 16"), ("BatchNorm2d(8)", "BatchNorm2d(16)"),
           ("Conv2d(8, 24", "Conv2d(16, 24")], False),
+        ("label-smoothing", "its own loss with label smoothing 0.1 (the harness keeps its SGD and schedule)",
+         [("        self.to(device)\n    def forward", "        self.criteria = (nn.CrossEntropyLoss(label_smoothing=0.1),)"
+           "\n        self.to(device)\n    def forward")], False),
+        ("flip-averaged", "logits averaged over the image and its mirror: 2x the FLOPs (budgets lifted)",
+         [("    def forward(self, x):", "    def forward(self, x):\n        return (self.one(x) + self.one(torch.flip(x, dims=[3]))) / 2"
+           "\n    def one(self, x):")], True),
     ],
 }
 
