@@ -89,35 +89,36 @@ def main() -> None:
     args = ap.parse_args()
     args.model, args.llm_threads, args.threads = "qwen2.5-coder-1.5b", 2, 2  # bench.search's; no LLM call here
     only = {n for n in args.only.split(",") if n}
-    for arm in args.arms.split(","):
+    arms = args.arms.split(",")
+    for arm in arms:
         if arm not in BASES:
             ap.error(f"no variants for arm {arm!r}; choose from {', '.join(BASES)}")
     rows = []
-    for arm in args.arms.split(","):
+    for arm in arms:
         cfg = _config(args.root, arm, args)
-        arch_id = BASES[arm]
         arm_accuracy, prm, code = base_design(cfg, arm)
         jobs = [("base", "the arm's best design, retrained", code, False)]
         jobs += [(n, what, apply(code, subs), big) for n, what, subs, big in VARIANTS[arm]
                  if not only or n in only]
+        arm_rows = []
         with Evaluator(cfg.data_dir, workers=1) as ev:
             for name, what, variant, big in jobs:
                 out = ev.evaluate(EvalRequest.from_config(cfg.evaluator, code=variant, dataset=args.dataset,
                                                           prm=prm, **(BIG if big else {})))
-                rows.append({"arm": arm, "base": arch_id, "arm_accuracy": arm_accuracy, "variant": name,
-                             "what": what, "status": out.status, "accuracy": out.accuracy, "params": out.params,
-                             "flops": out.flops, "train_s": out.seconds.get("train"), "error": out.error})
+                arm_rows.append({"arm": arm, "base": BASES[arm], "arm_accuracy": arm_accuracy, "variant": name,
+                                 "what": what, "status": out.status, "accuracy": out.accuracy, "params": out.params,
+                                 "flops": out.flops, "train_s": out.seconds.get("train"), "error": out.error})
                 print(f"{arm:<8} {name:<16} {out.status:<12} {out.accuracy or 0:.4f} {out.params or 0:>10,} "
                       f"{(out.flops or 0) / 1e6:7.1f} MFLOPs  {out.seconds.get('train', 0):6.1f} s  {what}"
                       + (f"\n         {out.error}" if out.error else ""),
                       flush=True)
-    for arm in dict.fromkeys(r["arm"] for r in rows):
-        base = next((r for r in rows if r["arm"] == arm and r["variant"] == "base"), None)
-        for r in rows:
-            if r["arm"] == arm and r is not base and base and r["accuracy"] is not None and base["accuracy"]:
+        base, *variants = arm_rows  # the base is always the first job
+        for r in variants:
+            if r["accuracy"] is not None and base["accuracy"]:
                 r["vs_base"] = round(r["accuracy"] - base["accuracy"], 4)
                 print(f"{arm} {r['variant']}: {r['vs_base']:+.4f} vs its base, "
                       f"{r['flops'] / base['flops']:.2f}x the FLOPs, {r['train_s'] / base['train_s']:.2f}x the seconds")
+        rows += arm_rows
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 
